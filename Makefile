@@ -1,0 +1,34 @@
+# The project's front door. `make run` and `make test` need nothing installed beforehand.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test proto bench lint fmt clean
+
+run: $(STAMP)  ## embedded PostgreSQL, migrations, demo seed, the authority on :50051
+	$(BIN)/python -m credit_service up
+
+test: $(STAMP)  ## every test, against a real PostgreSQL and real gRPC servers
+	$(BIN)/python -m pytest
+
+proto: $(STAMP)  ## regenerate credit/v1 from protos/
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/credit/v1/*.proto
+
+bench: $(STAMP)  ## benchmarks (figures, not tests)
+	$(BIN)/python -m bench
+
+lint: $(STAMP)  ## static checks
+	$(BIN)/python -m compileall -q credit_service credit tests
+
+fmt: $(STAMP)  ## nothing to format automatically yet
+	@true
+
+clean:  ## remove the virtualenv and all local data
+	rm -rf $(VENV) .data .pytest_cache .hypothesis
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)

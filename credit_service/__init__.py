@@ -1,0 +1,1 @@
+"""Credit authority: owns prepaid LLM credits and serves CreditAuthority/CreditAdmin over gRPC."""

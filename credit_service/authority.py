@@ -1,0 +1,308 @@
+"""The credit authority's domain: validates every request, applies the rules of
+DESIGN.md and delegates the atomic work to storage.
+
+No wire format and no SQL here: the gRPC layer hands in plain values, the
+storage layer runs the statements. Funding resolution and the conditional
+hold live in PostgreSQL so they are atomic (see migrations/0002_hot_path.sql).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .errors import InvalidArgument, NotFound
+from .money import MAX_MILLICREDITS, is_committable, is_reservable
+from .storage import (
+    ApiKeyRow,
+    Balance,
+    Charge,
+    Hold,
+    MemberRow,
+    OrgSummary,
+    Storage,
+    UserRow,
+    hash_secret,
+)
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+_KEY_ID = re.compile(r"ck_[0-9a-f]{16}")
+MAX_METADATA_BYTES = 16 * 1024
+MAX_LABEL = 256
+MAX_QUERY_LIMIT = 10_000
+ROLES = ("owner", "admin", "member")
+GROUPINGS = (None, "user", "model", "service_type", "day")
+
+
+def require_id(field: str, value: str) -> str:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if not _ID.fullmatch(value):
+        raise InvalidArgument(field, "must be 1-128 characters of A-Z a-z 0-9 . _ : @ - starting with a letter or digit")
+    return value
+
+
+def optional_id(field: str, value: str) -> str:
+    return require_id(field, value) if value else ""
+
+
+def require_label(field: str, value: str, limit: int = MAX_LABEL) -> str:
+    if len(value) > limit:
+        raise InvalidArgument(field, f"must be at most {limit} characters")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise InvalidArgument(field, "must not contain control characters")
+    return value
+
+
+def require_amount(field: str, value: int, *, allow_zero: bool = False) -> int:
+    ok = is_committable(value) if allow_zero else is_reservable(value)
+    if not ok:
+        low = 0 if allow_zero else 1
+        raise InvalidArgument(field, f"must be an integer from {low} to {MAX_MILLICREDITS} millicredits")
+    return value
+
+
+def require_reservation_id(value: str) -> uuid.UUID:
+    if not value:
+        raise InvalidArgument("reservation_id", "is required")
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument("reservation_id", "must be a reservation id returned by Reserve") from None
+    if str(parsed) != value.lower():
+        raise InvalidArgument("reservation_id", "must be a reservation id returned by Reserve")
+    return parsed
+
+
+def _check_json_value(value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgument("metadata", "numbers must be finite")
+    if isinstance(value, str) and "\x00" in value:
+        raise InvalidArgument("metadata", "strings must not contain NUL characters")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_json_value(key)
+            _check_json_value(item)
+    if isinstance(value, list):
+        for item in value:
+            _check_json_value(item)
+
+
+def require_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    _check_json_value(value)
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise InvalidArgument("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}")
+    return value
+
+
+def request_fingerprint(*parts: Any) -> bytes:
+    """Hash of a request's arguments: a retry must match it exactly."""
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+@dataclass(frozen=True)
+class UsageQuery:
+    org_id: str = ""
+    user_id: str = ""
+    service_type: str = ""
+    model: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    group_by: str | None = None
+    limit: int = 0
+
+
+class CreditAuthority:
+    """Check, Reserve, Commit, Release, balances and administration."""
+
+    def __init__(self, storage: Storage, *, default_ttl_seconds: int = 600, max_ttl_seconds: int = 3600):
+        self._storage = storage
+        self._default_ttl = default_ttl_seconds
+        self._max_ttl = max_ttl_seconds
+
+    # ---- hot path -------------------------------------------------------
+
+    async def check(self, user_id: str, org_id: str, amount_mc: int) -> tuple[bool, Balance]:
+        require_id("user_id", user_id)
+        optional_id("org_id", org_id)
+        require_amount("amount_millicredits", amount_mc)
+        balance = await self._storage.balance(user_id, org_id)
+        return balance.available_mc >= amount_mc, balance
+
+    async def balance(self, user_id: str, org_id: str) -> Balance:
+        require_id("user_id", user_id)
+        optional_id("org_id", org_id)
+        return await self._storage.balance(user_id, org_id)
+
+    def _ttl(self, ttl_seconds: int) -> int:
+        if ttl_seconds < 0:
+            raise InvalidArgument("ttl_seconds", "must not be negative (0 means the default)")
+        return min(ttl_seconds or self._default_ttl, self._max_ttl)
+
+    async def reserve(self, *, caller: str, request_id: str, user_id: str, org_id: str, amount_mc: int,
+                      ttl_seconds: int, service_type: str, service_name: str,
+                      metadata: dict[str, Any]) -> Hold:
+        if not request_id:
+            raise InvalidArgument("request_id", "is required (a caller-chosen idempotency key)")
+        if not _REQUEST_ID.fullmatch(request_id):
+            raise InvalidArgument("request_id", "must be 1-128 printable ASCII characters without spaces")
+        require_id("user_id", user_id)
+        optional_id("org_id", org_id)
+        require_amount("amount_millicredits", amount_mc)
+        ttl = self._ttl(ttl_seconds)
+        require_label("service_type", service_type, 128)
+        require_label("service_name", service_name, 128)
+        require_metadata(metadata)
+        fingerprint = request_fingerprint(user_id, org_id, amount_mc, ttl_seconds, service_type,
+                                          service_name, metadata)
+        return await self._storage.reserve(
+            caller=caller, request_id=request_id, request_hash=fingerprint, user_id=user_id, org_id=org_id,
+            amount_mc=amount_mc, ttl_seconds=ttl, service_type=service_type, service_name=service_name,
+            metadata=metadata)
+
+    async def commit(self, *, caller: str, reservation_id: str, amount_mc: int, metadata: dict[str, Any]) -> Charge:
+        rid = require_reservation_id(reservation_id)
+        require_amount("amount_millicredits", amount_mc, allow_zero=True)
+        require_metadata(metadata)
+        return await self._storage.commit(caller=caller, reservation_id=rid, amount_mc=amount_mc, metadata=metadata)
+
+    async def release(self, *, caller: str, reservation_id: str, reason: str) -> None:
+        rid = require_reservation_id(reservation_id)
+        require_label("reason", reason)
+        await self._storage.release(caller=caller, reservation_id=rid, reason=reason)
+
+    async def expire_holds(self, batch: int) -> int:
+        return await self._storage.expire_holds(batch)
+
+    # ---- administration -------------------------------------------------
+
+    async def create_user(self, user_id: str, display_name: str, email: str) -> UserRow:
+        require_id("user_id", user_id)
+        require_label("display_name", display_name)
+        require_label("email", email)
+        return await self._storage.create_user(user_id, display_name, email)
+
+    async def create_organization(self, org_id: str, name: str) -> OrgSummary:
+        require_id("org_id", org_id)
+        require_label("name", name)
+        return await self._storage.create_organization(org_id, name)
+
+    async def add_member(self, org_id: str, user_id: str, role: str, is_default: bool) -> MemberRow:
+        require_id("org_id", org_id)
+        require_id("user_id", user_id)
+        if role not in ROLES:
+            raise InvalidArgument("role", f"must be one of {', '.join(ROLES)}")
+        return await self._storage.add_member(org_id, user_id, role, is_default)
+
+    async def remove_member(self, org_id: str, user_id: str) -> int:
+        require_id("org_id", org_id)
+        require_id("user_id", user_id)
+        return await self._storage.remove_member(org_id, user_id)
+
+    async def top_up_pool(self, org_id: str, amount_mc: int, purchase_reference: str,
+                          purchase_amount: str, purchase_currency: str) -> OrgSummary:
+        require_id("org_id", org_id)
+        require_amount("amount_millicredits", amount_mc)
+        if not purchase_reference:
+            raise InvalidArgument("purchase_reference", "is required (it makes the top-up idempotent)")
+        require_label("purchase_reference", purchase_reference, 128)
+        require_label("purchase_currency", purchase_currency, 8)
+        amount = _decimal_text("purchase_amount", purchase_amount)
+        return await self._storage.top_up_pool(org_id, amount_mc, purchase_reference, amount, purchase_currency)
+
+    async def set_allocation(self, org_id: str, user_id: str, allocation_mc: int, allocated_by: str) -> MemberRow:
+        require_id("org_id", org_id)
+        require_id("user_id", user_id)
+        require_amount("allocation_millicredits", allocation_mc, allow_zero=True)
+        require_label("allocated_by", allocated_by, 128)
+        return await self._storage.set_allocation(org_id, user_id, allocation_mc, allocated_by)
+
+    async def grant_individual(self, user_id: str, amount_mc: int, reason: str, reference: str) -> Balance:
+        require_id("user_id", user_id)
+        require_amount("amount_millicredits", amount_mc)
+        require_label("reason", reason)
+        require_label("reference", reference, 128)
+        return await self._storage.grant_individual(user_id, amount_mc, reason, reference or None)
+
+    async def get_organization(self, org_id: str) -> OrgSummary:
+        require_id("org_id", org_id)
+        return await self._storage.get_organization(org_id)
+
+    async def list_members(self, org_id: str) -> list[MemberRow]:
+        require_id("org_id", org_id)
+        return await self._storage.list_members(org_id)
+
+    async def query_usage(self, query: UsageQuery) -> tuple[list[dict], list[dict], int, int]:
+        optional_id("org_id", query.org_id)
+        optional_id("user_id", query.user_id)
+        require_label("service_type", query.service_type, 128)
+        require_label("model", query.model, 128)
+        if query.group_by not in GROUPINGS:
+            raise InvalidArgument("group_by", "unknown grouping")
+        if not 0 <= query.limit <= MAX_QUERY_LIMIT:
+            raise InvalidArgument("limit", f"must be 0 (default 1,000) to {MAX_QUERY_LIMIT}")
+        if query.start and query.end and query.start >= query.end:
+            raise InvalidArgument("end_time", "must be after start_time")
+        return await self._storage.query_usage(
+            org_id=query.org_id or None, user_id=query.user_id or None,
+            service_type=query.service_type or None, model=query.model or None,
+            start=query.start, end=query.end, group_by=query.group_by, limit=query.limit or 1000)
+
+    async def create_api_key(self, user_id: str, org_id: str, kind: str, name: str) -> tuple[ApiKeyRow, str]:
+        require_id("user_id", user_id)
+        optional_id("org_id", org_id)
+        require_label("name", name)
+        if kind == "service" and not org_id:
+            raise InvalidArgument("org_id", "is required for a service key")
+        return await self._storage.create_api_key(user_id, org_id or None, kind, name)
+
+    async def revoke_api_key(self, key_id: str) -> ApiKeyRow:
+        if not _KEY_ID.fullmatch(key_id or ""):
+            raise InvalidArgument("key_id", "must be a key id like ck_0123456789abcdef")
+        return await self._storage.revoke_api_key(key_id)
+
+    async def verify_api_key(self, secret: str) -> ApiKeyRow | None:
+        """The key's row when the secret matches an active key, else None (constant-time compare)."""
+        if not secret:
+            raise InvalidArgument("secret", "is required")
+        if len(secret) > 256:
+            return None
+        key_id, dot, _ = secret.partition(".")
+        if not dot or not _KEY_ID.fullmatch(key_id):
+            return None
+        found = await self._storage.find_api_key(key_id)
+        if found is None:
+            return None
+        row, stored_hash = found
+        if not hmac.compare_digest(stored_hash, hash_secret(secret)) or row.revoked_at is not None:
+            return None
+        return row
+
+    async def list_api_keys(self, user_id: str, org_id: str) -> list[ApiKeyRow]:
+        optional_id("user_id", user_id)
+        optional_id("org_id", org_id)
+        if not user_id and not org_id:
+            raise InvalidArgument("user_id", "user_id or org_id is required")
+        return await self._storage.list_api_keys(user_id or None, org_id or None)
+
+    async def require_user(self, user_id: str) -> None:
+        if not await self._storage.user_exists(user_id):
+            raise NotFound(f"user {user_id!r} not found")
+
+
+def _decimal_text(field: str, text: str) -> str | None:
+    if not text:
+        return None
+    if not re.fullmatch(r"\d{1,15}(\.\d{1,4})?", text):
+        raise InvalidArgument(field, "must be a non-negative decimal with at most 4 places, e.g. 99.00")
+    return text

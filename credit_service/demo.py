@@ -1,0 +1,86 @@
+"""The zero-setup demo of DESIGN.md: tokens, demo-org, demo-user, solo-user and
+their API keys, written shell-style to .data/demo.env. Safe to run again:
+everything is created only when missing and keys are reused while valid.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+from pathlib import Path
+
+from .authority import CreditAuthority
+from .errors import AlreadyExists
+
+DEMO_ORG = "demo-org"
+DEMO_USER = "demo-user"
+SOLO_USER = "solo-user"
+POOL_MC = 10_000 * 1000  # like the seed's test org: 10,000 credits
+ALLOCATION_MC = 5_000 * 1000  # of which 5,000 allocated to the demo user
+SOLO_MC = 1_000 * 1000
+
+
+def ensure_tokens(path: Path) -> dict[str, str]:
+    """Creates the authority's token file once: a service token (spend+read) and an admin token."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            "# name:token:roles — read by the authority via CREDIT_AUTH_TOKENS_FILE\n"
+            f"inference:{secrets.token_urlsafe(32)}:spend+read\n"
+            f"admin:{secrets.token_urlsafe(32)}:admin+read\n")
+        path.chmod(0o600)
+    tokens = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, token, _ = line.split(":")
+            tokens[name] = token
+    return tokens
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                name, _, value = line.partition("=")
+                values[name.strip()] = shlex.split(value)[0] if value.strip() else ""
+    return values
+
+
+async def _ignore_exists(coro) -> None:
+    try:
+        await coro
+    except AlreadyExists:
+        pass
+
+
+async def seed(authority: CreditAuthority, env_path: Path, tokens: dict[str, str],
+               authority_addr: str) -> dict[str, str]:
+    """Creates the demo tenants and keys; writes and returns the demo environment."""
+    await _ignore_exists(authority.create_user(DEMO_USER, "Demo User", "demo@example.com"))
+    await _ignore_exists(authority.create_user(SOLO_USER, "Solo User", "solo@example.com"))
+    await _ignore_exists(authority.create_organization(DEMO_ORG, "Demo Organization"))
+    await _ignore_exists(authority.add_member(DEMO_ORG, DEMO_USER, "owner", True))
+    await authority.top_up_pool(DEMO_ORG, POOL_MC, "demo-seed", "", "")
+    members = {m.user_id: m for m in await authority.list_members(DEMO_ORG)}
+    if members[DEMO_USER].allocation_mc == 0:
+        await authority.set_allocation(DEMO_ORG, DEMO_USER, ALLOCATION_MC, "demo-seed")
+    await authority.grant_individual(SOLO_USER, SOLO_MC, "demo seed", "demo-seed")
+
+    previous = read_env_file(env_path)
+    keys = {}
+    for name, user, org in (("DEMO_API_KEY", DEMO_USER, DEMO_ORG), ("SOLO_API_KEY", SOLO_USER, "")):
+        old = previous.get(name, "")
+        if old and await authority.verify_api_key(old) is not None:
+            keys[name] = old
+        else:
+            _, keys[name] = await authority.create_api_key(user, org, "user", "demo key")
+    env = {
+        **keys,
+        "CREDIT_SERVICE_TOKEN": tokens["inference"],
+        "CREDIT_ADMIN_TOKEN": tokens["admin"],
+        "CREDIT_AUTHORITY_ADDR": authority_addr,
+    }
+    env_path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
+    env_path.chmod(0o600)
+    return env

@@ -1,0 +1,52 @@
+"""Millicredit amounts: bounds, and conversion between credits and millicredits.
+
+Money is an integer number of millicredits everywhere inside the system;
+credits as `Decimal` exist only at the edges (REST, CLI).
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+
+MILLICREDITS_PER_CREDIT = 1000
+MAX_MILLICREDITS = 10**15
+_THOUSANDTH = Decimal("0.001")
+
+
+def is_reservable(amount: int) -> bool:
+    """A Reserve, top-up or grant amount: 1 … 10^15."""
+    return isinstance(amount, int) and 1 <= amount <= MAX_MILLICREDITS
+
+
+def is_committable(amount: int) -> bool:
+    """A Commit amount or an allocation: 0 … 10^15."""
+    return isinstance(amount, int) and 0 <= amount <= MAX_MILLICREDITS
+
+
+def format_credits(millicredits: int) -> str:
+    """Millicredits as a credits string with three places: 15 → "0.015"."""
+    sign = "-" if millicredits < 0 else ""
+    whole, frac = divmod(abs(millicredits), MILLICREDITS_PER_CREDIT)
+    return f"{sign}{whole}.{frac:03d}"
+
+
+def parse_credits(text: str) -> int:
+    """A credits string ("12.5") as millicredits; more than three places is an error."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation as exc:
+        raise ValueError(f"not a number of credits: {text!r}") from exc
+    if not value.is_finite():
+        raise ValueError(f"not a finite number of credits: {text!r}")
+    scaled = value * MILLICREDITS_PER_CREDIT
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"credits have at most three decimal places: {text!r}")
+    return int(scaled)
+
+
+def usd_to_millicredits(usd: Decimal, credits_per_usd: Decimal, markup: Decimal = Decimal(0)) -> int:
+    """Provider cost in USD as millicredits, rounded up (never undercharge)."""
+    if not usd.is_finite() or usd < 0:
+        raise ValueError(f"cost must be a finite non-negative amount, got {usd}")
+    credits = usd * credits_per_usd * (1 + markup)
+    return int((credits * MILLICREDITS_PER_CREDIT).to_integral_value(rounding=ROUND_CEILING))

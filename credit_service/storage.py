@@ -1,0 +1,486 @@
+"""PostgreSQL storage of the credit authority: every SQL statement lives here.
+
+The hot path calls the server-side functions of migrations/0002_hot_path.sql
+(one round trip each); administration runs short explicit transactions that
+lock the pool row before an allocation row. All statements are parameterized.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from .errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InsufficientCredits,
+    NotFound,
+    PermissionDenied,
+)
+
+_CONCURRENT_DUPLICATE = "CR409"
+
+
+def funding_label(funding_kind: str, org_id: str | None) -> str:
+    return f"org:{org_id}" if funding_kind == "org" else "individual"
+
+
+@dataclass(frozen=True)
+class Balance:
+    funding_kind: str
+    org_id: str | None
+    limit_mc: int
+    used_mc: int
+    held_mc: int
+
+    @property
+    def available_mc(self) -> int:
+        return self.limit_mc - self.used_mc - self.held_mc
+
+
+@dataclass(frozen=True)
+class Hold:
+    reservation_id: uuid.UUID
+    funding_kind: str
+    org_id: str | None
+    reserved_mc: int
+    available_mc: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Charge:
+    charged_mc: int
+    available_mc: int
+    overrun: bool
+    late: bool
+    funding_kind: str
+    org_id: str | None
+
+
+@dataclass(frozen=True)
+class OrgSummary:
+    org_id: str
+    name: str
+    pool_total_mc: int
+    allocated_mc: int
+    used_mc: int
+    held_mc: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    org_id: str
+    user_id: str
+    role: str
+    is_default: bool
+    allocation_mc: int
+    used_mc: int
+    held_mc: int
+    joined_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKeyRow:
+    key_id: str
+    user_id: str
+    org_id: str | None
+    kind: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class UserRow:
+    user_id: str
+    display_name: str
+    email: str
+    created_at: datetime
+
+
+def _raise_resolution(outcome: str, user_id: str, org_id: str) -> None:
+    if outcome == "unknown_user":
+        raise NotFound(f"user {user_id!r} not found")
+    if outcome == "unknown_org":
+        raise NotFound(f"organization {org_id!r} not found")
+    if outcome == "not_member":
+        raise PermissionDenied(f"user {user_id!r} is not a member of organization {org_id!r}")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+USAGE_FILTER = """ WHERE ($1::text IS NULL OR org_id = $1)
+                      AND ($2::text IS NULL OR user_id = $2)
+                      AND ($3::text IS NULL OR service_type = $3)
+                      AND ($4::text IS NULL OR service_name = $4)
+                      AND ($5::timestamptz IS NULL OR created_at >= $5)
+                      AND ($6::timestamptz IS NULL OR created_at < $6)"""
+# One fixed statement per grouping; the request picks one by enum, never by text.
+USAGE_GROUP_SQL = {
+    group: f"SELECT {key} AS key, count(*) AS requests, sum(credits_used)::BIGINT AS mc"
+           " FROM usage_attribution" + USAGE_FILTER + " GROUP BY 1 ORDER BY 3 DESC, 1 LIMIT $7"
+    for group, key in {
+        "user": "user_id",
+        "model": "service_name",
+        "service_type": "service_type",
+        "day": "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    }.items()
+}
+
+
+class Storage:
+    """The authority's only door to PostgreSQL."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, database_url: str, min_size: int = 2, max_size: int = 10) -> Storage:
+        pool = await asyncpg.create_pool(
+            database_url, min_size=min_size, max_size=max_size, init=_init_connection,
+            command_timeout=30, max_inactive_connection_lifetime=60,
+        )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        await self._pool.fetchval("SELECT 1")
+
+    # ---- hot path -------------------------------------------------------
+
+    async def balance(self, user_id: str, org_id: str) -> Balance:
+        row = await self._pool.fetchrow("SELECT * FROM credit_balance($1, $2)", user_id, org_id)
+        _raise_resolution(row["outcome"], user_id, org_id)
+        return Balance(row["funding_kind"], row["org_id"], row["limit_mc"], row["used_mc"], row["held_mc"])
+
+    async def reserve(self, *, caller: str, request_id: str, request_hash: bytes, user_id: str,
+                      org_id: str, amount_mc: int, ttl_seconds: int, service_type: str,
+                      service_name: str, metadata: dict[str, Any]) -> Hold:
+        args = (caller, request_id, request_hash, user_id, org_id, amount_mc, ttl_seconds,
+                service_type, service_name, metadata)
+        for _ in range(5):
+            try:
+                row = await self._pool.fetchrow(
+                    "SELECT * FROM credit_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", *args)
+                break
+            except asyncpg.PostgresError as exc:
+                if getattr(exc, "sqlstate", None) != _CONCURRENT_DUPLICATE:
+                    raise
+        else:  # pragma: no cover - a duplicate that never settles
+            raise FailedPrecondition(f"request_id {request_id!r} is being reserved concurrently; retry")
+        outcome = row["outcome"]
+        _raise_resolution(outcome, user_id, org_id)
+        if outcome == "conflict":
+            raise AlreadyExists(f"request_id {request_id!r} was already used with different arguments")
+        if outcome == "insufficient":
+            raise InsufficientCredits(row["available_mc"] or 0, amount_mc,
+                                      funding_label(row["funding_kind"], row["org_id"]))
+        return Hold(row["reservation_id"], row["funding_kind"], row["org_id"], row["reserved_mc"],
+                    row["available_mc"] or 0, row["expires_at"])
+
+    async def commit(self, *, caller: str, reservation_id: uuid.UUID, amount_mc: int,
+                     metadata: dict[str, Any]) -> Charge:
+        row = await self._pool.fetchrow("SELECT * FROM credit_commit($1, $2, $3, $4)",
+                                        caller, reservation_id, amount_mc, metadata)
+        outcome = row["outcome"]
+        if outcome == "not_found":
+            raise NotFound(f"reservation {reservation_id} not found")
+        if outcome == "finalized":
+            raise FailedPrecondition(
+                f"reservation {reservation_id} is already finalized"
+                + (f" (committed {row['charged_mc']} millicredits)" if row["charged_mc"] is not None else " (released)"))
+        return Charge(row["charged_mc"], row["available_mc"], row["overrun"], row["late"],
+                      row["funding_kind"], row["org_id"])
+
+    async def release(self, *, caller: str, reservation_id: uuid.UUID, reason: str) -> None:
+        outcome = await self._pool.fetchval("SELECT credit_release($1, $2, $3)", caller, reservation_id, reason)
+        if outcome == "not_found":
+            raise NotFound(f"reservation {reservation_id} not found")
+        if outcome == "finalized":
+            raise FailedPrecondition(f"reservation {reservation_id} is already committed")
+
+    async def expire_holds(self, batch: int) -> int:
+        return await self._pool.fetchval("SELECT credit_expire_holds($1)", batch)
+
+    # ---- users, organizations, members ------------------------------------
+
+    async def create_user(self, user_id: str, display_name: str, email: str) -> UserRow:
+        row = await self._pool.fetchrow(
+            """INSERT INTO users (user_id, display_name, email) VALUES ($1, $2, $3)
+               ON CONFLICT (user_id) DO NOTHING RETURNING *""", user_id, display_name, email)
+        if row is None:
+            raise AlreadyExists(f"user {user_id!r} already exists")
+        return UserRow(row["user_id"], row["display_name"], row["email"], row["created_at"])
+
+    async def create_organization(self, org_id: str, name: str) -> OrgSummary:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """INSERT INTO organizations (org_id, name) VALUES ($1, $2)
+                   ON CONFLICT (org_id) DO NOTHING RETURNING created_at""", org_id, name)
+            if row is None:
+                raise AlreadyExists(f"organization {org_id!r} already exists")
+            await conn.execute("INSERT INTO org_pools (org_id) VALUES ($1)", org_id)
+        return OrgSummary(org_id, name, 0, 0, 0, 0, row["created_at"])
+
+    async def _require_org(self, conn: asyncpg.Connection, org_id: str, lock: bool = False) -> asyncpg.Record:
+        sql = "SELECT * FROM org_pools WHERE org_id = $1"
+        row = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), org_id)
+        if row is None:
+            raise NotFound(f"organization {org_id!r} not found")
+        return row
+
+    async def _require_user(self, conn: asyncpg.Connection, user_id: str) -> None:
+        if await conn.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id) is None:
+            raise NotFound(f"user {user_id!r} not found")
+
+    async def add_member(self, org_id: str, user_id: str, role: str, is_default: bool) -> MemberRow:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._require_org(conn, org_id)
+            await self._require_user(conn, user_id)
+            # Lock the user's memberships so two concurrent default changes serialize.
+            await conn.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
+            if is_default:
+                await conn.execute("UPDATE org_members SET is_default = false WHERE user_id = $1 AND is_default",
+                                   user_id)
+            row = await conn.fetchrow(
+                """INSERT INTO org_members (org_id, user_id, role, is_default) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (org_id, user_id) DO NOTHING RETURNING joined_at""",
+                org_id, user_id, role, is_default)
+            if row is None:
+                raise AlreadyExists(f"user {user_id!r} is already a member of {org_id!r}")
+        return MemberRow(org_id, user_id, role, is_default, 0, 0, 0, row["joined_at"])
+
+    async def remove_member(self, org_id: str, user_id: str) -> int:
+        """Removes the membership; the unused allocation returns to the pool. Returns that amount."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._require_org(conn, org_id, lock=True)
+            member = await conn.fetchrow(
+                "SELECT 1 FROM org_members WHERE org_id = $1 AND user_id = $2 FOR UPDATE", org_id, user_id)
+            if member is None:
+                raise NotFound(f"user {user_id!r} is not a member of {org_id!r}")
+            alloc = await conn.fetchrow(
+                "SELECT * FROM allocations WHERE org_id = $1 AND user_id = $2 FOR UPDATE", org_id, user_id)
+            returned = 0
+            if alloc is not None:
+                if alloc["held_mc"] > 0:
+                    raise FailedPrecondition(
+                        f"member {user_id!r} has {alloc['held_mc']} millicredits on hold; "
+                        "release or commit them before removing the member")
+                returned = max(alloc["limit_mc"] - alloc["used_mc"], 0)
+                if returned:
+                    await self._change_allocation(conn, org_id, user_id, -returned, "member removed")
+            await conn.execute("DELETE FROM org_members WHERE org_id = $1 AND user_id = $2", org_id, user_id)
+        return returned
+
+    # ---- pools, allocations, grants ------------------------------------
+
+    async def top_up_pool(self, org_id: str, amount_mc: int, purchase_reference: str,
+                          purchase_amount: str | None, purchase_currency: str) -> OrgSummary:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._require_org(conn, org_id, lock=True)
+            previous = await conn.fetchrow(
+                "SELECT amount_mc FROM pool_top_ups WHERE org_id = $1 AND purchase_reference = $2",
+                org_id, purchase_reference)
+            if previous is not None:
+                if previous["amount_mc"] != amount_mc:
+                    raise AlreadyExists(
+                        f"purchase_reference {purchase_reference!r} was already used with another amount")
+            else:
+                await conn.execute(
+                    """INSERT INTO pool_top_ups (org_id, amount_mc, purchase_reference, purchase_amount,
+                                                 purchase_currency) VALUES ($1, $2, $3, $4::numeric, $5)""",
+                    org_id, amount_mc, purchase_reference, purchase_amount, purchase_currency)
+                await conn.execute("UPDATE org_pools SET total_mc = total_mc + $2 WHERE org_id = $1",
+                                   org_id, amount_mc)
+                await conn.execute(
+                    """INSERT INTO ledger_entries (account, org_id, kind, delta_limit_mc, note)
+                       VALUES ('pool', $1, 'top_up', $2, $3)""", org_id, amount_mc, purchase_reference)
+        return await self.get_organization(org_id)
+
+    async def _change_allocation(self, conn: asyncpg.Connection, org_id: str, user_id: str,
+                                 delta_mc: int, note: str) -> None:
+        """Moves an allocation's limit by delta (pool row already locked)."""
+        await conn.execute(
+            """INSERT INTO allocations (org_id, user_id, limit_mc) VALUES ($1, $2, $3)
+               ON CONFLICT (org_id, user_id)
+               DO UPDATE SET limit_mc = allocations.limit_mc + $3, updated_at = now()""",
+            org_id, user_id, delta_mc)
+        await conn.execute("UPDATE org_pools SET allocated_mc = allocated_mc + $2 WHERE org_id = $1",
+                           org_id, delta_mc)
+        await conn.execute(
+            """INSERT INTO ledger_entries (account, org_id, user_id, kind, delta_limit_mc, note)
+               VALUES ('allocation', $1, $2, 'allocation', $3, $4)""", org_id, user_id, delta_mc, note)
+
+    async def set_allocation(self, org_id: str, user_id: str, allocation_mc: int, allocated_by: str) -> MemberRow:
+        async with self._pool.acquire() as conn, conn.transaction():
+            pool = await self._require_org(conn, org_id, lock=True)
+            member = await conn.fetchrow(
+                "SELECT 1 FROM org_members WHERE org_id = $1 AND user_id = $2", org_id, user_id)
+            if member is None:
+                await self._require_user(conn, user_id)
+                raise FailedPrecondition(f"user {user_id!r} is not a member of {org_id!r}")
+            alloc = await conn.fetchrow(
+                "SELECT * FROM allocations WHERE org_id = $1 AND user_id = $2 FOR UPDATE", org_id, user_id)
+            current = alloc["limit_mc"] if alloc else 0
+            committed = (alloc["used_mc"] + alloc["held_mc"]) if alloc else 0
+            if allocation_mc < committed:
+                raise FailedPrecondition(
+                    f"allocation {allocation_mc} is below what {user_id!r} already used or holds ({committed})")
+            unallocated = pool["total_mc"] - pool["allocated_mc"]
+            delta = allocation_mc - current
+            if delta > unallocated:
+                raise InsufficientCredits(unallocated, delta, f"pool:{org_id}")
+            if delta:
+                await self._change_allocation(conn, org_id, user_id, delta, f"set by {allocated_by}".strip())
+        return await self.get_member(org_id, user_id)
+
+    async def grant_individual(self, user_id: str, amount_mc: int, reason: str, reference: str | None) -> Balance:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._require_user(conn, user_id)
+            if reference is not None:
+                previous = await conn.fetchval(
+                    "SELECT amount_mc FROM individual_grants WHERE user_id = $1 AND reference = $2",
+                    user_id, reference)
+                if previous is not None and previous != amount_mc:
+                    raise AlreadyExists(f"grant reference {reference!r} was already used with another amount")
+                if previous is not None:
+                    return await self._individual(conn, user_id)
+            await conn.execute(
+                "INSERT INTO individual_grants (user_id, amount_mc, reason, reference) VALUES ($1, $2, $3, $4)",
+                user_id, amount_mc, reason, reference)
+            await conn.execute(
+                """INSERT INTO individual_balances (user_id, limit_mc) VALUES ($1, $2)
+                   ON CONFLICT (user_id) DO UPDATE
+                   SET limit_mc = individual_balances.limit_mc + $2, updated_at = now()""",
+                user_id, amount_mc)
+            await conn.execute(
+                """INSERT INTO ledger_entries (account, user_id, kind, delta_limit_mc, note)
+                   VALUES ('individual', $1, 'grant', $2, $3)""", user_id, amount_mc, reason)
+            return await self._individual(conn, user_id)
+
+    async def _individual(self, conn: asyncpg.Connection, user_id: str) -> Balance:
+        row = await conn.fetchrow("SELECT * FROM individual_balances WHERE user_id = $1", user_id)
+        return Balance("individual", None, row["limit_mc"], row["used_mc"], row["held_mc"])
+
+    # ---- reads ------------------------------------------------------------
+
+    async def get_organization(self, org_id: str) -> OrgSummary:
+        row = await self._pool.fetchrow(
+            """SELECT o.org_id, o.name, o.created_at, p.total_mc, p.allocated_mc,
+                      coalesce(sum(a.used_mc), 0)::BIGINT AS used_mc,
+                      coalesce(sum(a.held_mc), 0)::BIGINT AS held_mc
+                 FROM organizations o JOIN org_pools p USING (org_id)
+                 LEFT JOIN allocations a USING (org_id)
+                WHERE o.org_id = $1
+                GROUP BY o.org_id, o.name, o.created_at, p.total_mc, p.allocated_mc""", org_id)
+        if row is None:
+            raise NotFound(f"organization {org_id!r} not found")
+        return OrgSummary(row["org_id"], row["name"], row["total_mc"], row["allocated_mc"],
+                          row["used_mc"], row["held_mc"], row["created_at"])
+
+    _MEMBER_SELECT = """SELECT m.org_id, m.user_id, m.role, m.is_default, m.joined_at,
+                               coalesce(a.limit_mc, 0) AS limit_mc, coalesce(a.used_mc, 0) AS used_mc,
+                               coalesce(a.held_mc, 0) AS held_mc
+                          FROM org_members m
+                          LEFT JOIN allocations a ON a.org_id = m.org_id AND a.user_id = m.user_id"""
+
+    @staticmethod
+    def _member(row: asyncpg.Record) -> MemberRow:
+        return MemberRow(row["org_id"], row["user_id"], row["role"], row["is_default"],
+                         row["limit_mc"], row["used_mc"], row["held_mc"], row["joined_at"])
+
+    async def get_member(self, org_id: str, user_id: str) -> MemberRow:
+        row = await self._pool.fetchrow(self._MEMBER_SELECT + " WHERE m.org_id = $1 AND m.user_id = $2",
+                                        org_id, user_id)
+        if row is None:
+            raise NotFound(f"user {user_id!r} is not a member of {org_id!r}")
+        return self._member(row)
+
+    async def list_members(self, org_id: str) -> list[MemberRow]:
+        async with self._pool.acquire() as conn:
+            await self._require_org(conn, org_id)
+            rows = await conn.fetch(self._MEMBER_SELECT + " WHERE m.org_id = $1 ORDER BY m.join_seq", org_id)
+        return [self._member(r) for r in rows]
+
+    async def user_exists(self, user_id: str) -> bool:
+        return await self._pool.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id) is not None
+
+    # ---- usage ------------------------------------------------------------
+
+    async def query_usage(self, *, org_id: str | None, user_id: str | None, service_type: str | None,
+                          model: str | None, start: datetime | None, end: datetime | None,
+                          group_by: str | None, limit: int) -> tuple[list[dict], list[dict], int, int]:
+        """Returns (records, groups, total_mc, total_requests)."""
+        filters = (org_id, user_id, service_type, model, start, end)
+        async with self._pool.acquire() as conn:
+            totals = await conn.fetchrow(
+                "SELECT count(*) AS n, coalesce(sum(credits_used), 0)::BIGINT AS mc FROM usage_attribution"
+                + USAGE_FILTER, *filters)
+            if group_by is None:
+                rows = await conn.fetch(
+                    "SELECT * FROM usage_attribution" + USAGE_FILTER
+                    + " ORDER BY created_at DESC, attribution_id DESC LIMIT $7", *filters, limit)
+                return [dict(r) for r in rows], [], totals["mc"], totals["n"]
+            rows = await conn.fetch(USAGE_GROUP_SQL[group_by], *filters, limit)
+            return [], [dict(r) for r in rows], totals["mc"], totals["n"]
+
+    # ---- API keys ---------------------------------------------------------
+
+    async def create_api_key(self, user_id: str, org_id: str | None, kind: str, name: str) -> tuple[ApiKeyRow, str]:
+        key_id = "ck_" + secrets.token_hex(8)
+        secret = f"{key_id}.{secrets.token_urlsafe(32)}"
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._require_user(conn, user_id)
+            if org_id is not None:
+                await self._require_org(conn, org_id)
+                is_member = await conn.fetchval(
+                    "SELECT 1 FROM org_members WHERE org_id = $1 AND user_id = $2", org_id, user_id)
+                if is_member is None:
+                    raise FailedPrecondition(f"user {user_id!r} is not a member of {org_id!r}")
+            row = await conn.fetchrow(
+                """INSERT INTO api_keys (key_id, secret_hash, user_id, org_id, kind, name)
+                   VALUES ($1, $2, $3, $4, $5, $6) RETURNING *""",
+                key_id, hash_secret(secret), user_id, org_id, kind, name)
+        return self._api_key(row), secret
+
+    @staticmethod
+    def _api_key(row: asyncpg.Record) -> ApiKeyRow:
+        return ApiKeyRow(row["key_id"], row["user_id"], row["org_id"], row["kind"], row["name"],
+                         row["created_at"], row["revoked_at"])
+
+    async def revoke_api_key(self, key_id: str) -> ApiKeyRow:
+        row = await self._pool.fetchrow(
+            """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+               WHERE key_id = $1 RETURNING *""", key_id)
+        if row is None:
+            raise NotFound(f"API key {key_id!r} not found")
+        return self._api_key(row)
+
+    async def find_api_key(self, key_id: str) -> tuple[ApiKeyRow, bytes] | None:
+        row = await self._pool.fetchrow("SELECT * FROM api_keys WHERE key_id = $1", key_id)
+        if row is None:
+            return None
+        return self._api_key(row), bytes(row["secret_hash"])
+
+    async def list_api_keys(self, user_id: str | None, org_id: str | None) -> list[ApiKeyRow]:
+        rows = await self._pool.fetch(
+            """SELECT * FROM api_keys WHERE ($1::text IS NULL OR user_id = $1)
+                 AND ($2::text IS NULL OR org_id = $2) ORDER BY created_at DESC, key_id""", user_id, org_id)
+        return [self._api_key(r) for r in rows]
