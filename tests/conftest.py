@@ -1,0 +1,232 @@
+"""Shared test fixtures: a real PostgreSQL (embedded, or DATABASE_URL), the
+authority as a real subprocess on a local port, and generated stubs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+
+from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2_grpc
+from credit_service.embedded_db import EmbeddedPostgres
+from credit_service.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Tokens:
+    spend: str
+    admin: str
+    read: str
+    other_spend: str
+
+    def env(self) -> str:
+        return ",".join([f"platform:{self.spend}:spend+read", f"ops:{self.admin}:admin+read",
+                         f"analytics:{self.read}:read", f"other-platform:{self.other_spend}:spend"])
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """A fresh database: on DATABASE_URL's server if set, else an embedded PostgreSQL."""
+    base = os.environ.get("DATABASE_URL")
+    pg = None
+    if base:
+        name = f"credit_test_{uuid.uuid4().hex[:8]}"
+
+        async def create() -> None:
+            conn = await asyncpg.connect(base)
+            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.close()
+
+        asyncio.run(create())
+        url = base.rsplit("/", 1)[0] + "/" + name
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="credit-test-pg-"))
+        pg = EmbeddedPostgres(tmp / "pg", free_port()).start()
+        url = pg.url
+    asyncio.run(migrate(url))
+    yield url
+    if pg is not None:
+        pg.stop("immediate")
+
+
+@pytest.fixture(scope="session")
+def tokens() -> Tokens:
+    return Tokens(*(secrets.token_urlsafe(24) for _ in range(4)))
+
+
+class AuthorityProcess:
+    """`python -m credit_service serve` as a child process."""
+
+    def __init__(self, database_url: str, tokens: Tokens, extra_env: dict[str, str] | None = None):
+        self.database_url = database_url
+        self.tokens = tokens
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.log_path = Path(tempfile.mkstemp(prefix="authority-", suffix=".log")[1])
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, port: int = 0) -> AuthorityProcess:
+        self.port = port or free_port()
+        env = {**os.environ, "DATABASE_URL": self.database_url, "CREDIT_LISTEN_ADDR": self.addr,
+               "CREDIT_AUTH_TOKENS": self.tokens.env(), "CREDIT_SWEEP_INTERVAL_SECONDS": "0.2",
+               "CREDIT_DB_POOL_MAX": "10", **self.extra_env}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "credit_service", "serve"], env=env,
+                                     stdout=log, stderr=log, cwd=ROOT)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"authority exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                with grpc.insecure_channel(self.addr) as channel:
+                    grpc.channel_ready_future(channel).result(timeout=0.5)
+                    return
+            except grpc.FutureTimeoutError:
+                time.sleep(0.1)
+        raise RuntimeError(f"authority did not start: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            self.proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def authority(database_url: str, tokens: Tokens) -> AuthorityProcess:
+    process = AuthorityProcess(database_url, tokens).start()
+    yield process
+    process.stop()
+
+
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+class Stub:
+    """A generated stub that always sends one token."""
+
+    def __init__(self, stub: object, token: str):
+        self._stub = stub
+        self._metadata = bearer(token)
+
+    def __getattr__(self, name: str):
+        method = getattr(self._stub, name)
+
+        def call(request, **kwargs):
+            kwargs.setdefault("metadata", self._metadata)
+            kwargs.setdefault("timeout", 30)
+            return method(request, **kwargs)
+
+        return call
+
+
+@pytest.fixture(scope="session")
+def channel(authority: AuthorityProcess) -> grpc.Channel:
+    with grpc.insecure_channel(authority.addr) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def spend(channel, tokens) -> Stub:
+    return Stub(authority_pb2_grpc.CreditAuthorityStub(channel), tokens.spend)
+
+
+@pytest.fixture(scope="session")
+def admin(channel, tokens) -> Stub:
+    return Stub(admin_pb2_grpc.CreditAdminStub(channel), tokens.admin)
+
+
+@pytest.fixture
+async def aio_spend(authority, tokens):
+    async with grpc.aio.insecure_channel(authority.addr) as ch:
+        yield Stub(authority_pb2_grpc.CreditAuthorityStub(ch), tokens.spend)
+
+
+@pytest.fixture
+async def db(database_url):
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class World:
+    """Creates uniquely named users and orgs through CreditAdmin."""
+
+    def __init__(self, admin: Stub):
+        self.admin = admin
+
+    def user(self, individual_mc: int = 0) -> str:
+        user_id = uid("user")
+        self.admin.CreateUser(admin_pb2.CreateUserRequest(user_id=user_id, display_name="Test"))
+        if individual_mc:
+            self.admin.GrantIndividualCredits(admin_pb2.GrantIndividualCreditsRequest(
+                user_id=user_id, amount_millicredits=individual_mc, reason="test"))
+        return user_id
+
+    def org(self, pool_mc: int = 0) -> str:
+        org_id = uid("org")
+        self.admin.CreateOrganization(admin_pb2.CreateOrganizationRequest(org_id=org_id, name="Test org"))
+        if pool_mc:
+            self.top_up(org_id, pool_mc)
+        return org_id
+
+    def top_up(self, org_id: str, amount_mc: int) -> admin_pb2.Organization:
+        return self.admin.TopUpPool(admin_pb2.TopUpPoolRequest(
+            org_id=org_id, amount_millicredits=amount_mc, purchase_reference=uid("po")))
+
+    def member(self, org_id: str, user_id: str, allocation_mc: int = 0, default: bool = False,
+               role: int = admin_pb2.MEMBER_ROLE_MEMBER) -> None:
+        self.admin.AddMember(admin_pb2.AddMemberRequest(org_id=org_id, user_id=user_id, role=role,
+                                                        is_default=default))
+        if allocation_mc:
+            self.allocate(org_id, user_id, allocation_mc)
+
+    def allocate(self, org_id: str, user_id: str, allocation_mc: int) -> admin_pb2.Member:
+        return self.admin.SetAllocation(admin_pb2.SetAllocationRequest(
+            org_id=org_id, user_id=user_id, allocation_millicredits=allocation_mc))
+
+    def funded_member(self, allocation_mc: int, pool_mc: int | None = None) -> tuple[str, str]:
+        org_id = self.org(pool_mc if pool_mc is not None else allocation_mc)
+        user_id = self.user()
+        self.member(org_id, user_id, allocation_mc)
+        return org_id, user_id
+
+
+@pytest.fixture(scope="session")
+def world(admin) -> World:
+    return World(admin)

@@ -1,0 +1,89 @@
+"""The invariants of DESIGN.md, checked against the database itself."""
+
+from __future__ import annotations
+
+import asyncpg
+
+CHECKS = {
+    "allocation cache equals its ledger": """
+        SELECT a.org_id, a.user_id FROM allocations a
+        LEFT JOIN (SELECT org_id, user_id, sum(delta_limit_mc) l, sum(delta_used_mc) u, sum(delta_held_mc) h
+                     FROM ledger_entries WHERE account = 'allocation' GROUP BY 1, 2) e
+               USING (org_id, user_id)
+        WHERE (a.limit_mc, a.used_mc, a.held_mc) IS DISTINCT FROM
+              (coalesce(e.l, 0), coalesce(e.u, 0), coalesce(e.h, 0))""",
+    "individual cache equals its ledger": """
+        SELECT b.user_id FROM individual_balances b
+        LEFT JOIN (SELECT user_id, sum(delta_limit_mc) l, sum(delta_used_mc) u, sum(delta_held_mc) h
+                     FROM ledger_entries WHERE account = 'individual' GROUP BY 1) e USING (user_id)
+        WHERE (b.limit_mc, b.used_mc, b.held_mc) IS DISTINCT FROM
+              (coalesce(e.l, 0), coalesce(e.u, 0), coalesce(e.h, 0))""",
+    "pool total equals its top-ups in the ledger": """
+        SELECT p.org_id FROM org_pools p
+        LEFT JOIN (SELECT org_id, sum(delta_limit_mc) l FROM ledger_entries
+                    WHERE account = 'pool' GROUP BY 1) e USING (org_id)
+        WHERE p.total_mc <> coalesce(e.l, 0)""",
+    "pool allocated equals the sum of allocations": """
+        SELECT p.org_id FROM org_pools p
+        LEFT JOIN (SELECT org_id, sum(limit_mc) s FROM allocations GROUP BY 1) a USING (org_id)
+        WHERE p.allocated_mc <> coalesce(a.s, 0)""",
+    "sum of allocations within the pool": """
+        SELECT org_id FROM org_pools WHERE allocated_mc > total_mc""",
+    "held equals open reservations": """
+        SELECT x.* FROM (
+            SELECT 'allocation' k, org_id, user_id, held_mc FROM allocations
+            UNION ALL SELECT 'individual', NULL, user_id, held_mc FROM individual_balances) x
+        LEFT JOIN (SELECT funding_kind, org_id, user_id, sum(amount_mc) s FROM reservations
+                    WHERE status = 'held' GROUP BY 1, 2, 3) r
+               ON r.user_id = x.user_id AND r.org_id IS NOT DISTINCT FROM x.org_id
+              AND r.funding_kind = CASE WHEN x.k = 'allocation' THEN 'org' ELSE 'individual' END
+        WHERE x.held_mc <> coalesce(r.s, 0)""",
+    "used + held within limit unless flagged": """
+        SELECT x.* FROM (
+            SELECT 'org' k, org_id, user_id, limit_mc, used_mc, held_mc FROM allocations
+            UNION ALL SELECT 'individual', NULL, user_id, limit_mc, used_mc, held_mc FROM individual_balances) x
+        WHERE x.used_mc + x.held_mc > x.limit_mc
+          AND NOT EXISTS (SELECT 1 FROM usage_attribution u
+                           WHERE u.user_id = x.user_id AND u.org_id IS NOT DISTINCT FROM x.org_id
+                             AND u.funding_kind = x.k AND (u.overrun OR u.late))""",
+    "every committed reservation has exactly one attribution row": """
+        SELECT r.reservation_id FROM reservations r
+        LEFT JOIN usage_attribution u USING (reservation_id)
+        WHERE r.status = 'committed' AND (u.reservation_id IS NULL OR u.credits_used <> r.charged_mc)""",
+    "no attribution row without a committed reservation": """
+        SELECT u.reservation_id FROM usage_attribution u
+        LEFT JOIN reservations r USING (reservation_id)
+        WHERE r.status IS DISTINCT FROM 'committed'""",
+    "used equals the sum of charges": """
+        SELECT x.* FROM (
+            SELECT 'org' k, org_id, user_id, used_mc FROM allocations
+            UNION ALL SELECT 'individual', NULL, user_id, used_mc FROM individual_balances) x
+        LEFT JOIN (SELECT funding_kind, org_id, user_id, sum(credits_used) s FROM usage_attribution
+                    GROUP BY 1, 2, 3) u
+               ON u.user_id = x.user_id AND u.org_id IS NOT DISTINCT FROM x.org_id AND u.funding_kind = x.k
+        WHERE x.used_mc <> coalesce(u.s, 0)""",
+}
+
+
+async def violations(conn: asyncpg.Connection) -> dict[str, list]:
+    found = {}
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        for name, sql in CHECKS.items():
+            rows = await conn.fetch(sql)
+            if rows:
+                found[name] = [dict(r) for r in rows[:5]]
+    return found
+
+
+async def assert_invariants(conn: asyncpg.Connection) -> None:
+    found = await violations(conn)
+    assert not found, f"invariants violated: {found}"
+
+
+TABLES = ("users", "organizations", "org_members", "org_pools", "pool_top_ups", "allocations",
+          "individual_balances", "individual_grants", "reservations", "usage_attribution",
+          "ledger_entries", "api_keys")
+
+
+async def row_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in TABLES}  # fixed table names
