@@ -116,8 +116,19 @@ def rpc(*roles: Role) -> Callable:
     return decorate
 
 
+def _whole_numbers_as_int(value: Any) -> Any:
+    """Struct numbers are doubles; token counts and the like read better as integers."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers_as_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers_as_int(v) for v in value]
+    return value
+
+
 def _struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(message)
+    return _whole_numbers_as_int(json_format.MessageToDict(message))
 
 
 def _dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
