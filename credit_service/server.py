@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ from typing import Any
 
 import asyncpg
 import grpc
-from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import any_pb2, struct_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -109,6 +110,9 @@ def rpc(*roles: Role) -> Callable:
             except asyncpg.PostgresError as error:
                 log.exception("database error in %s", method.__name__)
                 status = _rich_status(grpc.StatusCode.INTERNAL, f"database error {error.sqlstate}")
+            except Exception:
+                log.exception("unexpected error in %s", method.__name__)
+                status = _rich_status(grpc.StatusCode.INTERNAL, "internal error")
             await context.abort(status.code, status.details, status.trailing_metadata)
 
         return handler
@@ -116,19 +120,25 @@ def rpc(*roles: Role) -> Callable:
     return decorate
 
 
-def _whole_numbers_as_int(value: Any) -> Any:
-    """Struct numbers are doubles; token counts and the like read better as integers."""
-    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _whole_numbers_as_int(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers_as_int(v) for v in value]
-    return value
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidArgument("metadata", "numbers must be finite (no NaN or Infinity)")
+        # Struct numbers are doubles; token counts and the like read better as integers.
+        return int(number) if number.is_integer() and abs(number) <= 2**53 else number
+    if kind == "struct_value":
+        return _struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(v) for v in value.list_value.values]
+    if kind in ("string_value", "bool_value"):
+        return getattr(value, kind)
+    return None
 
 
 def _struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    return _whole_numbers_as_int(json_format.MessageToDict(message))
+    return {key: _value(item) for key, item in message.fields.items()}
 
 
 def _dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:

@@ -317,11 +317,12 @@ class Storage:
     async def _change_allocation(self, conn: asyncpg.Connection, org_id: str, user_id: str,
                                  delta_mc: int, note: str) -> None:
         """Moves an allocation's limit by delta (pool row already locked)."""
-        await conn.execute(
-            """INSERT INTO allocations (org_id, user_id, limit_mc) VALUES ($1, $2, $3)
-               ON CONFLICT (org_id, user_id)
-               DO UPDATE SET limit_mc = allocations.limit_mc + $3, updated_at = now()""",
-            org_id, user_id, delta_mc)
+        updated = await conn.execute(
+            """UPDATE allocations SET limit_mc = limit_mc + $3, updated_at = now()
+               WHERE org_id = $1 AND user_id = $2""", org_id, user_id, delta_mc)
+        if updated == "UPDATE 0":
+            await conn.execute("INSERT INTO allocations (org_id, user_id, limit_mc) VALUES ($1, $2, $3)",
+                               org_id, user_id, delta_mc)
         await conn.execute("UPDATE org_pools SET allocated_mc = allocated_mc + $2 WHERE org_id = $1",
                            org_id, delta_mc)
         await conn.execute(
