@@ -1,0 +1,234 @@
+"""creditctl: the admin command line over CreditAdmin (and GetBalance).
+
+Amounts are typed and shown in credits ("12.5" = 12,500 millicredits).
+Connects to CREDIT_AUTHORITY_ADDR with CREDIT_ADMIN_TOKEN; when those are
+unset it falls back to the values `make run` wrote to .data/demo.env.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc, types_pb2
+
+from .demo import read_env_file
+from .money import format_credits, parse_credits
+from .settings import PROJECT_ROOT
+
+ROLES = {"owner": admin_pb2.MEMBER_ROLE_OWNER, "admin": admin_pb2.MEMBER_ROLE_ADMIN,
+         "member": admin_pb2.MEMBER_ROLE_MEMBER}
+ROLE_NAMES = {v: k for k, v in ROLES.items()}
+GROUPS = {"user": admin_pb2.USAGE_GROUP_BY_USER, "model": admin_pb2.USAGE_GROUP_BY_MODEL,
+          "service_type": admin_pb2.USAGE_GROUP_BY_SERVICE_TYPE, "day": admin_pb2.USAGE_GROUP_BY_DAY}
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    for line in [headers, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)).rstrip())
+
+
+def credits(text: str) -> int:
+    try:
+        return parse_credits(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def timestamp(text: str) -> timestamp_pb2.Timestamp:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date or time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(moment)
+    return ts
+
+
+def funding_text(funding: types_pb2.Funding) -> str:
+    return f"org:{funding.org_id}" if funding.kind == types_pb2.Funding.ORG else "individual"
+
+
+class Commands:
+    def __init__(self, admin: admin_pb2_grpc.CreditAdminStub, authority: authority_pb2_grpc.CreditAuthorityStub,
+                 metadata: tuple):
+        self.admin = admin
+        self.authority = authority
+        self.metadata = metadata
+
+    def _call(self, method, request):
+        return method(request, metadata=self.metadata, timeout=30)
+
+    def show_org(self, org: admin_pb2.Organization) -> None:
+        print_table(["org", "pool total", "allocated", "unallocated", "used", "held"],
+                    [[org.org_id, format_credits(org.pool_total_millicredits),
+                      format_credits(org.allocated_millicredits), format_credits(org.unallocated_millicredits),
+                      format_credits(org.used_millicredits), format_credits(org.held_millicredits)]])
+
+    def show_members(self, members) -> None:
+        print_table(["user", "role", "default", "allocation", "used", "held", "available"],
+                    [[m.user_id, ROLE_NAMES.get(m.role, "?"), "yes" if m.is_default else "",
+                      format_credits(m.allocation_millicredits), format_credits(m.used_millicredits),
+                      format_credits(m.held_millicredits), format_credits(m.available_millicredits)]
+                     for m in members])
+
+    def run(self, args: argparse.Namespace) -> None:
+        getattr(self, "cmd_" + args.command.replace("-", "_"))(args)
+
+    def cmd_user_create(self, a):
+        user = self._call(self.admin.CreateUser, admin_pb2.CreateUserRequest(
+            user_id=a.user_id, display_name=a.name, email=a.email))
+        print(f"created user {user.user_id}")
+
+    def cmd_org_create(self, a):
+        org = self._call(self.admin.CreateOrganization, admin_pb2.CreateOrganizationRequest(
+            org_id=a.org_id, name=a.name))
+        print(f"created organization {org.org_id}")
+
+    def cmd_org_show(self, a):
+        self.show_org(self._call(self.admin.GetOrganization, admin_pb2.GetOrganizationRequest(org_id=a.org_id)))
+
+    def cmd_member_add(self, a):
+        member = self._call(self.admin.AddMember, admin_pb2.AddMemberRequest(
+            org_id=a.org_id, user_id=a.user_id, role=ROLES[a.role], is_default=a.default))
+        print(f"added {member.user_id} to {member.org_id} as {a.role}")
+
+    def cmd_member_remove(self, a):
+        result = self._call(self.admin.RemoveMember, admin_pb2.RemoveMemberRequest(org_id=a.org_id, user_id=a.user_id))
+        print(f"removed {a.user_id}; {format_credits(result.returned_to_pool_millicredits)} credits returned to the pool")
+
+    def cmd_members(self, a):
+        self.show_members(self._call(self.admin.ListMembers, admin_pb2.ListMembersRequest(org_id=a.org_id)).members)
+
+    def cmd_top_up(self, a):
+        org = self._call(self.admin.TopUpPool, admin_pb2.TopUpPoolRequest(
+            org_id=a.org_id, amount_millicredits=a.credits, purchase_reference=a.reference,
+            purchase_amount=a.paid, purchase_currency=a.currency))
+        self.show_org(org)
+
+    def cmd_allocate(self, a):
+        member = self._call(self.admin.SetAllocation, admin_pb2.SetAllocationRequest(
+            org_id=a.org_id, user_id=a.user_id, allocation_millicredits=a.credits, allocated_by="creditctl"))
+        self.show_members([member])
+
+    def cmd_grant(self, a):
+        balance = self._call(self.admin.GrantIndividualCredits, admin_pb2.GrantIndividualCreditsRequest(
+            user_id=a.user_id, amount_millicredits=a.credits, reason=a.reason, reference=a.reference))
+        print(f"{balance.user_id}: {format_credits(balance.available_millicredits)} credits available")
+
+    def cmd_key_create(self, a):
+        kind = admin_pb2.API_KEY_KIND_SERVICE if a.service else admin_pb2.API_KEY_KIND_USER
+        created = self._call(self.admin.CreateApiKey, admin_pb2.CreateApiKeyRequest(
+            user_id=a.user_id, org_id=a.org, kind=kind, name=a.name))
+        print(f"key id: {created.key.key_id}")
+        print(f"secret (shown once): {created.secret}")
+
+    def cmd_key_revoke(self, a):
+        key = self._call(self.admin.RevokeApiKey, admin_pb2.RevokeApiKeyRequest(key_id=a.key_id))
+        print(f"revoked {key.key_id}")
+
+    def cmd_keys(self, a):
+        keys = self._call(self.admin.ListApiKeys, admin_pb2.ListApiKeysRequest(user_id=a.user, org_id=a.org)).keys
+        print_table(["key id", "user", "org", "kind", "name", "created", "revoked"],
+                    [[k.key_id, k.user_id, k.org_id, "service" if k.kind == admin_pb2.API_KEY_KIND_SERVICE
+                      else "user", k.name, k.created_at.ToDatetime().isoformat(timespec="seconds"),
+                      k.revoked_at.ToDatetime().isoformat(timespec="seconds") if k.HasField("revoked_at") else ""]
+                     for k in keys])
+
+    def cmd_balance(self, a):
+        b = self._call(self.authority.GetBalance, authority_pb2.GetBalanceRequest(user_id=a.user_id, org_id=a.org))
+        print_table(["user", "funding", "limit", "used", "held", "available"],
+                    [[a.user_id, funding_text(b.funding), format_credits(b.limit_millicredits),
+                      format_credits(b.used_millicredits), format_credits(b.held_millicredits),
+                      format_credits(b.available_millicredits)]])
+
+    def cmd_usage(self, a):
+        request = admin_pb2.QueryUsageRequest(org_id=a.org, user_id=a.user, model=a.model,
+                                              service_type=a.service_type, group_by=GROUPS.get(a.by, 0),
+                                              limit=a.limit)
+        if a.since:
+            request.start_time.CopyFrom(a.since)
+        if a.until:
+            request.end_time.CopyFrom(a.until)
+        result = self._call(self.admin.QueryUsage, request)
+        if a.by:
+            print_table([a.by, "requests", "credits"],
+                        [[g.key, str(g.requests), format_credits(g.credits_used_millicredits)] for g in result.groups])
+        else:
+            print_table(["time", "user", "org", "service", "model", "credits", "request id", "flags"],
+                        [[r.created_at.ToDatetime().isoformat(timespec="seconds"), r.user_id, r.org_id,
+                          r.service_type, r.service_name, format_credits(r.credits_used_millicredits), r.request_id,
+                          ",".join(f for f, on in (("overrun", r.overrun), ("late", r.late)) if on)]
+                         for r in result.records])
+        print(f"total: {result.total_requests} requests, {format_credits(result.total_millicredits)} credits")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="creditctl", description=__doc__.splitlines()[0])
+    parser.add_argument("--addr", help="authority address (default CREDIT_AUTHORITY_ADDR or 127.0.0.1:50051)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, help_text, *arguments):
+        cmd = sub.add_parser(name, help=help_text)
+        for args, kwargs in arguments:
+            cmd.add_argument(*args, **kwargs)
+        return cmd
+
+    def arg(*args, **kwargs):
+        return args, kwargs
+
+    add("user-create", "create a user", arg("user_id"), arg("--name", default=""), arg("--email", default=""))
+    add("org-create", "create an organization", arg("org_id"), arg("--name", default=""))
+    add("org-show", "pool total, allocated, unallocated, used, held", arg("org_id"))
+    add("member-add", "add a user to an organization", arg("org_id"), arg("user_id"),
+        arg("--role", choices=list(ROLES), default="member"), arg("--default", action="store_true"))
+    add("member-remove", "remove a member", arg("org_id"), arg("user_id"))
+    add("members", "members with their allocations", arg("org_id"))
+    add("top-up", "add purchased credits to a pool", arg("org_id"), arg("credits", type=credits),
+        arg("--reference", required=True, help="purchase reference (idempotency)"),
+        arg("--paid", default="", help="amount paid, e.g. 99.00"), arg("--currency", default=""))
+    add("allocate", "set a member's allocation", arg("org_id"), arg("user_id"), arg("credits", type=credits))
+    add("grant", "grant individual credits", arg("user_id"), arg("credits", type=credits),
+        arg("--reason", default=""), arg("--reference", default=""))
+    add("key-create", "create an API key", arg("user_id"), arg("--org", default=""),
+        arg("--service", action="store_true", help="org service key"), arg("--name", default=""))
+    add("key-revoke", "revoke an API key", arg("key_id"))
+    add("keys", "list API keys", arg("--user", default=""), arg("--org", default=""))
+    add("balance", "a user's balance", arg("user_id"), arg("--org", default=""))
+    add("usage", "usage rows or groups", arg("--org", default=""), arg("--user", default=""),
+        arg("--model", default=""), arg("--service-type", default=""), arg("--since", type=timestamp),
+        arg("--until", type=timestamp), arg("--by", choices=list(GROUPS)), arg("--limit", type=int, default=50))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    demo = read_env_file(Path(os.environ.get("CREDIT_DATA_DIR") or PROJECT_ROOT / ".data") / "demo.env")
+    addr = args.addr or os.environ.get("CREDIT_AUTHORITY_ADDR") or demo.get("CREDIT_AUTHORITY_ADDR") \
+        or "127.0.0.1:50051"
+    token = os.environ.get("CREDIT_ADMIN_TOKEN") or demo.get("CREDIT_ADMIN_TOKEN", "")
+    if not token:
+        print("error: set CREDIT_ADMIN_TOKEN (make run writes one to .data/demo.env)", file=sys.stderr)
+        return 2
+    with grpc.insecure_channel(addr) as channel:
+        commands = Commands(admin_pb2_grpc.CreditAdminStub(channel), authority_pb2_grpc.CreditAuthorityStub(channel),
+                            (("authorization", f"Bearer {token}"),))
+        try:
+            commands.run(args)
+        except grpc.RpcError as error:
+            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
