@@ -186,7 +186,7 @@ class AuthorityServicer(_Servicer, authority_pb2_grpc.CreditAuthorityServicer):
         return authority_pb2.ReserveResponse(
             reservation_id=str(hold.reservation_id), funding=_funding(hold.funding_kind, hold.org_id),
             reserved_millicredits=hold.reserved_mc, available_millicredits=hold.available_mc,
-            expires_at=_timestamp(hold.expires_at))
+            expires_at=_timestamp(hold.expires_at), replayed=hold.replayed, status=hold.status)
 
     @rpc(Role.SPEND)
     async def Commit(self, request: authority_pb2.CommitRequest, caller: Caller) -> authority_pb2.CommitResponse:

@@ -53,6 +53,8 @@ class Hold:
     reserved_mc: int
     available_mc: int
     expires_at: datetime
+    replayed: bool = False
+    status: str = "held"
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ class Storage:
             raise InsufficientCredits(row["available_mc"] or 0, amount_mc,
                                       funding_label(row["funding_kind"], row["org_id"]))
         return Hold(row["reservation_id"], row["funding_kind"], row["org_id"], row["reserved_mc"],
-                    row["available_mc"] or 0, row["expires_at"])
+                    row["available_mc"] or 0, row["expires_at"], outcome == "replay", row["status"])
 
     async def commit(self, *, caller: str, reservation_id: uuid.UUID, amount_mc: int,
                      metadata: dict[str, Any]) -> Charge:

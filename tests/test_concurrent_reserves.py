@@ -96,6 +96,8 @@ async def test_same_request_id_concurrently_makes_one_hold(world, aio_spend, spe
     retry = spend.Reserve(request)
     assert retry.reservation_id == results[0].reservation_id
     assert retry.reserved_millicredits == AMOUNT
+    assert retry.replayed and retry.status == "held"
+    assert sum(not r.replayed for r in results) == 1
 
     other = authority_pb2.ReserveRequest()
     other.CopyFrom(request)

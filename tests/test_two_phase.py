@@ -158,3 +158,13 @@ def test_usage_query_groups_by_model_user_service_type_and_day(world, spend, adm
     assert [(r.user_id, r.service_name, r.credits_used_millicredits) for r in rows.records] == [(bob, "m-a", 300)]
     none = admin.QueryUsage(admin_pb2.QueryUsageRequest(org_id=org, model="m-zzz"))
     assert none.total_requests == 0 and not none.records
+
+
+def test_a_retried_reserve_reports_whether_the_hold_is_still_open(world, spend):
+    org, user = world.funded_member(allocation_mc=10_000)
+    request = reserve_request(user, HOLD, org)
+    first = spend.Reserve(request)
+    assert not first.replayed and first.status == "held"
+    _commit(spend, first.reservation_id, 5)
+    again = spend.Reserve(request)
+    assert again.replayed and again.status == "committed" and again.reservation_id == first.reservation_id

@@ -51,18 +51,22 @@ class ReserveRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., org_id: _Optional[str] = ..., amount_millicredits: _Optional[int] = ..., ttl_seconds: _Optional[int] = ..., service_type: _Optional[str] = ..., service_name: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
-    __slots__ = ("reservation_id", "funding", "reserved_millicredits", "available_millicredits", "expires_at")
+    __slots__ = ("reservation_id", "funding", "reserved_millicredits", "available_millicredits", "expires_at", "replayed", "status")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     FUNDING_FIELD_NUMBER: _ClassVar[int]
     RESERVED_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     funding: _types_pb2.Funding
     reserved_millicredits: int
     available_millicredits: int
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, reservation_id: _Optional[str] = ..., funding: _Optional[_Union[_types_pb2.Funding, _Mapping]] = ..., reserved_millicredits: _Optional[int] = ..., available_millicredits: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    replayed: bool
+    status: str
+    def __init__(self, reservation_id: _Optional[str] = ..., funding: _Optional[_Union[_types_pb2.Funding, _Mapping]] = ..., reserved_millicredits: _Optional[int] = ..., available_millicredits: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replayed: _Optional[bool] = ..., status: _Optional[str] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
     __slots__ = ("reservation_id", "amount_millicredits", "metadata")
