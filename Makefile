@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test proto bench lint fmt clean
 
-run: $(STAMP)  ## embedded PostgreSQL, migrations, demo seed, the authority on :50051
+run: $(STAMP)  ## embedded PostgreSQL, migrations, demo seed, authority on :50051, REST on :8084
 	$(BIN)/python -m credit_service up
 
 test: $(STAMP)  ## every test, against a real PostgreSQL and real gRPC servers
@@ -19,7 +19,7 @@ bench: $(STAMP)  ## benchmarks (figures, not tests)
 	$(BIN)/python -m bench
 
 lint: $(STAMP)  ## static checks
-	$(BIN)/python -m compileall -q credit_service credit tests
+	$(BIN)/python -m compileall -q credit_service credit inference_service tests
 
 fmt: $(STAMP)  ## nothing to format automatically yet
 	@true

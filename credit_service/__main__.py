@@ -3,7 +3,8 @@
 serve   — run one authority process (DATABASE_URL or the embedded PostgreSQL).
 migrate — apply pending migrations and exit.
 up      — zero-setup: embedded PostgreSQL, migrations, demo seed, tokens and
-          keys in .data/demo.env, then serve (what `make run` calls).
+          keys in .data/demo.env, the inference service on :8084, then serve
+          (what `make run` calls).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
+import subprocess
 import sys
 
 from .authority import CreditAuthority
@@ -46,7 +49,22 @@ async def _up(settings: Settings) -> None:
     for name, value in env.items():
         print(f"{name}={value}")
     print(flush=True)
-    await serve(dataclasses.replace(settings, database_url=url, migrate_on_start=False))
+    inference = _start_inference(env, settings)
+    try:
+        await serve(dataclasses.replace(settings, database_url=url, migrate_on_start=False))
+    finally:
+        if inference is not None:
+            inference.terminate()
+            inference.wait(timeout=20)
+
+
+def _start_inference(env: dict[str, str], settings: Settings) -> subprocess.Popen | None:
+    """The REST service next to the authority (INFERENCE_ENABLED=0 to skip)."""
+    if os.environ.get("INFERENCE_ENABLED", "1") in ("0", "false", "no"):
+        return None
+    child_env = {**os.environ, "CREDIT_SERVICE_TOKEN": env["CREDIT_SERVICE_TOKEN"],
+                 "CREDIT_AUTHORITY_ADDR": env["CREDIT_AUTHORITY_ADDR"], "CREDIT_DATA_DIR": str(settings.data_dir)}
+    return subprocess.Popen([sys.executable, "-m", "inference_service"], env=child_env)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,200 @@
+"""The inference service's only door to the credit authority (gRPC).
+
+Maps authority statuses to REST errors, caches API-key checks briefly, and
+makes sure a Commit after a successful LLM call is never lost: retries with
+backoff, then the durable outbox, replayed in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc, types_pb2
+from credit_service.money import format_credits
+
+from . import errors
+from .outbox import CommitOutbox
+
+log = logging.getLogger("inference_service")
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+COMMIT_BACKOFF = (0.1, 0.3, 0.9)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    user_id: str
+    org_id: str
+    is_service: bool
+
+
+def funding_label(funding: types_pb2.Funding) -> str:
+    return f"org:{funding.org_id}" if funding.kind == types_pb2.Funding.ORG else "individual"
+
+
+def _error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+def to_api_error(error: grpc.aio.AioRpcError) -> errors.ApiError:
+    code = error.code()
+    if code in RETRYABLE:
+        return errors.unavailable()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        info = _error_info(error)
+        meta = dict(info.metadata) if info else {}
+        available = int(meta.get("available", "0"))
+        requested = int(meta.get("requested", "0"))
+        return errors.ApiError(
+            402, f"Insufficient credits: this request may cost up to {format_credits(requested)} credits, "
+                 f"{format_credits(available)} available ({meta.get('funding', '')}).",
+            "insufficient_credits", "insufficient_credits",
+            extra={"available": format_credits(available), "requested": format_credits(requested),
+                   "funding": meta.get("funding", "")})
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return errors.forbidden(error.details() or "not allowed")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return errors.not_found(error.details() or "not found")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return errors.bad_request(error.details() or "invalid request")
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        return errors.conflict(error.details() or "request id reused", "idempotency_key_reused")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return errors.conflict(error.details() or "already finalized", "already_finalized")
+    log.error("authority answered %s: %s", code.name, error.details())
+    return errors.unavailable("The credit authority failed; no model was called.")
+
+
+def to_struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update({k: v for k, v in values.items() if v is not None})
+    return struct
+
+
+class AuthorityClient:
+    def __init__(self, addr: str, token: str, *, timeout: float, key_cache_seconds: float, outbox: CommitOutbox):
+        self._channel = grpc.aio.insecure_channel(addr, options=[
+            ("grpc.keepalive_time_ms", 30_000), ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2_000)])
+        self._authority = authority_pb2_grpc.CreditAuthorityStub(self._channel)
+        self._admin = admin_pb2_grpc.CreditAdminStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._timeout = timeout
+        self._key_cache: dict[bytes, tuple[float, ApiKey | None]] = {}
+        self._key_cache_seconds = key_cache_seconds
+        self.outbox = outbox
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method, request):
+        try:
+            return await method(request, metadata=self._metadata, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise to_api_error(error) from None
+
+    async def verify_key(self, secret: str) -> ApiKey | None:
+        digest = hashlib.sha256(secret.encode()).digest()
+        cached = self._key_cache.get(digest)
+        now = time.monotonic()
+        if cached and cached[0] > now:
+            return cached[1]
+        response = await self._call(self._admin.VerifyApiKey, admin_pb2.VerifyApiKeyRequest(secret=secret))
+        key = None
+        if response.valid:
+            k = response.key
+            key = ApiKey(k.key_id, k.user_id, k.org_id, k.kind == admin_pb2.API_KEY_KIND_SERVICE)
+        if len(self._key_cache) > 10_000:
+            self._key_cache.clear()
+        self._key_cache[digest] = (now + self._key_cache_seconds, key)
+        return key
+
+    async def reserve(self, **fields: Any) -> authority_pb2.ReserveResponse:
+        metadata = fields.pop("metadata", {})
+        return await self._call(self._authority.Reserve,
+                                authority_pb2.ReserveRequest(metadata=to_struct(metadata), **fields))
+
+    async def balance(self, user_id: str, org_id: str) -> authority_pb2.GetBalanceResponse:
+        return await self._call(self._authority.GetBalance,
+                                authority_pb2.GetBalanceRequest(user_id=user_id, org_id=org_id))
+
+    async def usage(self, request: admin_pb2.QueryUsageRequest) -> admin_pb2.QueryUsageResponse:
+        return await self._call(self._admin.QueryUsage, request)
+
+    async def release(self, reservation_id: str, reason: str) -> None:
+        """Best effort: a hold that cannot be released now expires by itself."""
+        request = authority_pb2.ReleaseRequest(reservation_id=reservation_id, reason=reason[:256])
+        for delay in (*COMMIT_BACKOFF, None):
+            try:
+                await self._authority.Release(request, metadata=self._metadata, timeout=self._timeout)
+                return
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE or delay is None:
+                    log.warning("release of %s failed (%s); its TTL will free it", reservation_id, error.code().name)
+                    return
+                await asyncio.sleep(delay)
+
+    async def commit(self, reservation_id: str, amount_mc: int,
+                     metadata: dict[str, Any]) -> authority_pb2.CommitResponse | None:
+        """Commits, retrying; if the authority stays down, queues durably and returns None."""
+        request = authority_pb2.CommitRequest(reservation_id=reservation_id, amount_millicredits=amount_mc,
+                                              metadata=to_struct(metadata))
+        for delay in (*COMMIT_BACKOFF, None):
+            try:
+                return await self._authority.Commit(request, metadata=self._metadata, timeout=self._timeout)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE:
+                    log.error("commit of %s refused: %s %s", reservation_id, error.code().name, error.details())
+                    raise to_api_error(error) from None
+                if delay is None:
+                    break
+                await asyncio.sleep(delay)
+        self.outbox.add(reservation_id, amount_mc, metadata)
+        log.warning("authority unreachable: commit of %s queued in the outbox", reservation_id)
+        return None
+
+    async def replay_outbox(self) -> int:
+        """One pass over the outbox; returns how many commits landed."""
+        landed = 0
+        for pending in self.outbox.pending():
+            request = authority_pb2.CommitRequest(reservation_id=pending.reservation_id,
+                                                  amount_millicredits=pending.amount_mc,
+                                                  metadata=to_struct(pending.metadata))
+            try:
+                await self._authority.Commit(request, metadata=self._metadata, timeout=self._timeout)
+            except grpc.aio.AioRpcError as error:
+                if error.code() in RETRYABLE:
+                    self.outbox.attempted(pending.reservation_id)
+                    return landed  # still down: try again next pass
+                log.error("outbox commit of %s refused for good: %s %s", pending.reservation_id,
+                          error.code().name, error.details())
+            self.outbox.done(pending.reservation_id)
+            landed += 1
+        return landed
+
+    async def run_outbox(self, interval: float) -> None:
+        while True:
+            try:
+                landed = await self.replay_outbox()
+                if landed:
+                    log.info("outbox: %d queued commits landed", landed)
+            except Exception:
+                log.exception("outbox replay failed")
+            await asyncio.sleep(interval)

@@ -1,0 +1,94 @@
+"""The model catalogue: which models clients may call, how LiteLLM reaches
+them, and what they cost (USD per token / per image, as Decimal)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("inference_service")
+
+_ENV_PREFIX = "os.environ/"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    mode: str  # "chat" | "image_generation"
+    litellm_params: dict[str, Any]
+    input_cost_per_token: Decimal
+    output_cost_per_token: Decimal
+    output_cost_per_image: Decimal
+    max_output_tokens: int
+    price_override: bool
+    provider: str = field(default="")
+
+    @property
+    def litellm_model(self) -> str:
+        return self.litellm_params["model"]
+
+    @property
+    def is_mock(self) -> bool:
+        return "mock_response" in self.litellm_params
+
+
+def _resolve_env(params: dict[str, Any], env: dict[str, str]) -> dict[str, Any] | None:
+    """Replaces os.environ/NAME values; None when a variable is unset (entry off)."""
+    resolved = {}
+    for key, value in params.items():
+        if isinstance(value, str) and value.startswith(_ENV_PREFIX):
+            value = env.get(value[len(_ENV_PREFIX):], "")
+            if not value:
+                return None
+        resolved[key] = value
+    return resolved
+
+
+def _decimal(value: Any) -> Decimal:
+    return Decimal(str(value)) if value is not None else Decimal(0)
+
+
+def _litellm_prices(model: str) -> dict[str, Any]:
+    import litellm
+
+    try:
+        return dict(litellm.get_model_info(model))
+    except Exception:  # unknown to LiteLLM's cost map
+        return {}
+
+
+def load(path: Path, env: dict[str, str] | None = None) -> dict[str, ModelEntry]:
+    env = dict(os.environ if env is None else env)
+    config = yaml.safe_load(path.read_text()) or {}
+    entries: dict[str, ModelEntry] = {}
+    for item in config.get("model_list", []):
+        name = item["model_name"]
+        params = _resolve_env(dict(item["litellm_params"]), env)
+        if params is None:
+            log.info("model %s is off: its provider key is not set", name)
+            continue
+        info = dict(item.get("model_info") or {})
+        override = any(k in info for k in ("input_cost_per_token", "output_cost_per_token", "output_cost_per_image"))
+        known = {} if override else _litellm_prices(params["model"])
+        merged = {**known, **info}
+        mode = merged.get("mode") or "chat"
+        if mode == "chat" and not (merged.get("input_cost_per_token") or merged.get("output_cost_per_token")):
+            log.warning("model %s is off: no price known (add model_info prices)", name)
+            continue
+        if mode == "image_generation" and not merged.get("output_cost_per_image"):
+            log.warning("model %s is off: no per-image price (add model_info.output_cost_per_image)", name)
+            continue
+        entries[name] = ModelEntry(
+            name=name, mode=mode, litellm_params=params,
+            input_cost_per_token=_decimal(merged.get("input_cost_per_token")),
+            output_cost_per_token=_decimal(merged.get("output_cost_per_token")),
+            output_cost_per_image=_decimal(merged.get("output_cost_per_image")),
+            max_output_tokens=int(merged.get("max_output_tokens") or merged.get("max_tokens") or 4096),
+            price_override=override, provider=params["model"].split("/", 1)[0])
+    return entries
