@@ -349,6 +349,12 @@ def _upstream_message(exc: Exception) -> str:
     return f"The model provider failed{suffix}: {type(exc).__name__}. The credit hold was released."
 
 
+def _client_request_id(reserve_id: str) -> str:
+    """The id the client saw: Reserve request ids are "<key id>:<client id>"."""
+    key_id, sep, client_id = reserve_id.partition(":")
+    return client_id if sep and key_id.startswith("ck_") else reserve_id
+
+
 def _credits_fields(prefix: str, millicredits: int) -> dict[str, Any]:
     return {prefix: format_credits(millicredits), f"{prefix}_millicredits": millicredits}
 
@@ -443,7 +449,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         result = await service.client.usage(request)
         return {
             "object": "list",
-            "data": [{"request_id": r.request_id, "reservation_id": r.reservation_id, "model": r.service_name,
+            "data": [{"request_id": _client_request_id(r.request_id), "reservation_id": r.reservation_id,
+                      "model": r.service_name,
                       "service_type": r.service_type, "funding_source": f"org:{r.org_id}" if r.org_id else "individual",
                       **_credits_fields("credits", r.credits_used_millicredits),
                       "created_at": r.created_at.ToDatetime(timezone.utc).isoformat(),
