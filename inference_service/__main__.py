@@ -14,6 +14,10 @@ from .settings import Settings
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # no line per call
+    import litellm
+
+    litellm.suppress_debug_info = True
     settings = Settings.from_env()
     if not settings.service_token:
         sys.exit("CREDIT_SERVICE_TOKEN is required (make run writes one to .data/demo.env)")

@@ -92,7 +92,7 @@ class AuthorityClient:
     def __init__(self, addr: str, token: str, *, timeout: float, key_cache_seconds: float, outbox: CommitOutbox):
         self._channel = grpc.aio.insecure_channel(addr, options=[
             ("grpc.keepalive_time_ms", 30_000), ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2_000)])
+            ("grpc.max_reconnect_backoff_ms", 1_000)])
         self._authority = authority_pb2_grpc.CreditAuthorityStub(self._channel)
         self._admin = admin_pb2_grpc.CreditAdminStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
