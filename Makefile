@@ -3,13 +3,14 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_DEPS := clients/node/node_modules/.installed
 
-.PHONY: run test proto bench lint fmt clean
+.PHONY: run test proto bench lint fmt clean node-deps
 
 run: $(STAMP)  ## embedded PostgreSQL, migrations, demo seed, authority on :50051, REST on :8084
 	$(BIN)/python -m credit_service up
 
-test: $(STAMP)  ## every test, against a real PostgreSQL and real gRPC servers
+test: $(STAMP) $(NODE_DEPS)  ## every test, against a real PostgreSQL and real gRPC servers
 	$(BIN)/python -m pytest
 
 proto: $(STAMP)  ## regenerate credit/v1 from protos/
@@ -32,3 +33,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+node-deps: $(NODE_DEPS)  ## Node.js client deps and the pinned buf CLI (npm ci from clients/node/package-lock.json)
+
+$(NODE_DEPS): clients/node/package.json clients/node/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd clients/node && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	else echo "npm not found: the Node client and buf tests will be skipped"; fi

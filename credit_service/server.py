@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timezone
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -396,6 +397,20 @@ class Sweeper:
             await self._health.set(service, status)
 
 
+def _bind(server: grpc.aio.Server, settings: Settings) -> int:
+    """Plaintext, TLS (certificate and key set) or mutual TLS (client CA set too)."""
+    if not settings.tls_cert_file:
+        if settings.tls_client_ca_file:
+            raise ValueError("CREDIT_TLS_CLIENT_CA_FILE needs CREDIT_TLS_CERT_FILE and CREDIT_TLS_KEY_FILE")
+        return server.add_insecure_port(settings.listen_addr)
+    key = Path(settings.tls_key_file).read_bytes()
+    cert = Path(settings.tls_cert_file).read_bytes()
+    client_ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                              require_client_auth=client_ca is not None)
+    return server.add_secure_port(settings.listen_addr, credentials)
+
+
 async def start_server(settings: Settings, storage: Storage,
                        auth: TokenAuthenticator) -> tuple[grpc.aio.Server, int, Sweeper]:
     authority = CreditAuthority(storage, default_ttl_seconds=settings.default_ttl_seconds,
@@ -411,7 +426,7 @@ async def start_server(settings: Settings, storage: Storage,
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(settings.listen_addr)
+    port = _bind(server, settings)
     if port == 0:
         raise RuntimeError(f"could not bind {settings.listen_addr}")
     await server.start()
@@ -431,7 +446,8 @@ async def serve(settings: Settings) -> None:
     server, port, sweeper = await start_server(settings, storage, auth)
     sweep_task = asyncio.create_task(sweeper.run())
     host = settings.listen_addr.rsplit(":", 1)[0]
-    print(f"credit authority listening on {host}:{port}", flush=True)
+    transport = "mTLS" if settings.tls_client_ca_file else "TLS" if settings.tls_cert_file else "plaintext"
+    print(f"credit authority listening on {host}:{port} ({transport})", flush=True)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

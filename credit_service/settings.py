@@ -40,6 +40,9 @@ class Settings:
     auth_tokens: str = ""  # "name:token:role+role,…"
     auth_tokens_file: str = ""  # same format, one entry a line
     migrate_on_start: bool = True
+    tls_cert_file: str = ""  # server certificate (PEM): TLS on when set
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""  # CA of client certificates: mutual TLS when set
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -60,4 +63,7 @@ class Settings:
             auth_tokens=env.get("CREDIT_AUTH_TOKENS", ""),
             auth_tokens_file=env.get("CREDIT_AUTH_TOKENS_FILE", ""),
             migrate_on_start=env.get("CREDIT_MIGRATE_ON_START", "1") not in ("0", "false", "no"),
+            tls_cert_file=env.get("CREDIT_TLS_CERT_FILE", ""),
+            tls_key_file=env.get("CREDIT_TLS_KEY_FILE", ""),
+            tls_client_ca_file=env.get("CREDIT_TLS_CLIENT_CA_FILE", ""),
         )

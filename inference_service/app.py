@@ -14,6 +14,7 @@ import logging
 import re
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -23,13 +24,14 @@ from google.protobuf.json_format import MessageToDict
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from credit.v1 import admin_pb2, authority_pb2, types_pb2
 from credit_service.money import format_credits
 
 from . import catalogue, errors
-from .authority_client import ApiKey, AuthorityClient, funding_label
+from .authority_client import ApiKey, AuthorityClient, Tls, funding_label
 from .billing import Pricing
 from .outbox import CommitOutbox
 from .schemas import ChatCompletionRequest, ImageGenerationRequest
@@ -39,6 +41,19 @@ log = logging.getLogger("inference_service")
 
 _CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,100}")
 _USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error body."""
+
+    error: ErrorDetail
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,37 @@ def billing_headers(billing: Billing, charged_mc: int, available_mc: int, fundin
     return headers
 
 
+class AuthFailures:
+    """Failed key checks per client address in a sliding window: past the limit, 429."""
+
+    def __init__(self, limit: int, window: float):
+        self._limit = limit
+        self._window = window
+        self._seen: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        times = self._seen.setdefault(client, deque())
+        while times and times[0] <= now - self._window:
+            times.popleft()
+        return times
+
+    def record(self, client: str) -> None:
+        now = time.monotonic()
+        self._recent(client, now).append(now)
+        if len(self._seen) > 100_000:  # bound memory under a spray of addresses
+            self._seen = {c: t for c, t in self._seen.items() if t and t[-1] > now - self._window}
+
+    def blocked_for(self, client: str) -> int:
+        """Seconds until this client may try again; 0 when not blocked."""
+        if client not in self._seen:
+            return 0
+        now = time.monotonic()
+        times = self._recent(client, now)
+        if len(times) < self._limit:
+            return 0
+        return max(int(times[-self._limit] + self._window - now) + 1, 1)
+
+
 class InferenceService:
     """Holds what the routes share: settings, catalogue, pricing, the authority client."""
 
@@ -79,12 +125,15 @@ class InferenceService:
         self.pricing = Pricing(settings.credits_per_usd, settings.markup, settings.max_output_tokens)
         self.client: AuthorityClient | None = None
         self.background: set[asyncio.Task] = set()
+        self.failures = AuthFailures(settings.auth_failure_limit, settings.auth_failure_window_seconds)
 
     async def start(self) -> None:
         outbox = CommitOutbox(self.settings.outbox_path)
+        tls = Tls(self.settings.authority_tls_ca_file, self.settings.authority_tls_cert_file,
+                  self.settings.authority_tls_key_file)
         self.client = AuthorityClient(self.settings.authority_addr, self.settings.service_token,
                                       timeout=self.settings.authority_timeout_seconds,
-                                      key_cache_seconds=self.settings.key_cache_seconds, outbox=outbox)
+                                      key_cache_seconds=self.settings.key_cache_seconds, outbox=outbox, tls=tls)
         self.spawn(self.client.run_outbox(self.settings.outbox_replay_seconds))
 
     async def stop(self) -> None:
@@ -114,15 +163,20 @@ class InferenceService:
     # ---- who pays --------------------------------------------------------
 
     async def authenticate(self, request: Request) -> Caller:
+        client = request.client.host if request.client else "unknown"
+        retry_after = self.failures.blocked_for(client)
+        if retry_after:
+            raise errors.ApiError(429, "Too many failed authentication attempts from this address; slow down.",
+                                  "rate_limit_error", "too_many_auth_failures",
+                                  headers={"Retry-After": str(retry_after)})
         header = request.headers.get("authorization", "")
         scheme, _, secret = header.partition(" ")
         secret = secret.strip()
-        if scheme.lower() != "bearer" or not secret:
-            raise errors.unauthorized()
-        if len(secret) > 256:
-            raise errors.unauthorized()
-        key = await self.client.verify_key(secret)
+        key = None
+        if scheme.lower() == "bearer" and secret and len(secret) <= 256:
+            key = await self.client.verify_key(secret)
         if key is None:
+            self.failures.record(client)
             raise errors.unauthorized()
         org_header = request.headers.get("openai-organization", "").strip()
         if org_header and not _USER_ID.fullmatch(org_header):
@@ -153,11 +207,11 @@ class InferenceService:
 
     async def reserve(self, billing: Billing, amount_mc: int, service_type: str, entry: catalogue.ModelEntry,
                       metadata: dict[str, Any]) -> authority_pb2.ReserveResponse:
-        hold = await self.client.reserve(
+        hold, earlier = await self.client.reserve(
             request_id=billing.reserve_id, user_id=billing.user_id, org_id=billing.org_id,
             amount_millicredits=amount_mc, ttl_seconds=self.settings.reserve_ttl_seconds,
             service_type=service_type, service_name=entry.name, metadata=metadata)
-        if hold.replayed:
+        if earlier:
             state = "is still in progress" if hold.status == "held" else f"was already processed ({hold.status})"
             raise errors.conflict(f"A request with Idempotency-Key '{billing.request_id}' {state}; "
                                   "send a new key to make a new request.", "idempotency_key_reused")
@@ -349,6 +403,37 @@ def _upstream_message(exc: Exception) -> str:
     return f"The model provider failed{suffix}: {type(exc).__name__}. The credit hold was released."
 
 
+def _error_response(error: errors.ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+MAX_JSON_DEPTH = 64
+
+
+def strict_json_problem(body: bytes) -> str | None:
+    """Why a body is not acceptable JSON (NaN, Infinity, bad UTF-8, nesting), or None."""
+    try:
+        value = json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        return "JSON nested too deeply"
+    except (ValueError, UnicodeDecodeError) as exc:
+        return f"Request body is not valid JSON: {str(exc)[:120]}"
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    if not isinstance(value, dict):
+        return "Request body must be a JSON object"
+    return None
+
+
 def _client_request_id(reserve_id: str) -> str:
     """The id the client saw: Reserve request ids are "<key id>:<client id>"."""
     key_id, sep, client_id = reserve_id.partition(":")
@@ -374,12 +459,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
 
     @app.middleware("http")
-    async def limit_body(request: Request, call_next):
+    async def guard_body(request: Request, call_next):
+        """Size limit, JSON content type, and strict JSON (no NaN/Infinity, bounded nesting)."""
+        if request.method != "POST":
+            return await call_next(request)
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            error = errors.ApiError(413, f"Request body larger than {settings.max_body_bytes} bytes.",
-                                    "invalid_request_error", "request_too_large")
-            return JSONResponse(error.body(), status_code=413)
+            return _error_response(errors.ApiError(413, f"Request body larger than {settings.max_body_bytes} "
+                                                        "bytes.", "invalid_request_error", "request_too_large"))
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return _error_response(errors.ApiError(415, "Content-Type must be application/json.",
+                                                   "invalid_request_error", "unsupported_media_type"))
+        body = await request.body()
+        if len(body) > settings.max_body_bytes:
+            return _error_response(errors.ApiError(413, f"Request body larger than {settings.max_body_bytes} "
+                                                        "bytes.", "invalid_request_error", "request_too_large"))
+        problem = strict_json_problem(body)
+        if problem:
+            return _error_response(errors.bad_request(problem, "invalid_json"))
         return await call_next(request)
 
     @app.exception_handler(errors.ApiError)
@@ -402,24 +500,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def caller(request: Request) -> Caller:
         return await service.authenticate(request)
 
-    @app.post("/api/v1/llm/chat/completions", tags=["llm"])
+    billed = {code: {"model": ErrorBody, "description": text} for code, text in (
+        (400, "bad request"), (401, "missing or invalid API key"), (402, "insufficient credits"),
+        (403, "not allowed (organization, service key scope)"), (404, "unknown model"),
+        (409, "Idempotency-Key already used"), (413, "body too large"), (415, "not JSON"),
+        (429, "too many failed authentication attempts"), (502, "model provider failed; hold released"),
+        (503, "credit authority unavailable; no model called"))}
+    reads = {code: billed[code] for code in (400, 401, 403, 404, 429, 503)}
+
+    @app.post("/api/v1/llm/chat/completions", tags=["llm"], responses=billed)
     async def chat_completions(body: ChatCompletionRequest, request: Request, who: Caller = Depends(caller)):
         """OpenAI chat completions, with `stream: true` as Server-Sent Events."""
         return await service.chat(who, body, request)
 
-    @app.post("/api/v1/llm/images/generations", tags=["llm"])
+    @app.post("/api/v1/llm/images/generations", tags=["llm"], responses=billed)
     async def image_generations(body: ImageGenerationRequest, request: Request, who: Caller = Depends(caller)):
         """OpenAI image generation."""
         return await service.images(who, body, request)
 
-    @app.get("/api/v1/llm/models", tags=["llm"])
+    @app.get("/api/v1/llm/models", tags=["llm"], responses=reads)
     async def list_models(who: Caller = Depends(caller)):
         """Models this deployment serves."""
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": 0, "owned_by": entry.provider,
              "mode": entry.mode} for name, entry in sorted(service.models.items())]}
 
-    @app.get("/api/v1/credits/balance", tags=["credits"])
+    @app.get("/api/v1/credits/balance", tags=["credits"], responses=reads)
     async def credits_balance(request: Request, who: Caller = Depends(caller)):
         """The caller's own balance (org allocation or individual), in credits and millicredits."""
         billing = service.billing(who, request, None)
@@ -430,7 +536,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 **_credits_fields("held", balance.held_millicredits),
                 **_credits_fields("available", balance.available_millicredits)}
 
-    @app.get("/api/v1/usage", tags=["credits"])
+    @app.get("/api/v1/usage", tags=["credits"], responses=reads)
     async def usage(who: Caller = Depends(caller),
                     start: datetime | None = Query(None, description="ISO time, inclusive"),
                     end: datetime | None = Query(None, description="ISO time, exclusive"),

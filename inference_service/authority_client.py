@@ -88,11 +88,30 @@ def to_struct(values: dict[str, Any]) -> struct_pb2.Struct:
     return struct
 
 
+@dataclass(frozen=True)
+class Tls:
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+
+def open_channel(addr: str, tls: Tls | None = None) -> grpc.aio.Channel:
+    options = [("grpc.keepalive_time_ms", 30_000), ("grpc.initial_reconnect_backoff_ms", 200),
+               ("grpc.max_reconnect_backoff_ms", 1_000)]
+    if tls is None or not tls.ca_file:
+        return grpc.aio.insecure_channel(addr, options=options)
+
+    def read(path: str) -> bytes | None:
+        return open(path, "rb").read() if path else None
+
+    credentials = grpc.ssl_channel_credentials(read(tls.ca_file), read(tls.key_file), read(tls.cert_file))
+    return grpc.aio.secure_channel(addr, credentials, options=options)
+
+
 class AuthorityClient:
-    def __init__(self, addr: str, token: str, *, timeout: float, key_cache_seconds: float, outbox: CommitOutbox):
-        self._channel = grpc.aio.insecure_channel(addr, options=[
-            ("grpc.keepalive_time_ms", 30_000), ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 1_000)])
+    def __init__(self, addr: str, token: str, *, timeout: float, key_cache_seconds: float, outbox: CommitOutbox,
+                 tls: Tls | None = None):
+        self._channel = open_channel(addr, tls)
         self._authority = authority_pb2_grpc.CreditAuthorityStub(self._channel)
         self._admin = admin_pb2_grpc.CreditAdminStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
@@ -126,10 +145,24 @@ class AuthorityClient:
         self._key_cache[digest] = (now + self._key_cache_seconds, key)
         return key
 
-    async def reserve(self, **fields: Any) -> authority_pb2.ReserveResponse:
+    async def reserve(self, **fields: Any) -> tuple[authority_pb2.ReserveResponse, bool]:
+        """Reserves, retrying a lost answer with the same request_id (idempotent).
+
+        Returns the hold and whether it is a replay of an *earlier request*
+        (a replay answering one of our own retries is our hold, not a replay).
+        """
         metadata = fields.pop("metadata", {})
-        return await self._call(self._authority.Reserve,
-                                authority_pb2.ReserveRequest(metadata=to_struct(metadata), **fields))
+        request = authority_pb2.ReserveRequest(metadata=to_struct(metadata), **fields)
+        for attempt, delay in enumerate((*COMMIT_BACKOFF, None)):
+            try:
+                hold = await self._authority.Reserve(request, metadata=self._metadata, timeout=self._timeout)
+                # A replay answering our own retry is our hold (still held); anything else is an earlier request.
+                return hold, hold.replayed and (attempt == 0 or hold.status != "held")
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE or delay is None:
+                    raise to_api_error(error) from None
+                await asyncio.sleep(delay)
+        raise errors.unavailable()  # pragma: no cover - the loop always returns or raises
 
     async def balance(self, user_id: str, org_id: str) -> authority_pb2.GetBalanceResponse:
         return await self._call(self._authority.GetBalance,

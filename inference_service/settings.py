@@ -28,6 +28,11 @@ class Settings:
     outbox_path: Path = PROJECT_ROOT / ".data" / "commit_outbox.sqlite3"
     outbox_replay_seconds: float = 2.0
     max_body_bytes: int = 1024 * 1024
+    authority_tls_ca_file: str = ""  # CA of the authority's certificate: TLS when set
+    authority_tls_cert_file: str = ""  # our client certificate, for mutual TLS
+    authority_tls_key_file: str = ""
+    auth_failure_limit: int = 20  # failed key checks per client address per window …
+    auth_failure_window_seconds: float = 60.0  # … before that address gets 429
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -53,4 +58,9 @@ class Settings:
             outbox_path=Path(get("INFERENCE_OUTBOX_PATH", str(data_dir / "commit_outbox.sqlite3"))),
             outbox_replay_seconds=float(get("INFERENCE_OUTBOX_REPLAY_SECONDS", "2")),
             max_body_bytes=int(get("INFERENCE_MAX_BODY_BYTES", str(1024 * 1024))),
+            authority_tls_ca_file=env.get("CREDIT_AUTHORITY_TLS_CA_FILE", ""),
+            authority_tls_cert_file=env.get("CREDIT_AUTHORITY_TLS_CERT_FILE", ""),
+            authority_tls_key_file=env.get("CREDIT_AUTHORITY_TLS_KEY_FILE", ""),
+            auth_failure_limit=int(get("INFERENCE_AUTH_FAILURE_LIMIT", "20")),
+            auth_failure_window_seconds=float(get("INFERENCE_AUTH_FAILURE_WINDOW_SECONDS", "60")),
         )

@@ -141,5 +141,8 @@ def test_bad_bodies_are_400_in_openais_shape(inference, member):
         response = httpx.post(f"{inference.base_url}/chat/completions", json=body, headers=headers)
         assert response.status_code == 400, body
         assert response.json()["error"]["type"] == "invalid_request_error"
-    response = httpx.post(f"{inference.base_url}/chat/completions", content=b"{not json", headers=headers)
+    response = httpx.post(f"{inference.base_url}/chat/completions", content=b"{not json",
+                          headers={**headers, "Content-Type": "application/json"})
     assert response.status_code == 400
+    response = httpx.post(f"{inference.base_url}/chat/completions", content=b"model=demo-chat", headers=headers)
+    assert response.status_code == 415
