@@ -154,16 +154,18 @@ function describeError(error) {
 
 /**
  * A plain JSON-able object → google.protobuf.Struct as proto-loader expects it
- * (for the `metadata` of Reserve and Commit).
+ * (for the `metadata` of Reserve and Commit). The well-known types come from
+ * protobufjs's bundled definitions, whose field names are camelCase whatever
+ * `keepCase` says, hence `stringValue` and not `string_value`.
  */
 function toStruct(object) {
   const value = (v) => {
-    if (v === null || v === undefined) return { null_value: 'NULL_VALUE' };
-    if (typeof v === 'number') return { number_value: v };
-    if (typeof v === 'string') return { string_value: v };
-    if (typeof v === 'boolean') return { bool_value: v };
-    if (Array.isArray(v)) return { list_value: { values: v.map(value) } };
-    if (typeof v === 'object') return { struct_value: toStruct(v) };
+    if (v === null || v === undefined) return { nullValue: 'NULL_VALUE' };
+    if (typeof v === 'number') return { numberValue: v };
+    if (typeof v === 'string') return { stringValue: v };
+    if (typeof v === 'boolean') return { boolValue: v };
+    if (Array.isArray(v)) return { listValue: { values: v.map(value) } };
+    if (typeof v === 'object') return { structValue: toStruct(v) };
     throw new TypeError(`cannot put a ${typeof v} into a Struct`);
   };
   const fields = {};
