@@ -230,3 +230,20 @@ class World:
 @pytest.fixture(scope="session")
 def world(admin) -> World:
     return World(admin)
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    """A local OpenAI-compatible upstream that LiteLLM calls over real HTTP."""
+    from upstream import Upstream
+
+    server = Upstream(free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def models_file(upstream) -> Path:
+    from rest_support import write_catalogue
+
+    return write_catalogue(Path(tempfile.mkdtemp(prefix="models-")) / "models.yaml", upstream)
