@@ -34,7 +34,7 @@ def new_server() -> EmbeddedPostgres:
 
 
 def _start(pgdata: Path, port: int) -> None:
-    options = f"-h 127.0.0.1 -p {port} -c unix_socket_directories=''"
+    options = f"-h 127.0.0.1 -p {port} -c unix_socket_directories='' -c max_connections=200"
     _as_pg([_bin("pg_ctl"), "-D", str(pgdata), "-w", "-t", "60", "-l", str(pgdata / "server.log"),
             "-o", options, "start"], timeout=90)
 
@@ -61,8 +61,8 @@ class ReplicatedCluster:
         with (self.primary.pgdata / "postgresql.auto.conf").open("a") as conf:
             conf.write("wal_level = replica\nmax_wal_senders = 5\nsynchronous_commit = on\n"
                        "synchronous_standby_names = 'standby1'\n")
-        _as_pg([_bin("pg_ctl"), "-D", str(self.primary.pgdata), "-w", "restart", "-m", "fast"])
-        self.primary._wait_ready()
+        self.primary.stop("fast")
+        self.primary.start()
         conninfo = f"host=127.0.0.1 port={self.primary.port} user=postgres application_name=standby1"
         _as_pg([_bin("pg_basebackup"), "-d", conninfo, "-D", str(self.standby_dir), "-R", "-X", "stream"],
                timeout=120)
@@ -80,7 +80,13 @@ class ReplicatedCluster:
         os.kill(postmaster_pid(self.primary.pgdata), signal.SIGKILL)
 
     def promote_standby(self) -> None:
+        """Promotes the standby and, as an operator would until a new standby attaches,
+        stops waiting for a synchronous partner it no longer has."""
         _as_pg([_bin("pg_ctl"), "-D", str(self.standby_dir), "-w", "promote"])
+        admin = f"postgresql://postgres@127.0.0.1:{self.standby_port}/postgres"
+        subprocess.run([_bin("psql"), admin, "-c", "ALTER SYSTEM SET synchronous_standby_names = ''"], check=True,
+                       capture_output=True)
+        subprocess.run([_bin("psql"), admin, "-c", "SELECT pg_reload_conf()"], check=True, capture_output=True)
 
     def stop(self) -> None:
         for pgdata in (self.primary.pgdata, self.standby_dir):
