@@ -1,0 +1,111 @@
+"""Hostile and bad REST input: each gets its documented status in OpenAI's
+error shape, and nothing is written and no model is called."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from invariants import row_counts
+
+GOOD = {"model": "demo-chat", "messages": [{"role": "user", "content": "hi"}]}
+SQL = "x'; DROP TABLE users; --"
+
+
+def chat(**changes):
+    body = {**GOOD, **changes}
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+def raw(text: str):
+    return text.encode()
+
+
+CASES = {
+    # (path, body (dict → JSON, bytes → as is), extra headers, expected status)
+    "max_tokens as string": ("chat", chat(max_tokens="ten"), {}, 400),
+    "max_tokens 2^63": ("chat", chat(max_tokens=2**63), {}, 400),
+    "max_tokens negative": ("chat", chat(max_tokens=-1), {}, 400),
+    "max_tokens zero": ("chat", chat(max_tokens=0), {}, 400),
+    "max_tokens float": ("chat", chat(max_tokens=1.5), {}, 400),
+    "n zero": ("chat", chat(n=0), {}, 400),
+    "n 2^63": ("chat", chat(n=2**63), {}, 400),
+    "temperature NaN": ("chat", raw('{"model":"demo-chat","messages":[{"role":"user","content":"hi"}],'
+                                    '"temperature":NaN}'), {}, 400),
+    "temperature Infinity": ("chat", raw('{"model":"demo-chat","messages":[{"role":"user","content":"hi"}],'
+                                         '"temperature":Infinity}'), {}, 400),
+    "NaN hidden in tools": ("chat", raw('{"model":"demo-chat","messages":[{"role":"user","content":"hi"}],'
+                                        '"tools":[{"x":-Infinity}]}'), {}, 400),
+    "malformed JSON": ("chat", raw('{"model": "demo-chat", "messages": ['), {}, 400),
+    "JSON array body": ("chat", raw("[1, 2, 3]"), {}, 400),
+    "JSON string body": ("chat", raw('"hello"'), {}, 400),
+    "empty body": ("chat", raw(""), {}, 400),
+    "invalid UTF-8": ("chat", b'{"model": "demo-chat\xff\xfe", "messages": []}', {}, 400),
+    "deeply nested JSON": ("chat", raw('{"model":"demo-chat","messages":[{"role":"user","content":"hi"}],"x":'
+                                       + "[" * 5000 + "]" * 5000 + "}"), {}, 400),
+    "huge body": ("chat", raw(json.dumps(chat(messages=[{"role": "user", "content": "x" * 2_000_000}]))), {}, 413),
+    "wrong content type": ("chat", raw(json.dumps(GOOD)), {"Content-Type": "text/plain"}, 415),
+    "form content type": ("chat", raw("model=demo-chat"), {"Content-Type": "application/x-www-form-urlencoded"},
+                          415),
+    "no messages": ("chat", chat(messages=...), {}, 400),
+    "empty messages": ("chat", chat(messages=[]), {}, 400),
+    "messages not a list": ("chat", chat(messages="hi"), {}, 400),
+    "unknown role": ("chat", chat(messages=[{"role": "root", "content": "hi"}]), {}, 400),
+    "content a number": ("chat", chat(messages=[{"role": "user", "content": 42}]), {}, 400),
+    "model missing": ("chat", chat(model=...), {}, 400),
+    "model empty": ("chat", chat(model=""), {}, 400),
+    "model 10 KB": ("chat", chat(model="m" * 10_000), {}, 400),
+    "model SQL fragment": ("chat", chat(model=SQL), {}, 404),
+    "model unicode": ("chat", chat(model="模型-ü"), {}, 404),
+    "model null": ("chat", chat(model=None), {}, 400),
+    "stream not a bool": ("chat", chat(stream="yes please"), {}, 400),
+    "user 1 KB": ("chat", chat(user="u" * 1000), {}, 400),
+    "Idempotency-Key with spaces": ("chat", GOOD, {"Idempotency-Key": "two words"}, 400),
+    "Idempotency-Key 200 chars": ("chat", GOOD, {"Idempotency-Key": "k" * 200}, 400),
+    "X-Request-Id SQL fragment": ("chat", GOOD, {"X-Request-Id": SQL}, 400),
+    "OpenAI-Organization SQL fragment": ("chat", GOOD, {"OpenAI-Organization": SQL}, 400),
+    "OpenAI-Organization unknown": ("chat", GOOD, {"OpenAI-Organization": "no-such-org-x"}, 404),
+    "image n zero": ("images", {"model": "demo-image", "prompt": "p", "n": 0}, {}, 400),
+    "image n 2^63": ("images", {"model": "demo-image", "prompt": "p", "n": 2**63}, {}, 400),
+    "image empty prompt": ("images", {"model": "demo-image", "prompt": ""}, {}, 400),
+    "image prompt 40 KB": ("images", {"model": "demo-image", "prompt": "p" * 40_000}, {}, 400),
+    "image bad response_format": ("images", {"model": "demo-image", "prompt": "p", "response_format": "gif"}, {},
+                                  400),
+    "image with a chat model": ("images", {"model": "demo-chat", "prompt": "p"}, {}, 404),
+    "image NaN n": ("images", raw('{"model": "demo-image", "prompt": "p", "n": NaN}'), {}, 400),
+    "chat with an image model": ("chat", chat(model="demo-image"), {}, 404),
+    "unknown path": ("/api/v1/llm/engines", GOOD, {}, 404),
+    "usage bad group_by": ("GET /api/v1/usage?group_by=org", None, {}, 400),
+    "usage limit 2^63": ("GET /api/v1/usage?limit=9223372036854775808", None, {}, 400),
+    "usage bad time": ("GET /api/v1/usage?start=yesterday", None, {}, 400),
+    "usage SQL in group_by": ("GET /api/v1/usage?group_by=model;DROP%20TABLE%20users", None, {}, 400),
+    "balance with SQL org": ("GET /api/v1/credits/balance", None, {"OpenAI-Organization": SQL}, 400),
+    "bearer of 10 KB": ("chat", GOOD, {"Authorization": "Bearer " + "k" * 10_000}, 401),
+    "basic auth": ("chat", GOOD, {"Authorization": "Basic dXNlcjpwYXNz"}, 401),
+}
+
+PATHS = {"chat": "/api/v1/llm/chat/completions", "images": "/api/v1/llm/images/generations"}
+
+
+def test_the_rest_catalogue_is_large_enough():
+    assert len(CASES) >= 50
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_bad_rest_input_gets_its_status_and_writes_nothing(name, inference, member, db, upstream):
+    target, body, extra, expected = CASES[name]
+    headers = {"Authorization": f"Bearer {member.key}", "Content-Type": "application/json", **extra}
+    before, calls_before = await row_counts(db), sum(upstream.calls.values())
+    if target.startswith("GET "):
+        response = httpx.get(inference.url + target[4:], headers=headers, timeout=30)
+    else:
+        url = inference.url + PATHS.get(target, target)
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        response = httpx.post(url, content=content, headers=headers, timeout=30)
+    assert response.status_code == expected, f"{name}: {response.status_code} {response.text[:300]}"
+    error = response.json()["error"]
+    assert error["message"] and error["type"]
+    assert await row_counts(db) == before, "a rejected request wrote to the database"
+    assert sum(upstream.calls.values()) == calls_before, "a rejected request reached a model"
