@@ -268,7 +268,7 @@ class InferenceService:
             response = await litellm.acompletion(**params)
         except Exception as exc:  # the provider failed: nothing to charge
             await self.client.release(hold.reservation_id, f"upstream failed: {type(exc).__name__}")
-            raise errors.upstream_failed(_upstream_message(exc)) from None
+            raise _upstream_error(exc) from None
         usage = response.usage
         cost_usd = self.pricing.chat_cost_usd(entry, usage.prompt_tokens, usage.completion_tokens)
         charged = self.pricing.to_millicredits(cost_usd)
@@ -286,7 +286,7 @@ class InferenceService:
             stream = await litellm.acompletion(**params, stream=True, stream_options={"include_usage": True})
         except Exception as exc:
             await self.client.release(hold.reservation_id, f"upstream failed: {type(exc).__name__}")
-            raise errors.upstream_failed(_upstream_message(exc)) from None
+            raise _upstream_error(exc) from None
         wants_usage = bool(body.stream_options and body.stream_options.include_usage)
         state = _StreamState(prompt_tokens=prompt_tokens)
 
@@ -373,7 +373,7 @@ class InferenceService:
             response = await litellm.aimage_generation(**params)
         except Exception as exc:
             await self.client.release(hold.reservation_id, f"upstream failed: {type(exc).__name__}")
-            raise errors.upstream_failed(_upstream_message(exc)) from None
+            raise _upstream_error(exc) from None
         images = len(response.data or []) or body.n
         reported = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
         cost_usd = self.pricing.image_cost_usd(entry, images, reported)
@@ -395,6 +395,17 @@ class _StreamState:
 
 def _sse(data: dict) -> str:
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _upstream_error(exc: Exception) -> errors.ApiError:
+    """A provider's 4xx about the request (unsupported parameter, context too long) is the
+    client's error: 400. Anything else is the provider failing: 502. Either way the hold is gone."""
+    status = getattr(exc, "status_code", None)
+    if status in (400, 404, 413, 422):
+        detail = str(getattr(exc, "message", "") or exc).replace("\n", " ")[:300]
+        return errors.ApiError(400, f"The model provider rejected the request: {detail}",
+                               "invalid_request_error", "provider_rejected_request")
+    return errors.upstream_failed(_upstream_message(exc))
 
 
 def _upstream_message(exc: Exception) -> str:

@@ -4,13 +4,28 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def content_where_required(self) -> ChatMessage:
+        """As OpenAI: only an assistant message carrying tool or function calls may omit content."""
+        extra = self.model_extra or {}
+        if self.content is None and not (self.role == "assistant" and (extra.get("tool_calls")
+                                                                       or extra.get("function_call"))):
+            raise ValueError(f"a {self.role} message needs content")
+        if isinstance(self.content, list):
+            for part in self.content:
+                if not isinstance(part.get("type"), str):
+                    raise ValueError("each content part needs a 'type'")
+        if self.role == "tool" and not isinstance(extra.get("tool_call_id"), str):
+            raise ValueError("a tool message needs tool_call_id")
+        return self
 
 
 class StreamOptions(BaseModel):

@@ -3,8 +3,13 @@ authority as a real subprocess on a local port, and generated stubs."""
 
 from __future__ import annotations
 
-import asyncio
 import os
+
+# Tests fork pg_ctl and friends from a process full of gRPC threads; gRPC's own
+# fork handlers are not needed for that and have crashed children.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import asyncio
 import secrets
 import socket
 import subprocess

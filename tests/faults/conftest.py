@@ -23,6 +23,16 @@ def report(name: str, **figures) -> None:
             out.write(line + "\n")
 
 
+def outbox_count(inference: InferenceProcess) -> int:
+    """Commits still parked in the inference service's outbox."""
+    import sqlite3
+
+    if not inference.outbox.exists():
+        return 0
+    with sqlite3.connect(str(inference.outbox)) as conn:
+        return conn.execute("SELECT count(*) FROM pending_commits").fetchone()[0]
+
+
 def admin_world(channel, tokens) -> World:
     return World(Stub(admin_pb2_grpc.CreditAdminStub(channel), tokens.admin))
 

@@ -11,7 +11,7 @@ import openai
 from credit.v1 import authority_pb2
 from invariants import assert_invariants
 
-from .conftest import InferenceProcess, make_key, report
+from .conftest import InferenceProcess, make_key, outbox_count, report
 from .load import LoadRecord, grpc_worker, verify_acknowledged
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -64,7 +64,7 @@ async def test_authority_sigkill_under_load_loses_nothing(own_authority, tokens,
         while time.monotonic() < deadline:
             held = await db.fetchval("SELECT coalesce(sum(held_mc), 0) FROM allocations WHERE user_id = ANY($1)",
                                      [grpc_user, rest_user])
-            queued = inference.outbox.exists() and await asyncio.to_thread(_outbox_count, inference)
+            queued = await asyncio.to_thread(outbox_count, inference)
             if held == 0 and not queued:
                 break
             await asyncio.sleep(0.2)
@@ -90,12 +90,4 @@ async def test_authority_sigkill_under_load_loses_nothing(own_authority, tokens,
                reservations=statuses, lost=0, charged_twice=0)
     finally:
         inference.stop()
-
-
-def _outbox_count(inference: InferenceProcess) -> int:
-    import sqlite3
-
-    with sqlite3.connect(str(inference.outbox)) as conn:
-        return conn.execute("SELECT count(*) FROM pending_commits").fetchone()[0]
-
 

@@ -11,7 +11,7 @@ import openai
 from conftest import free_port
 from invariants import assert_invariants
 
-from .conftest import InferenceProcess, make_key, report
+from .conftest import InferenceProcess, make_key, outbox_count, report
 from .proxy import CuttableProxy
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -55,7 +55,8 @@ async def test_cut_connections_never_double_charge(authority, tokens, world, adm
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             held = await db.fetchval("SELECT held_mc FROM allocations WHERE user_id = $1", user)
-            if held == 0:
+            queued = await asyncio.to_thread(outbox_count, inference)
+            if held == 0 and queued == 0:
                 break
             await asyncio.sleep(0.2)
         assert held == 0, "holds were neither committed nor released"
