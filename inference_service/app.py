@@ -555,6 +555,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     limit: int = Query(100, ge=1, le=1000)):
         """The caller's own usage rows (or groups), newest first."""
         key = who.key
+        if who.org_header and who.org_header != key.org_id:
+            if key.org_id:
+                raise errors.forbidden(f"This API key belongs to organization '{key.org_id}'.")
+            await service.client.balance(key.user_id, who.org_header)  # 403 unless a member
         request = admin_pb2.QueryUsageRequest(
             user_id=key.user_id, org_id=who.org_header or key.org_id, limit=limit,
             group_by={"model": admin_pb2.USAGE_GROUP_BY_MODEL, "day": admin_pb2.USAGE_GROUP_BY_DAY,
