@@ -51,7 +51,7 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 # Raised by asyncpg or the socket when PostgreSQL cannot be reached: fail closed.
 DATABASE_DOWN = (OSError, ConnectionError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
                  asyncpg.InterfaceError, asyncpg.CannotConnectNowError, asyncpg.OperatorInterventionError,
-                 asyncpg.InsufficientResourcesError)
+                 asyncpg.InsufficientResourcesError, asyncpg.exceptions._base.InternalClientError)
 
 _STATUS = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -416,7 +416,7 @@ async def start_server(settings: Settings, storage: Storage,
     authority = CreditAuthority(storage, default_ttl_seconds=settings.default_ttl_seconds,
                                 max_ttl_seconds=settings.max_ttl_seconds)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                      ("grpc.so_reuseport", 0)])
+                                      ("grpc.so_reuseport", 1 if settings.reuse_port else 0)])
     authority_pb2_grpc.add_CreditAuthorityServicer_to_server(AuthorityServicer(authority, auth), server)
     admin_pb2_grpc.add_CreditAdminServicer_to_server(AdminServicer(authority, auth), server)
     health_servicer = health.aio.HealthServicer()
@@ -442,7 +442,8 @@ async def serve(settings: Settings) -> None:
         applied = await migrate(database_url)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
-    storage = await Storage.connect(database_url, settings.db_pool_min, settings.db_pool_max)
+    storage = await Storage.connect(database_url, settings.db_pool_min, settings.db_pool_max,
+                                    batch_max=settings.batch_max, batch_in_flight=settings.batch_in_flight)
     server, port, sweeper = await start_server(settings, storage, auth)
     sweep_task = asyncio.create_task(sweeper.run())
     host = settings.listen_addr.rsplit(":", 1)[0]
