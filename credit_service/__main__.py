@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
 import os
 import subprocess
 import sys
 
+from . import logs
 from .authority import CreditAuthority
 from .demo import ensure_tokens, seed
 from .embedded_db import ensure_database
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m credit_service")
     parser.add_argument("command", choices=["serve", "migrate", "up"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     settings = Settings.from_env()
     if args.command == "migrate":
         asyncio.run(_migrate(settings))

@@ -10,7 +10,7 @@ import functools
 import logging
 import math
 import signal
-import sys
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timezone
 from pathlib import Path
@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc, types_pb2
 
+from . import logs, metrics
 from .auth import Caller, Role, TokenAuthenticator
 from .authority import CreditAuthority, UsageQuery
 from .embedded_db import ensure_database
@@ -88,33 +89,47 @@ def status_for(error: CreditError) -> grpc.Status:
 
 
 def rpc(*roles: Role) -> Callable:
-    """Authenticates the caller, checks one of `roles`, maps errors to statuses."""
+    """Authenticates the caller, checks one of `roles`, maps errors to statuses,
+    and records the call (metrics; a JSON access-log line with the request id)."""
 
     def decorate(method: Callable[..., Awaitable[Any]]) -> Callable:
+        name = method.__name__
+
         @functools.wraps(method)
         async def handler(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
             metadata = dict(context.invocation_metadata() or ())
-            caller = self.auth.authenticate(metadata.get("authorization"))
-            if caller is None:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
-            if not caller.roles.intersection(roles):
-                needed = " or ".join(r.value for r in roles)
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                    f"{method.__name__} requires the {needed} role")
+            logs.request_id.set(metadata.get("x-request-id"))
+            code = grpc.StatusCode.OK
             try:
-                return await method(self, request, caller)
-            except CreditError as error:
-                status = status_for(error)
-            except DATABASE_DOWN as error:
-                log.warning("database unavailable in %s: %s", method.__name__, type(error).__name__)
-                status = _rich_status(grpc.StatusCode.UNAVAILABLE, "credit database unavailable; retry")
-            except asyncpg.PostgresError as error:
-                log.exception("database error in %s", method.__name__)
-                status = _rich_status(grpc.StatusCode.INTERNAL, f"database error {error.sqlstate}")
-            except Exception:
-                log.exception("unexpected error in %s", method.__name__)
-                status = _rich_status(grpc.StatusCode.INTERNAL, "internal error")
-            await context.abort(status.code, status.details, status.trailing_metadata)
+                caller = self.auth.authenticate(metadata.get("authorization"))
+                if caller is None:
+                    code = grpc.StatusCode.UNAUTHENTICATED
+                    await context.abort(code, "missing or invalid bearer token")
+                if not caller.roles.intersection(roles):
+                    code = grpc.StatusCode.PERMISSION_DENIED
+                    await context.abort(code, f"{name} requires the {' or '.join(r.value for r in roles)} role")
+                try:
+                    return await method(self, request, caller)
+                except CreditError as error:
+                    status = status_for(error)
+                except DATABASE_DOWN as error:
+                    log.warning("database unavailable in %s: %s", name, type(error).__name__)
+                    status = _rich_status(grpc.StatusCode.UNAVAILABLE, "credit database unavailable; retry")
+                except asyncpg.PostgresError as error:
+                    log.exception("database error in %s", name)
+                    status = _rich_status(grpc.StatusCode.INTERNAL, f"database error {error.sqlstate}")
+                except Exception:
+                    log.exception("unexpected error in %s", name)
+                    status = _rich_status(grpc.StatusCode.INTERNAL, "internal error")
+                code = status.code
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            finally:
+                elapsed = time.perf_counter() - started
+                metrics.RPC_REQUESTS.labels(name, code.name).inc()
+                metrics.RPC_LATENCY.labels(name).observe(elapsed)
+                if self.access_log:
+                    log.info("rpc", extra={"rpc": name, "code": code.name, "ms": round(elapsed * 1000, 2)})
 
         return handler
 
@@ -163,9 +178,10 @@ def _funding(kind: str, org_id: str | None) -> types_pb2.Funding:
 
 
 class _Servicer:
-    def __init__(self, authority: CreditAuthority, auth: TokenAuthenticator):
+    def __init__(self, authority: CreditAuthority, auth: TokenAuthenticator, access_log: bool = True):
         self.authority = authority
         self.auth = auth
+        self.access_log = access_log
 
 
 class AuthorityServicer(_Servicer, authority_pb2_grpc.CreditAuthorityServicer):
@@ -184,6 +200,8 @@ class AuthorityServicer(_Servicer, authority_pb2_grpc.CreditAuthorityServicer):
             amount_mc=request.amount_millicredits, ttl_seconds=request.ttl_seconds,
             service_type=request.service_type, service_name=request.service_name,
             metadata=_struct_to_dict(request.metadata))
+        if not hold.replayed:
+            metrics.RESERVED.inc(hold.reserved_mc)
         return authority_pb2.ReserveResponse(
             reservation_id=str(hold.reservation_id), funding=_funding(hold.funding_kind, hold.org_id),
             reserved_millicredits=hold.reserved_mc, available_millicredits=hold.available_mc,
@@ -194,6 +212,7 @@ class AuthorityServicer(_Servicer, authority_pb2_grpc.CreditAuthorityServicer):
         charge = await self.authority.commit(caller=caller.name, reservation_id=request.reservation_id,
                                              amount_mc=request.amount_millicredits,
                                              metadata=_struct_to_dict(request.metadata))
+        metrics.COMMITTED.inc(charge.charged_mc)
         return authority_pb2.CommitResponse(
             charged_millicredits=charge.charged_mc, available_millicredits=charge.available_mc,
             overrun=charge.overrun, late=charge.late, funding=_funding(charge.funding_kind, charge.org_id))
@@ -201,6 +220,7 @@ class AuthorityServicer(_Servicer, authority_pb2_grpc.CreditAuthorityServicer):
     @rpc(Role.SPEND)
     async def Release(self, request: authority_pb2.ReleaseRequest, caller: Caller) -> authority_pb2.ReleaseResponse:
         await self.authority.release(caller=caller.name, reservation_id=request.reservation_id, reason=request.reason)
+        metrics.RELEASES.inc()
         return authority_pb2.ReleaseResponse()
 
     @rpc(Role.SPEND, Role.READ)
@@ -382,9 +402,17 @@ class Sweeper:
             try:
                 while (count := await self._authority.expire_holds(self._batch)) > 0:
                     self.expired_total += count
+                    metrics.EXPIRED.inc(count)
                     log.info("sweeper released %d expired holds", count)
                     if count < self._batch:
                         break
+                metrics.SWEEPS.inc()
+                holds, held = await self._storage.outstanding_holds()
+                metrics.HOLDS_OUTSTANDING.set(holds)
+                metrics.HELD_OUTSTANDING.set(held)
+                size, idle = self._storage.pool_stats()
+                metrics.DB_POOL_SIZE.set(size)
+                metrics.DB_POOL_IDLE.set(idle)
                 await self._set_health(health_pb2.HealthCheckResponse.SERVING)
             except DATABASE_DOWN:
                 await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -417,8 +445,9 @@ async def start_server(settings: Settings, storage: Storage,
                                 max_ttl_seconds=settings.max_ttl_seconds)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.so_reuseport", 1 if settings.reuse_port else 0)])
-    authority_pb2_grpc.add_CreditAuthorityServicer_to_server(AuthorityServicer(authority, auth), server)
-    admin_pb2_grpc.add_CreditAdminServicer_to_server(AdminServicer(authority, auth), server)
+    authority_pb2_grpc.add_CreditAuthorityServicer_to_server(AuthorityServicer(authority, auth, settings.access_log),
+                                                             server)
+    admin_pb2_grpc.add_CreditAdminServicer_to_server(AdminServicer(authority, auth, settings.access_log), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (authority_pb2.DESCRIPTOR.services_by_name["CreditAuthority"].full_name,
@@ -446,6 +475,7 @@ async def serve(settings: Settings) -> None:
                                     batch_max=settings.batch_max, batch_in_flight=settings.batch_in_flight)
     server, port, sweeper = await start_server(settings, storage, auth)
     sweep_task = asyncio.create_task(sweeper.run())
+    metrics.serve(settings.metrics_port)
     host = settings.listen_addr.rsplit(":", 1)[0]
     transport = "mTLS" if settings.tls_client_ca_file else "TLS" if settings.tls_cert_file else "plaintext"
     print(f"credit authority listening on {host}:{port} ({transport})", flush=True)
@@ -462,6 +492,5 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     asyncio.run(serve(Settings.from_env()))

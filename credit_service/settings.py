@@ -42,6 +42,8 @@ class Settings:
     auth_tokens: str = ""  # "name:token:role+role,…"
     auth_tokens_file: str = ""  # same format, one entry a line
     migrate_on_start: bool = True
+    metrics_port: int = 9464  # Prometheus endpoint; 0 = off
+    access_log: bool = True  # one JSON line per RPC (method, code, ms, request id)
     reuse_port: bool = False  # several authority processes may share one port (kernel balances connections)
     tls_cert_file: str = ""  # server certificate (PEM): TLS on when set
     tls_key_file: str = ""
@@ -69,6 +71,8 @@ class Settings:
             auth_tokens_file=env.get("CREDIT_AUTH_TOKENS_FILE", ""),
             migrate_on_start=env.get("CREDIT_MIGRATE_ON_START", "1") not in ("0", "false", "no"),
             reuse_port=env.get("CREDIT_REUSE_PORT", "0") in ("1", "true", "yes"),
+            metrics_port=_int(env, "CREDIT_METRICS_PORT", 9464),
+            access_log=env.get("CREDIT_ACCESS_LOG", "1") not in ("0", "false", "no"),
             tls_cert_file=env.get("CREDIT_TLS_CERT_FILE", ""),
             tls_key_file=env.get("CREDIT_TLS_KEY_FILE", ""),
             tls_client_ca_file=env.get("CREDIT_TLS_CLIENT_CA_FILE", ""),

@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from . import metrics
 from .errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -181,6 +182,7 @@ class HotPathBatcher:
         try:
             columns = list(zip(*(operation for operation, _ in batch)))
             rows = await self._pool.fetch(self._SQL, *columns)
+            metrics.BATCH_SIZE.observe(len(batch))
             self.batches += 1
             self.operations += len(batch)
             for row in rows:
@@ -293,6 +295,14 @@ class Storage:
             raise NotFound(f"reservation {reservation_id} not found")
         if outcome == "finalized":
             raise FailedPrecondition(f"reservation {reservation_id} is already committed")
+
+    async def outstanding_holds(self) -> tuple[int, int]:
+        row = await self._pool.fetchrow(
+            "SELECT count(*) AS n, coalesce(sum(amount_mc), 0)::BIGINT AS mc FROM reservations WHERE status = 'held'")
+        return row["n"], row["mc"]
+
+    def pool_stats(self) -> tuple[int, int]:
+        return self._pool.get_size(), self._pool.get_idle_size()
 
     async def expire_holds(self, batch: int) -> int:
         return await self._pool.fetchval("SELECT credit_expire_holds($1)", batch)

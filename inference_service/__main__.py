@@ -7,13 +7,14 @@ import sys
 
 import uvicorn
 
+from credit_service import logs
+
 from .app import create_app
 from .settings import Settings
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # no line per call
     import litellm
 

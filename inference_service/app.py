@@ -23,14 +23,16 @@ import litellm
 from google.protobuf.json_format import MessageToDict
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from credit.v1 import admin_pb2, authority_pb2, types_pb2
+from credit_service import logs
 from credit_service.money import format_credits
 
-from . import catalogue, errors
+from . import catalogue, errors, metrics
 from .authority_client import ApiKey, AuthorityClient, Tls, funding_label
 from .billing import Pricing
 from .outbox import CommitOutbox
@@ -196,6 +198,8 @@ class InferenceService:
             raise errors.bad_request("Idempotency-Key / X-Request-Id must be 1-100 printable ASCII characters "
                                      "without spaces", "invalid_request_id")
         request_id = client_id or f"req_{uuid.uuid4().hex}"
+        request.state.request_id = request_id
+        logs.request_id.set(request_id)  # sent to the authority as gRPC metadata, logged by both
         user_id = key.user_id
         if key.is_service and body_user:
             # An org service key may act for members of its own organization; the
@@ -211,6 +215,7 @@ class InferenceService:
             request_id=billing.reserve_id, user_id=billing.user_id, org_id=billing.org_id,
             amount_millicredits=amount_mc, ttl_seconds=self.settings.reserve_ttl_seconds,
             service_type=service_type, service_name=entry.name, metadata=metadata)
+        metrics.RESERVED.labels(entry.name).inc(amount_mc)
         if earlier:
             state = "is still in progress" if hold.status == "held" else f"was already processed ({hold.status})"
             raise errors.conflict(f"A request with Idempotency-Key '{billing.request_id}' {state}; "
@@ -220,6 +225,7 @@ class InferenceService:
     async def settle(self, hold: authority_pb2.ReserveResponse, billing: Billing, charged_mc: int,
                      metadata: dict[str, Any]) -> dict[str, str]:
         """Commits the actual cost; returns the billing headers."""
+        metrics.COMMITTED.labels(metadata.get("model", "")).inc(charged_mc)
         result = await self.client.commit(hold.reservation_id, charged_mc, metadata)
         if result is None:  # queued in the outbox: the authority will get it
             remaining = hold.available_millicredits + hold.reserved_millicredits - charged_mc
@@ -267,8 +273,11 @@ class InferenceService:
         try:
             response = await litellm.acompletion(**params)
         except Exception as exc:  # the provider failed: nothing to charge
+            metrics.RELEASED.labels(entry.name).inc()
             await self.client.release(hold.reservation_id, f"upstream failed: {type(exc).__name__}")
             raise _upstream_error(exc) from None
+        finally:
+            metrics.UPSTREAM_LATENCY.labels(entry.name).observe(time.monotonic() - started)
         usage = response.usage
         cost_usd = self.pricing.chat_cost_usd(entry, usage.prompt_tokens, usage.completion_tokens)
         charged = self.pricing.to_millicredits(cost_usd)
@@ -470,6 +479,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
 
     @app.middleware("http")
+    async def observe(request: Request, call_next):
+        """Metrics and one JSON access-log line per request (never headers, so never keys)."""
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            elapsed = time.perf_counter() - started
+            metrics.HTTP_REQUESTS.labels(path, str(status)).inc()
+            metrics.HTTP_LATENCY.labels(path).observe(elapsed)
+            if path != "/metrics":
+                log.info("http", extra={"method": request.method, "route": path, "status": status,
+                                        "ms": round(elapsed * 1000, 2),
+                                        "request_id": getattr(request.state, "request_id", None)})
+
+    @app.middleware("http")
     async def guard_body(request: Request, call_next):
         """Size limit, JSON content type, and strict JSON (no NaN/Infinity, bounded nesting)."""
         if request.method != "POST":
@@ -583,6 +612,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "total_requests": result.total_requests,
             **_credits_fields("total_credits", result.total_millicredits),
         }
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics():
+        metrics.OUTBOX_PENDING.set(service.client.outbox.count())
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():

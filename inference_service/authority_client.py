@@ -20,6 +20,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc, types_pb2
+from credit_service import logs
 from credit_service.money import format_credits
 
 from . import errors
@@ -123,9 +124,15 @@ class AuthorityClient:
     async def close(self) -> None:
         await self._channel.close()
 
+    @property
+    def _md(self) -> tuple:
+        """The bearer token, and the request id of the REST call being served."""
+        rid = logs.request_id.get()
+        return self._metadata + ((("x-request-id", rid),) if rid else ())
+
     async def _call(self, method, request):
         try:
-            return await method(request, metadata=self._metadata, timeout=self._timeout)
+            return await method(request, metadata=self._md, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             raise to_api_error(error) from None
 
@@ -155,7 +162,7 @@ class AuthorityClient:
         request = authority_pb2.ReserveRequest(metadata=to_struct(metadata), **fields)
         for attempt, delay in enumerate((*COMMIT_BACKOFF, None)):
             try:
-                hold = await self._authority.Reserve(request, metadata=self._metadata, timeout=self._timeout)
+                hold = await self._authority.Reserve(request, metadata=self._md, timeout=self._timeout)
                 # A replay answering our own retry is our hold (still held); anything else is an earlier request.
                 return hold, hold.replayed and (attempt == 0 or hold.status != "held")
             except grpc.aio.AioRpcError as error:
@@ -176,7 +183,7 @@ class AuthorityClient:
         request = authority_pb2.ReleaseRequest(reservation_id=reservation_id, reason=reason[:256])
         for delay in (*COMMIT_BACKOFF, None):
             try:
-                await self._authority.Release(request, metadata=self._metadata, timeout=self._timeout)
+                await self._authority.Release(request, metadata=self._md, timeout=self._timeout)
                 return
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRYABLE or delay is None:
@@ -191,7 +198,7 @@ class AuthorityClient:
                                               metadata=to_struct(metadata))
         for delay in (*COMMIT_BACKOFF, None):
             try:
-                return await self._authority.Commit(request, metadata=self._metadata, timeout=self._timeout)
+                return await self._authority.Commit(request, metadata=self._md, timeout=self._timeout)
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRYABLE:
                     log.error("commit of %s refused: %s %s", reservation_id, error.code().name, error.details())
@@ -211,7 +218,7 @@ class AuthorityClient:
                                                   amount_millicredits=pending.amount_mc,
                                                   metadata=to_struct(pending.metadata))
             try:
-                await self._authority.Commit(request, metadata=self._metadata, timeout=self._timeout)
+                await self._authority.Commit(request, metadata=self._md, timeout=self._timeout)
             except grpc.aio.AioRpcError as error:
                 if error.code() in RETRYABLE:
                     self.outbox.attempted(pending.reservation_id)

@@ -26,7 +26,8 @@ def _read_env(path: Path) -> dict[str, str]:
 def _start(data_dir: Path, port: int, pg_port: int, rest_port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CREDIT_AUTH_TOKENS")}
     env.update(CREDIT_DATA_DIR=str(data_dir), CREDIT_LISTEN_ADDR=f"127.0.0.1:{port}",
-               CREDIT_EMBEDDED_PG_PORT=str(pg_port), INFERENCE_PORT=str(rest_port), INFERENCE_HOST="127.0.0.1")
+               CREDIT_EMBEDDED_PG_PORT=str(pg_port), INFERENCE_PORT=str(rest_port), INFERENCE_HOST="127.0.0.1",
+               CREDIT_METRICS_PORT="0")
     return subprocess.Popen([sys.executable, "-m", "credit_service", "up"], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
