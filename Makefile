@@ -10,20 +10,21 @@ NODE_DEPS := clients/node/node_modules/.installed
 run: $(STAMP)  ## embedded PostgreSQL, migrations, demo seed, authority on :50051, REST on :8084
 	$(BIN)/python -m credit_service up
 
-test: $(STAMP) $(NODE_DEPS)  ## every test, against a real PostgreSQL and real gRPC servers
+test: lint $(NODE_DEPS)  ## lint, then every test, against a real PostgreSQL and real gRPC servers
 	$(BIN)/python -m pytest
 
-proto: $(STAMP)  ## regenerate credit/v1 from protos/
-	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/credit/v1/*.proto
+proto: $(STAMP)  ## regenerate credit/v1 (code and mypy stubs) from protos/
+	$(BIN)/python -m credit_service.protogen .
 
 bench: $(STAMP)  ## benchmarks (figures, not tests)
 	$(BIN)/python -m bench
 
-lint: $(STAMP)  ## static checks
-	$(BIN)/python -m compileall -q credit_service credit inference_service tests
+lint: $(STAMP)  ## ruff and mypy (with mypy-protobuf stubs of the generated code)
+	$(BIN)/ruff check .
+	$(BIN)/python -m mypy
 
-fmt: $(STAMP)  ## nothing to format automatically yet
-	@true
+fmt: $(STAMP)  ## sort imports and apply ruff's safe fixes
+	$(BIN)/ruff check --fix .
 
 clean:  ## remove the virtualenv and all local data
 	rm -rf $(VENV) .data .pytest_cache .hypothesis

@@ -46,7 +46,8 @@ def require_id(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument(field, "is required")
     if not _ID.fullmatch(value):
-        raise InvalidArgument(field, "must be 1-128 characters of A-Z a-z 0-9 . _ : @ - starting with a letter or digit")
+        raise InvalidArgument(field, "must be 1-128 characters of A-Z a-z 0-9 . _ : @ - "
+                                     "starting with a letter or digit")
     return value
 
 

@@ -30,9 +30,9 @@ GROUPS = {"user": admin_pb2.USAGE_GROUP_BY_USER, "model": admin_pb2.USAGE_GROUP_
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
     for line in [headers, ["-" * w for w in widths], *rows]:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)).rstrip())
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
 
 
 def credits(text: str) -> int:
@@ -104,7 +104,8 @@ class Commands:
 
     def cmd_member_remove(self, a):
         result = self._call(self.admin.RemoveMember, admin_pb2.RemoveMemberRequest(org_id=a.org_id, user_id=a.user_id))
-        print(f"removed {a.user_id}; {format_credits(result.returned_to_pool_millicredits)} credits returned to the pool")
+        returned = format_credits(result.returned_to_pool_millicredits)
+        print(f"removed {a.user_id}; {returned} credits returned to the pool")
 
     def cmd_members(self, a):
         self.show_members(self._call(self.admin.ListMembers, admin_pb2.ListMembersRequest(org_id=a.org_id)).members)

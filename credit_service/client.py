@@ -451,13 +451,14 @@ class Hold:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool:
         if exc is not None:
-            await self._release_quietly(f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
+            await self._release_quietly(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             return False  # the block's exception propagates
         if self.release_reason is not None:
             await self._client.release(self.reservation_id, self.release_reason)
             self.released = True
             return False
         amount = self.actual_millicredits
+        assert self.reservation is not None  # __aenter__ reserved
         if amount is None:  # documented choice: the usage happened, charge the worst case that was held
             amount = self.reservation.reserved_millicredits
         try:
@@ -472,5 +473,6 @@ class Hold:
             await self._client.release(self.reservation_id, reason)
             self.released = True
         except CreditClientError as error:  # the sweeper releases the hold when it expires
+            expires = self.reservation.expires_at if self.reservation else "its TTL"
             log.warning("could not release reservation %s (%s); it expires at %s", self.reservation_id,
-                        error.message, self.reservation.expires_at)
+                        error.message, expires)

@@ -12,10 +12,9 @@ import pwd
 import stat
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import warnings
 
 with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR at import
     warnings.simplefilter("ignore")

@@ -54,7 +54,8 @@ async def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[s
                    version INT PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL,
                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
         )
-        done = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+        rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        done = {r["version"]: r["checksum"] for r in rows}
         for migration in discover(directory):
             if migration.version in done:
                 if done[migration.version] != migration.checksum:

@@ -106,6 +106,7 @@ def rpc(*roles: Role) -> Callable:
                 if caller is None:
                     code = grpc.StatusCode.UNAUTHENTICATED
                     await context.abort(code, "missing or invalid bearer token")
+                assert caller is not None  # abort() raised otherwise
                 if not caller.roles.intersection(roles):
                     code = grpc.StatusCode.PERMISSION_DENIED
                     await context.abort(code, f"{name} requires the {' or '.join(r.value for r in roles)} role")

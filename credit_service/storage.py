@@ -180,7 +180,7 @@ class HotPathBatcher:
 
     async def _execute(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
         try:
-            columns = list(zip(*(operation for operation, _ in batch)))
+            columns = list(zip(*(operation for operation, _ in batch), strict=True))
             rows = await self._pool.fetch(self._SQL, *columns)
             metrics.BATCH_SIZE.observe(len(batch))
             self.batches += 1

@@ -20,10 +20,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import litellm
-from google.protobuf.json_format import MessageToDict
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from google.protobuf.json_format import MessageToDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -125,7 +125,7 @@ class InferenceService:
         self.settings = settings
         self.models = catalogue.load(settings.models_file)
         self.pricing = Pricing(settings.credits_per_usd, settings.markup, settings.max_output_tokens)
-        self.client: AuthorityClient | None = None
+        self._client: AuthorityClient | None = None
         self.background: set[asyncio.Task] = set()
         self.failures = AuthFailures(settings.auth_failure_limit, settings.auth_failure_window_seconds)
 
@@ -133,10 +133,16 @@ class InferenceService:
         outbox = CommitOutbox(self.settings.outbox_path)
         tls = Tls(self.settings.authority_tls_ca_file, self.settings.authority_tls_cert_file,
                   self.settings.authority_tls_key_file)
-        self.client = AuthorityClient(self.settings.authority_addr, self.settings.service_token,
+        self._client = AuthorityClient(self.settings.authority_addr, self.settings.service_token,
                                       timeout=self.settings.authority_timeout_seconds,
                                       key_cache_seconds=self.settings.key_cache_seconds, outbox=outbox, tls=tls)
         self.spawn(self.client.run_outbox(self.settings.outbox_replay_seconds))
+
+    @property
+    def client(self) -> AuthorityClient:
+        if self._client is None:
+            raise RuntimeError("the service has not started")
+        return self._client
 
     async def stop(self) -> None:
         pending = [t for t in self.background if not t.done()]
@@ -145,9 +151,9 @@ class InferenceService:
             await asyncio.wait(settling, timeout=10)
         for task in self.background:
             task.cancel()
-        if self.client:
-            await self.client.close()
-            self.client.outbox.close()
+        if self._client:
+            await self._client.close()
+            self._client.outbox.close()
 
     def spawn(self, coro, name: str = "task") -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -540,13 +546,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def caller(request: Request) -> Caller:
         return await service.authenticate(request)
 
-    billed = {code: {"model": ErrorBody, "description": text} for code, text in (
+    billed: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody, "description": text} for code, text in (
         (400, "bad request"), (401, "missing or invalid API key"), (402, "insufficient credits"),
         (403, "not allowed (organization, service key scope)"), (404, "unknown model"),
         (409, "Idempotency-Key already used"), (413, "body too large"), (415, "not JSON"),
         (429, "too many failed authentication attempts"), (502, "model provider failed; hold released"),
         (503, "credit authority unavailable; no model called"))}
-    reads = {code: billed[code] for code in (400, 401, 403, 404, 429, 503)}
+    reads: dict[int | str, dict[str, Any]] = {code: billed[code] for code in (400, 401, 403, 404, 429, 503)}
 
     @app.post("/api/v1/llm/chat/completions", tags=["llm"], responses=billed)
     async def chat_completions(body: ChatCompletionRequest, request: Request, who: Caller = Depends(caller)):
@@ -590,8 +596,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await service.client.balance(key.user_id, who.org_header)  # 403 unless a member
         request = admin_pb2.QueryUsageRequest(
             user_id=key.user_id, org_id=who.org_header or key.org_id, limit=limit,
-            group_by={"model": admin_pb2.USAGE_GROUP_BY_MODEL, "day": admin_pb2.USAGE_GROUP_BY_DAY,
-                      "service_type": admin_pb2.USAGE_GROUP_BY_SERVICE_TYPE}.get(group_by or "", 0))
+            group_by=admin_pb2.UsageGroupBy.Value(f"USAGE_GROUP_BY_{group_by.upper()}") if group_by
+            else admin_pb2.USAGE_GROUP_BY_UNSPECIFIED)
         for field, value in (("start_time", start), ("end_time", end)):
             if value is not None:
                 getattr(request, field).FromDatetime(

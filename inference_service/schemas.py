@@ -55,7 +55,8 @@ class ChatCompletionRequest(BaseModel):
     task_type: str | None = Field(None, max_length=64, description="Recorded on the usage row")
 
     # Parameters forwarded to LiteLLM as they are.
-    FORWARDED: ClassVar[tuple[str, ...]] = ("n", "temperature", "top_p", "presence_penalty", "frequency_penalty", "stop", "seed",
+    FORWARDED: ClassVar[tuple[str, ...]] = ("n", "temperature", "top_p", "presence_penalty", "frequency_penalty",
+                                            "stop", "seed",
                  "response_format", "tools", "tool_choice")
 
 

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import httpx
 import openai
-import pytest
 import yaml
-
 from conftest import ROOT, AuthorityProcess, free_port
-from credit.v1 import admin_pb2
-
 from upstream import Upstream
+
+from credit.v1 import admin_pb2
 
 CHAT_IN = "0.000001"  # USD per token, as priced in the test catalogue
 CHAT_OUT = "0.000002"

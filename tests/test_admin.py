@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
-from credit.v1 import admin_pb2, authority_pb2
 from helpers import error_info, reserve_request
 from invariants import assert_invariants
+
+from credit.v1 import admin_pb2, authority_pb2
 
 
 def _code(call) -> grpc.RpcError:

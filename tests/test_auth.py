@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from conftest import Stub
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-from conftest import Stub
-from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
 from helpers import reserve_request
+
+from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
 
 
 def _code(call) -> grpc.StatusCode:

@@ -7,10 +7,10 @@ import uuid
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-
-from credit.v1 import admin_pb2, authority_pb2
 from helpers import bad_request, reserve_request
 from invariants import row_counts
+
+from credit.v1 import admin_pb2, authority_pb2
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

@@ -11,9 +11,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import reserve_request
 
 from credit.v1 import authority_pb2
-from helpers import reserve_request
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "clients" / "node"

@@ -6,10 +6,10 @@ import asyncio
 
 import grpc
 import pytest
-
-from credit.v1 import authority_pb2, types_pb2
 from helpers import error_info, reserve_request
 from invariants import assert_invariants
+
+from credit.v1 import authority_pb2, types_pb2
 
 CALLS = 500
 AMOUNT = 1_000
@@ -111,6 +111,7 @@ async def test_same_request_id_concurrently_makes_one_hold(world, aio_spend, spe
 
 def test_request_ids_are_scoped_per_caller(world, spend, channel, tokens):
     from conftest import Stub
+
     from credit.v1 import authority_pb2_grpc
 
     other = Stub(authority_pb2_grpc.CreditAuthorityStub(channel), tokens.other_spend)

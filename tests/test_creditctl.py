@@ -39,8 +39,9 @@ def test_creditctl_sets_up_an_org_and_shows_balances_and_usage(authority, tokens
     key_id = key.split("key id: ")[1].split()[0]
     assert key_id in ctl(authority, tokens, "keys", "--user", user).stdout
 
-    from credit.v1 import authority_pb2
     from helpers import reserve_request
+
+    from credit.v1 import authority_pb2
 
     hold = spend.Reserve(reserve_request(user, 2_000, org, service_name="demo-chat"))
     spend.Commit(authority_pb2.CommitRequest(reservation_id=hold.reservation_id, amount_millicredits=1_234))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from helpers import error_info, reserve_request
 
 from credit.v1 import authority_pb2, types_pb2
-from helpers import error_info, reserve_request
 
 
 def _funding(spend, user_id, org_id=""):

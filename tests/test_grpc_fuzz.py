@@ -7,13 +7,13 @@ import asyncio
 
 import asyncpg
 import grpc
+from conftest import Stub
 from google.protobuf import descriptor, struct_pb2, timestamp_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import Stub
-from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
 from invariants import row_counts
+
+from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
 
 FD = descriptor.FieldDescriptor
 INT64 = (-(2**63), 2**63 - 1)

@@ -6,8 +6,9 @@ import uuid
 
 import grpc
 import pytest
-
 from conftest import free_port
+from invariants import assert_invariants
+
 from credit_service.client import (
     AlreadyExists,
     AlreadyFinalized,
@@ -22,7 +23,6 @@ from credit_service.client import (
     PermissionDenied,
     Unauthenticated,
 )
-from invariants import assert_invariants
 
 
 class LoseFirstAnswer(grpc.aio.UnaryUnaryClientInterceptor):

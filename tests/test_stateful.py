@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 
-
 import asyncpg
 import grpc
+from helpers import reserve_request
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule, run_state_machine_as_test
+from invariants import violations
 
 from credit.v1 import admin_pb2, authority_pb2
-from helpers import reserve_request
-from invariants import violations
 
 AMOUNTS = st.integers(min_value=1, max_value=20_000)
 

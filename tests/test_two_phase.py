@@ -7,10 +7,10 @@ import time
 
 import grpc
 import pytest
-
-from credit.v1 import admin_pb2, authority_pb2
 from helpers import reserve_request
 from invariants import assert_invariants
+
+from credit.v1 import admin_pb2, authority_pb2
 
 HOLD = 1_000
 

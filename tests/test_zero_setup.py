@@ -14,8 +14,8 @@ from pathlib import Path
 
 import grpc
 import httpx
-
 from conftest import ROOT, Stub, free_port
+
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc, types_pb2
 
 

@@ -6,11 +6,10 @@ import json
 import os
 
 import pytest
-
 from conftest import AuthorityProcess, Stub, World
-from credit.v1 import admin_pb2_grpc
-
 from rest_support import InferenceProcess, make_key  # noqa: F401 - re-exported for the tests
+
+from credit.v1 import admin_pb2_grpc
 
 
 def report(name: str, **figures) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from conftest import free_port
+
 from credit_service.embedded_db import PG_SYSTEM_USER, EmbeddedPostgres, _bin, _run_as_postgres_user
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-import grpc
 import openai
+from invariants import assert_invariants
 
 from credit.v1 import authority_pb2
-from invariants import assert_invariants
 
 from .conftest import InferenceProcess, make_key, outbox_count, report
 from .load import LoadRecord, grpc_worker, verify_acknowledged
@@ -76,7 +75,7 @@ async def test_authority_sigkill_under_load_loses_nothing(own_authority, tokens,
             "GROUP BY 1", rest_user)
         counts = {r["id"]: r["n"] for r in rest_rows}
         assert all(counts.get(rid) == 1 for rid in rest_ok), "a REST call answered 200 was not charged exactly once"
-        for user, used_expected in ((grpc_user, None), (rest_user, None)):
+        for user in (grpc_user, rest_user):
             used = spend.GetBalance(authority_pb2.GetBalanceRequest(user_id=user)).used_millicredits
             charged = await db.fetchval("SELECT coalesce(sum(credits_used), 0) FROM usage_attribution "
                                         "WHERE user_id = $1", user)

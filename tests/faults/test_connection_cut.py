@@ -7,7 +7,6 @@ import asyncio
 import time
 
 import openai
-
 from conftest import free_port
 from invariants import assert_invariants
 

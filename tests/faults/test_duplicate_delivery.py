@@ -7,9 +7,9 @@ import random
 import uuid
 
 import grpc
+from invariants import assert_invariants
 
 from credit.v1 import admin_pb2, authority_pb2
-from invariants import assert_invariants
 
 from .conftest import report
 

@@ -8,10 +8,10 @@ import asyncio
 
 import asyncpg
 import grpc
-
 from conftest import AuthorityProcess
-from credit_service.migrate import migrate
 from invariants import assert_invariants
+
+from credit_service.migrate import migrate
 
 from .conftest import admin_world, report
 from .load import LoadRecord, grpc_worker, verify_acknowledged

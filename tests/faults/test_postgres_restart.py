@@ -8,11 +8,11 @@ import time
 
 import grpc
 import openai
-
 from conftest import AuthorityProcess, Stub
+from invariants import assert_invariants
+
 from credit.v1 import admin_pb2_grpc
 from credit_service.migrate import migrate
-from invariants import assert_invariants
 
 from .conftest import InferenceProcess, admin_world, make_key, outbox_count, report
 from .load import LoadRecord, grpc_worker, verify_acknowledged

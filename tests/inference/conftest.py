@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from rest_support import (  # noqa: F401 - re-exported for the tests of this folder
     CHAT_IN,
     CHAT_OUT,

@@ -9,12 +9,12 @@ from decimal import Decimal
 import httpx
 import openai
 import pytest
+from invariants import assert_invariants
+from upstream import PROMPT_TOKENS, WORDS
 
 from credit.v1 import authority_pb2
-from invariants import assert_invariants
 
 from .conftest import CHAT_IN, CHAT_OUT, async_sdk, sdk
-from upstream import PROMPT_TOKENS, WORDS
 
 MESSAGES = [{"role": "user", "content": "Summarize these search results, please."}]
 

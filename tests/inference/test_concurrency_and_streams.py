@@ -8,9 +8,9 @@ import time
 
 import httpx
 import openai
+from invariants import assert_invariants
 
 from credit.v1 import authority_pb2
-from invariants import assert_invariants
 
 from .conftest import async_sdk, make_key, sdk
 

@@ -8,10 +8,10 @@ import time
 
 import openai
 import pytest
-
 from conftest import AuthorityProcess
-from credit.v1 import authority_pb2
 from invariants import assert_invariants
+
+from credit.v1 import authority_pb2
 
 from .conftest import InferenceProcess, make_key, sdk
 

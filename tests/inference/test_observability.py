@@ -8,7 +8,6 @@ import re
 import time
 
 import httpx
-
 from conftest import AuthorityProcess, free_port
 
 from .conftest import InferenceProcess, make_key, sdk
@@ -47,8 +46,8 @@ async def test_metrics_move_and_one_request_id_is_found_everywhere(database_url,
             _sample(grpc_before, "credit_committed_millicredits_total") == cost
         assert _sample(grpc_after, "credit_reserved_millicredits_total") > \
             _sample(grpc_before, "credit_reserved_millicredits_total")
-        commits = [line for line in grpc_after.splitlines()
-                   if line.startswith("credit_rpc_requests_total{") and 'method="Commit"' in line and 'code="OK"' in line]
+        commits = [line for line in grpc_after.splitlines() if line.startswith("credit_rpc_requests_total{")
+                   and 'method="Commit"' in line and 'code="OK"' in line]
         assert commits and float(commits[0].rsplit(" ", 1)[1]) >= 1, commits
         for name in ("credit_rpc_latency_seconds_bucket", "credit_db_pool_connections", "credit_sweeper_runs_total",
                      "credit_holds_outstanding", "credit_hot_path_batch_size_bucket"):

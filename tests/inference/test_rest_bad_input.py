@@ -7,7 +7,6 @@ import json
 
 import httpx
 import pytest
-
 from invariants import row_counts
 
 GOOD = {"model": "demo-chat", "messages": [{"role": "user", "content": "hi"}]}

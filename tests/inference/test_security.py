@@ -12,12 +12,12 @@ import grpc
 import httpx
 import openai
 import pytest
+from conftest import AuthorityProcess, Stub
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import AuthorityProcess, Stub
 from credit.v1 import admin_pb2, authority_pb2, authority_pb2_grpc
 
 from .conftest import InferenceProcess, make_key, sdk

@@ -1,0 +1,34 @@
+"""Generates the Python gRPC code and its mypy stubs from protos/ (grpcio-tools +
+mypy-protobuf). `make proto` and the staleness test both call this, so they
+cannot disagree about how the committed code is made."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ROOT / "protos"
+
+
+def generate(out_dir: Path) -> None:
+    sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    include = Path(protoc.__file__).parent / "_proto"
+    plugin_dir = Path(sys.executable).parent
+    mypy, mypy_grpc = shutil.which("protoc-gen-mypy", path=str(plugin_dir)), \
+        shutil.which("protoc-gen-mypy_grpc", path=str(plugin_dir))
+    if not (mypy and mypy_grpc):
+        raise RuntimeError("mypy-protobuf's protoc plugins are not installed next to this Python")
+    args = ["grpc_tools.protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={out_dir}",
+            f"--grpc_python_out={out_dir}", f"--plugin=protoc-gen-mypy={mypy}",
+            f"--plugin=protoc-gen-mypy_grpc={mypy_grpc}", f"--mypy_out={out_dir}", f"--mypy_grpc_out={out_dir}",
+            *sources]
+    if protoc.main(args) != 0:
+        raise RuntimeError("protoc failed")
+
+
+if __name__ == "__main__":
+    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT)
