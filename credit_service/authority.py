@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import InvalidArgument, NotFound
 from .money import MAX_MILLICREDITS, is_committable, is_reservable
@@ -299,6 +300,77 @@ class CreditAuthority:
     async def require_user(self, user_id: str) -> None:
         if not await self._storage.user_exists(user_id):
             raise NotFound(f"user {user_id!r} not found")
+
+    # ---- low-balance alerts (credit_service/alerts.py delivers them) -------
+
+    async def set_alert_webhook(self, org_id: str, url: str, secret: str) -> dict[str, Any] | None:
+        require_id("org_id", org_id)
+        if url:
+            require_webhook_url(url)
+            if not MIN_WEBHOOK_SECRET <= len(secret) <= MAX_WEBHOOK_SECRET:
+                raise InvalidArgument("secret", f"must be {MIN_WEBHOOK_SECRET} to {MAX_WEBHOOK_SECRET} characters")
+            require_label("secret", secret, MAX_WEBHOOK_SECRET)
+        elif secret:
+            raise InvalidArgument("secret", "must be empty when the url is (removing the webhook)")
+        return await self._storage.set_alert_webhook(org_id, url, secret)
+
+    async def get_alert_webhook(self, org_id: str) -> dict[str, Any] | None:
+        require_id("org_id", org_id)
+        return await self._storage.get_alert_webhook(org_id)
+
+    async def create_alert_threshold(self, org_id: str, user_id: str, kind: str, value: int) -> dict[str, Any]:
+        require_id("org_id", org_id)
+        optional_id("user_id", user_id)
+        if kind not in ALERT_KINDS:
+            raise InvalidArgument("kind", "must be absolute (millicredits) or percent")
+        if kind == "percent" and not 0 <= value <= 100:
+            raise InvalidArgument("value", "a percent threshold must be 0 to 100")
+        if kind == "absolute" and not is_committable(value):
+            raise InvalidArgument("value", f"must be an integer from 0 to {MAX_MILLICREDITS} millicredits")
+        return await self._storage.create_alert_threshold(org_id, user_id or None, kind, value)
+
+    async def delete_alert_threshold(self, org_id: str, threshold_id: int) -> None:
+        require_id("org_id", org_id)
+        if threshold_id <= 0:
+            raise InvalidArgument("threshold_id", "is required (a positive id returned by CreateAlertThreshold)")
+        await self._storage.delete_alert_threshold(org_id, threshold_id)
+
+    async def list_alert_thresholds(self, org_id: str, user_id: str) -> list[dict[str, Any]]:
+        require_id("org_id", org_id)
+        optional_id("user_id", user_id)
+        return await self._storage.list_alert_thresholds(org_id, user_id or None)
+
+    async def list_alert_events(self, org_id: str, user_id: str, limit: int) -> list[dict[str, Any]]:
+        require_id("org_id", org_id)
+        optional_id("user_id", user_id)
+        if not 0 <= limit <= MAX_ALERT_EVENTS:
+            raise InvalidArgument("limit", f"must be 0 (default 100) to {MAX_ALERT_EVENTS}")
+        return await self._storage.list_alert_events(org_id, user_id or None, limit or 100)
+
+
+ALERT_KINDS = ("absolute", "percent")
+MIN_WEBHOOK_SECRET = 16
+MAX_WEBHOOK_SECRET = 256
+MAX_WEBHOOK_URL = 2048
+MAX_ALERT_EVENTS = 1000
+
+
+def require_webhook_url(url: str) -> str:
+    """An absolute http(s) URL with a host, no credentials, no whitespace or control characters."""
+    if len(url) > MAX_WEBHOOK_URL:
+        raise InvalidArgument("url", f"must be at most {MAX_WEBHOOK_URL} characters")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise InvalidArgument("url", "must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port raises on a bad port
+    except ValueError:
+        raise InvalidArgument("url", "must be a valid http(s) URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise InvalidArgument("url", "must be an absolute http:// or https:// URL")
+    if parts.username or parts.password:
+        raise InvalidArgument("url", "must not carry credentials (the secret signs each request)")
+    return url
 
 
 def _decimal_text(field: str, text: str) -> str | None:

@@ -108,6 +108,86 @@ API_KEY_KIND_SERVICE: ApiKeyKind.ValueType  # 2
 """Org service key: may act for members of its organization."""
 Global___ApiKeyKind: _TypeAlias = ApiKeyKind  # noqa: Y015
 
+class _AlertThresholdKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertThresholdKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertThresholdKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_THRESHOLD_KIND_UNSPECIFIED: _AlertThresholdKind.ValueType  # 0
+    """Not set: rejected."""
+    ALERT_THRESHOLD_KIND_ABSOLUTE: _AlertThresholdKind.ValueType  # 1
+    """value is millicredits remaining."""
+    ALERT_THRESHOLD_KIND_PERCENT: _AlertThresholdKind.ValueType  # 2
+    """value is a percent (0 … 100) of the pool total or allocation limit remaining."""
+
+class AlertThresholdKind(_AlertThresholdKind, metaclass=_AlertThresholdKindEnumTypeWrapper):
+    """How a threshold's value is read."""
+
+ALERT_THRESHOLD_KIND_UNSPECIFIED: AlertThresholdKind.ValueType  # 0
+"""Not set: rejected."""
+ALERT_THRESHOLD_KIND_ABSOLUTE: AlertThresholdKind.ValueType  # 1
+"""value is millicredits remaining."""
+ALERT_THRESHOLD_KIND_PERCENT: AlertThresholdKind.ValueType  # 2
+"""value is a percent (0 … 100) of the pool total or allocation limit remaining."""
+Global___AlertThresholdKind: _TypeAlias = AlertThresholdKind  # noqa: Y015
+
+class _AlertThresholdState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertThresholdStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertThresholdState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_THRESHOLD_STATE_UNSPECIFIED: _AlertThresholdState.ValueType  # 0
+    """Not set."""
+    ALERT_THRESHOLD_STATE_ARMED: _AlertThresholdState.ValueType  # 1
+    """Remaining is above the threshold: the next commit that crosses it alerts."""
+    ALERT_THRESHOLD_STATE_FIRED: _AlertThresholdState.ValueType  # 2
+    """Alerted (or created at or below it): re-armed when remaining goes back above."""
+
+class AlertThresholdState(_AlertThresholdState, metaclass=_AlertThresholdStateEnumTypeWrapper):
+    """Whether a threshold waits for a crossing."""
+
+ALERT_THRESHOLD_STATE_UNSPECIFIED: AlertThresholdState.ValueType  # 0
+"""Not set."""
+ALERT_THRESHOLD_STATE_ARMED: AlertThresholdState.ValueType  # 1
+"""Remaining is above the threshold: the next commit that crosses it alerts."""
+ALERT_THRESHOLD_STATE_FIRED: AlertThresholdState.ValueType  # 2
+"""Alerted (or created at or below it): re-armed when remaining goes back above."""
+Global___AlertThresholdState: _TypeAlias = AlertThresholdState  # noqa: Y015
+
+class _AlertDeliveryStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertDeliveryStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertDeliveryStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_DELIVERY_STATUS_UNSPECIFIED: _AlertDeliveryStatus.ValueType  # 0
+    """Not set."""
+    ALERT_DELIVERY_STATUS_PENDING: _AlertDeliveryStatus.ValueType  # 1
+    """Waiting for its next attempt."""
+    ALERT_DELIVERY_STATUS_DELIVERED: _AlertDeliveryStatus.ValueType  # 2
+    """The webhook answered 2xx."""
+    ALERT_DELIVERY_STATUS_FAILED: _AlertDeliveryStatus.ValueType  # 3
+    """Every attempt failed; no more are made."""
+    ALERT_DELIVERY_STATUS_NO_WEBHOOK: _AlertDeliveryStatus.ValueType  # 4
+    """The organization had no webhook when the alert fired."""
+
+class AlertDeliveryStatus(_AlertDeliveryStatus, metaclass=_AlertDeliveryStatusEnumTypeWrapper):
+    """Where an alert's webhook delivery stands."""
+
+ALERT_DELIVERY_STATUS_UNSPECIFIED: AlertDeliveryStatus.ValueType  # 0
+"""Not set."""
+ALERT_DELIVERY_STATUS_PENDING: AlertDeliveryStatus.ValueType  # 1
+"""Waiting for its next attempt."""
+ALERT_DELIVERY_STATUS_DELIVERED: AlertDeliveryStatus.ValueType  # 2
+"""The webhook answered 2xx."""
+ALERT_DELIVERY_STATUS_FAILED: AlertDeliveryStatus.ValueType  # 3
+"""Every attempt failed; no more are made."""
+ALERT_DELIVERY_STATUS_NO_WEBHOOK: AlertDeliveryStatus.ValueType  # 4
+"""The organization had no webhook when the alert fired."""
+Global___AlertDeliveryStatus: _TypeAlias = AlertDeliveryStatus  # noqa: Y015
+
 @_typing.final
 class User(_message.Message):
     """A person or service account that spends credits."""
@@ -1027,3 +1107,544 @@ class ListApiKeysResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListApiKeysResponse: _TypeAlias = ListApiKeysResponse  # noqa: Y015
+
+@_typing.final
+class SetAlertWebhookRequest(_message.Message):
+    """Sets an organization's alert webhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization."""
+    url: _builtins.str
+    """http(s) URL the alerts are POSTed to, at most 2,048 characters; empty removes the webhook."""
+    secret: _builtins.str
+    """Shared secret, 16 … 256 characters: each body is signed with HMAC-SHA256 under it and the
+    signature sent as `X-Credit-Signature: sha256=<hex>`. Required with a url.
+    """
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "secret", b"secret", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAlertWebhookRequest: _TypeAlias = SetAlertWebhookRequest  # noqa: Y015
+
+@_typing.final
+class AlertWebhook(_message.Message):
+    """An organization's alert webhook, without its secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    HAS_SECRET_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization."""
+    url: _builtins.str
+    """Where alerts are POSTed; empty when none is configured."""
+    has_secret: _builtins.bool
+    """True when a secret is set (it is never returned)."""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """Last change."""
+
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        has_secret: _builtins.bool = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_secret", b"has_secret", "org_id", b"org_id", "updated_at", b"updated_at", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertWebhook: _TypeAlias = AlertWebhook  # noqa: Y015
+
+@_typing.final
+class SetAlertWebhookResponse(_message.Message):
+    """Result of SetAlertWebhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhook(self) -> Global___AlertWebhook:
+        """The webhook as stored (empty url when removed)."""
+
+    def __init__(
+        self,
+        *,
+        webhook: Global___AlertWebhook | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAlertWebhookResponse: _TypeAlias = SetAlertWebhookResponse  # noqa: Y015
+
+@_typing.final
+class GetAlertWebhookRequest(_message.Message):
+    """Reads an organization's alert webhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization."""
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAlertWebhookRequest: _TypeAlias = GetAlertWebhookRequest  # noqa: Y015
+
+@_typing.final
+class GetAlertWebhookResponse(_message.Message):
+    """Result of GetAlertWebhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhook(self) -> Global___AlertWebhook:
+        """The webhook; empty url when none is configured."""
+
+    def __init__(
+        self,
+        *,
+        webhook: Global___AlertWebhook | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAlertWebhookResponse: _TypeAlias = GetAlertWebhookResponse  # noqa: Y015
+
+@_typing.final
+class AlertThreshold(_message.Message):
+    """A low-balance threshold. Remaining is limit − used (holds do not count):
+    the pool total minus what all allocations used, or an allocation minus what its member used.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    THRESHOLD_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    REMAINING_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    CHANGED_AT_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization."""
+    threshold_id: _builtins.int
+    """Identifier, unique within the organization."""
+    user_id: _builtins.str
+    """Member whose allocation is watched; empty for the organization's pool."""
+    kind: Global___AlertThresholdKind.ValueType
+    """How value is read."""
+    value: _builtins.int
+    """Millicredits (absolute) or percent (0 … 100)."""
+    state: Global___AlertThresholdState.ValueType
+    """Armed or fired."""
+    threshold_millicredits: _builtins.int
+    """The threshold in millicredits now (for a percent: of the current pool total or allocation)."""
+    remaining_millicredits: _builtins.int
+    """Remaining millicredits now."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """Creation time."""
+
+    @_builtins.property
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """Last change of state."""
+
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        threshold_id: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+        kind: Global___AlertThresholdKind.ValueType = ...,
+        value: _builtins.int = ...,
+        state: Global___AlertThresholdState.ValueType = ...,
+        threshold_millicredits: _builtins.int = ...,
+        remaining_millicredits: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        changed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "created_at", b"created_at", "kind", b"kind", "org_id", b"org_id", "remaining_millicredits", b"remaining_millicredits", "state", b"state", "threshold_id", b"threshold_id", "threshold_millicredits", b"threshold_millicredits", "user_id", b"user_id", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertThreshold: _TypeAlias = AlertThreshold  # noqa: Y015
+
+@_typing.final
+class CreateAlertThresholdRequest(_message.Message):
+    """Adds a threshold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization."""
+    user_id: _builtins.str
+    """Member whose allocation to watch; empty watches the organization's pool."""
+    kind: Global___AlertThresholdKind.ValueType
+    """How value is read."""
+    value: _builtins.int
+    """Millicredits 0 … 10^15 (absolute) or percent 0 … 100."""
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        kind: Global___AlertThresholdKind.ValueType = ...,
+        value: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "org_id", b"org_id", "user_id", b"user_id", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAlertThresholdRequest: _TypeAlias = CreateAlertThresholdRequest  # noqa: Y015
+
+@_typing.final
+class CreateAlertThresholdResponse(_message.Message):
+    """Result of CreateAlertThreshold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def threshold(self) -> Global___AlertThreshold:
+        """The new threshold; fired already when remaining is at or below it (no alert is sent for that)."""
+
+    def __init__(
+        self,
+        *,
+        threshold: Global___AlertThreshold | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["threshold", b"threshold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAlertThresholdResponse: _TypeAlias = CreateAlertThresholdResponse  # noqa: Y015
+
+@_typing.final
+class DeleteAlertThresholdRequest(_message.Message):
+    """Removes a threshold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    THRESHOLD_ID_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization."""
+    threshold_id: _builtins.int
+    """Threshold to remove."""
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        threshold_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "threshold_id", b"threshold_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAlertThresholdRequest: _TypeAlias = DeleteAlertThresholdRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAlertThresholdResponse(_message.Message):
+    """Result of DeleteAlertThreshold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAlertThresholdResponse: _TypeAlias = DeleteAlertThresholdResponse  # noqa: Y015
+
+@_typing.final
+class ListAlertThresholdsRequest(_message.Message):
+    """Lists thresholds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization."""
+    user_id: _builtins.str
+    """Only this member's thresholds (optional)."""
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertThresholdsRequest: _TypeAlias = ListAlertThresholdsRequest  # noqa: Y015
+
+@_typing.final
+class ListAlertThresholdsResponse(_message.Message):
+    """Thresholds of an organization."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THRESHOLDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def thresholds(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlertThreshold]:
+        """Pool thresholds first, then by member, in creation order."""
+
+    def __init__(
+        self,
+        *,
+        thresholds: _abc.Iterable[Global___AlertThreshold] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["thresholds", b"thresholds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertThresholdsResponse: _TypeAlias = ListAlertThresholdsResponse  # noqa: Y015
+
+@_typing.final
+class AlertDeliveryAttempt(_message.Message):
+    """One attempt to deliver an alert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    ATTEMPTED_AT_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    """1 for the first attempt."""
+    url: _builtins.str
+    """URL posted to."""
+    status_code: _builtins.int
+    """HTTP status answered; 0 when none (connection failed, timeout)."""
+    error: _builtins.str
+    """What went wrong; empty on success."""
+    duration_ms: _builtins.int
+    """How long the attempt took."""
+    @_builtins.property
+    def attempted_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was made."""
+
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        url: _builtins.str = ...,
+        status_code: _builtins.int = ...,
+        error: _builtins.str = ...,
+        duration_ms: _builtins.int = ...,
+        attempted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempted_at", b"attempted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempted_at", b"attempted_at", "duration_ms", b"duration_ms", "error", b"error", "status_code", b"status_code", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertDeliveryAttempt: _TypeAlias = AlertDeliveryAttempt  # noqa: Y015
+
+@_typing.final
+class AlertEvent(_message.Message):
+    """An alert: one crossing of a threshold by a commit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    THRESHOLD_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    LIMIT_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    REMAINING_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    DELIVERED_AT_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization."""
+    event_id: _builtins.int
+    """Identifier, unique within the organization."""
+    threshold_id: _builtins.int
+    """Threshold crossed."""
+    user_id: _builtins.str
+    """Member whose allocation crossed; empty for the pool."""
+    kind: Global___AlertThresholdKind.ValueType
+    """The threshold's kind when it fired."""
+    value: _builtins.int
+    """The threshold's value when it fired."""
+    threshold_millicredits: _builtins.int
+    """The threshold in millicredits when it fired."""
+    limit_millicredits: _builtins.int
+    """Pool total or allocation limit when it fired."""
+    remaining_millicredits: _builtins.int
+    """Remaining millicredits right after the crossing commit."""
+    status: Global___AlertDeliveryStatus.ValueType
+    """Delivery status."""
+    attempts: _builtins.int
+    """Delivery attempts made so far."""
+    last_error: _builtins.str
+    """Error of the last failed attempt."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it fired."""
+
+    @_builtins.property
+    def delivered_at(self) -> _timestamp_pb2.Timestamp:
+        """When the webhook acknowledged it."""
+
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """Next attempt, while pending."""
+
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlertDeliveryAttempt]:
+        """Every attempt, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        event_id: _builtins.int = ...,
+        threshold_id: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+        kind: Global___AlertThresholdKind.ValueType = ...,
+        value: _builtins.int = ...,
+        threshold_millicredits: _builtins.int = ...,
+        limit_millicredits: _builtins.int = ...,
+        remaining_millicredits: _builtins.int = ...,
+        status: Global___AlertDeliveryStatus.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        delivered_at: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        deliveries: _abc.Iterable[Global___AlertDeliveryAttempt] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "delivered_at", b"delivered_at", "next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "delivered_at", b"delivered_at", "deliveries", b"deliveries", "event_id", b"event_id", "kind", b"kind", "last_error", b"last_error", "limit_millicredits", b"limit_millicredits", "next_attempt_at", b"next_attempt_at", "org_id", b"org_id", "remaining_millicredits", b"remaining_millicredits", "status", b"status", "threshold_id", b"threshold_id", "threshold_millicredits", b"threshold_millicredits", "user_id", b"user_id", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertEvent: _TypeAlias = AlertEvent  # noqa: Y015
+
+@_typing.final
+class ListAlertEventsRequest(_message.Message):
+    """Lists alerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization."""
+    user_id: _builtins.str
+    """Only alerts on this member's allocation (optional)."""
+    limit: _builtins.int
+    """Maximum alerts returned, 1 … 1,000; 0 means 100."""
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "org_id", b"org_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertEventsRequest: _TypeAlias = ListAlertEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListAlertEventsResponse(_message.Message):
+    """Alerts, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlertEvent]:
+        """Alerts with their deliveries."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___AlertEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertEventsResponse: _TypeAlias = ListAlertEventsResponse  # noqa: Y015

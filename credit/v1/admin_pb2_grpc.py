@@ -106,6 +106,36 @@ class CreditAdminStub:
                 request_serializer=credit_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
                 response_deserializer=credit_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
                 _registered_method=True)
+        self.SetAlertWebhook = channel.unary_unary(
+                '/credit.v1.CreditAdmin/SetAlertWebhook',
+                request_serializer=credit_dot_v1_dot_admin__pb2.SetAlertWebhookRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.SetAlertWebhookResponse.FromString,
+                _registered_method=True)
+        self.GetAlertWebhook = channel.unary_unary(
+                '/credit.v1.CreditAdmin/GetAlertWebhook',
+                request_serializer=credit_dot_v1_dot_admin__pb2.GetAlertWebhookRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.GetAlertWebhookResponse.FromString,
+                _registered_method=True)
+        self.CreateAlertThreshold = channel.unary_unary(
+                '/credit.v1.CreditAdmin/CreateAlertThreshold',
+                request_serializer=credit_dot_v1_dot_admin__pb2.CreateAlertThresholdRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.CreateAlertThresholdResponse.FromString,
+                _registered_method=True)
+        self.DeleteAlertThreshold = channel.unary_unary(
+                '/credit.v1.CreditAdmin/DeleteAlertThreshold',
+                request_serializer=credit_dot_v1_dot_admin__pb2.DeleteAlertThresholdRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.DeleteAlertThresholdResponse.FromString,
+                _registered_method=True)
+        self.ListAlertThresholds = channel.unary_unary(
+                '/credit.v1.CreditAdmin/ListAlertThresholds',
+                request_serializer=credit_dot_v1_dot_admin__pb2.ListAlertThresholdsRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.ListAlertThresholdsResponse.FromString,
+                _registered_method=True)
+        self.ListAlertEvents = channel.unary_unary(
+                '/credit.v1.CreditAdmin/ListAlertEvents',
+                request_serializer=credit_dot_v1_dot_admin__pb2.ListAlertEventsRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.ListAlertEventsResponse.FromString,
+                _registered_method=True)
 
 
 class CreditAdminServicer:
@@ -211,6 +241,48 @@ class CreditAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAlertWebhook(self, request, context):
+        """Sets (or, with an empty url, removes) where an organization's low-balance alerts are POSTed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAlertWebhook(self, request, context):
+        """Reads an organization's alert webhook (never the secret).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAlertThreshold(self, request, context):
+        """Adds a low-balance threshold on an organization's pool or on a member's allocation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlertThreshold(self, request, context):
+        """Removes a low-balance threshold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlertThresholds(self, request, context):
+        """Lists an organization's low-balance thresholds with their state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlertEvents(self, request, context):
+        """Lists an organization's alerts (threshold crossings) and their webhook deliveries, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -283,6 +355,36 @@ def add_CreditAdminServicer_to_server(servicer, server):
                     servicer.ListApiKeys,
                     request_deserializer=credit_dot_v1_dot_admin__pb2.ListApiKeysRequest.FromString,
                     response_serializer=credit_dot_v1_dot_admin__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'SetAlertWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAlertWebhook,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.SetAlertWebhookRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.SetAlertWebhookResponse.SerializeToString,
+            ),
+            'GetAlertWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAlertWebhook,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.GetAlertWebhookRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.GetAlertWebhookResponse.SerializeToString,
+            ),
+            'CreateAlertThreshold': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAlertThreshold,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.CreateAlertThresholdRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.CreateAlertThresholdResponse.SerializeToString,
+            ),
+            'DeleteAlertThreshold': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlertThreshold,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.DeleteAlertThresholdRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.DeleteAlertThresholdResponse.SerializeToString,
+            ),
+            'ListAlertThresholds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlertThresholds,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.ListAlertThresholdsRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.ListAlertThresholdsResponse.SerializeToString,
+            ),
+            'ListAlertEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlertEvents,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.ListAlertEventsRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.ListAlertEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -665,6 +767,168 @@ class CreditAdmin:
             '/credit.v1.CreditAdmin/ListApiKeys',
             credit_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
             credit_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAlertWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/SetAlertWebhook',
+            credit_dot_v1_dot_admin__pb2.SetAlertWebhookRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.SetAlertWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAlertWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/GetAlertWebhook',
+            credit_dot_v1_dot_admin__pb2.GetAlertWebhookRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.GetAlertWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAlertThreshold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/CreateAlertThreshold',
+            credit_dot_v1_dot_admin__pb2.CreateAlertThresholdRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.CreateAlertThresholdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlertThreshold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/DeleteAlertThreshold',
+            credit_dot_v1_dot_admin__pb2.DeleteAlertThresholdRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.DeleteAlertThresholdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlertThresholds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/ListAlertThresholds',
+            credit_dot_v1_dot_admin__pb2.ListAlertThresholdsRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.ListAlertThresholdsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlertEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/ListAlertEvents',
+            credit_dot_v1_dot_admin__pb2.ListAlertEventsRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.ListAlertEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,18 @@ class CreditAdminStub:
     """Checks an API key; what the REST service calls for every request."""
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]
     """Lists API keys of a user or organization (never the secrets)."""
+    SetAlertWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetAlertWebhookRequest, _admin_pb2.SetAlertWebhookResponse]
+    """Sets (or, with an empty url, removes) where an organization's low-balance alerts are POSTed."""
+    GetAlertWebhook: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetAlertWebhookRequest, _admin_pb2.GetAlertWebhookResponse]
+    """Reads an organization's alert webhook (never the secret)."""
+    CreateAlertThreshold: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateAlertThresholdRequest, _admin_pb2.CreateAlertThresholdResponse]
+    """Adds a low-balance threshold on an organization's pool or on a member's allocation."""
+    DeleteAlertThreshold: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteAlertThresholdRequest, _admin_pb2.DeleteAlertThresholdResponse]
+    """Removes a low-balance threshold."""
+    ListAlertThresholds: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAlertThresholdsRequest, _admin_pb2.ListAlertThresholdsResponse]
+    """Lists an organization's low-balance thresholds with their state."""
+    ListAlertEvents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAlertEventsRequest, _admin_pb2.ListAlertEventsResponse]
+    """Lists an organization's alerts (threshold crossings) and their webhook deliveries, newest first."""
 
 @_typing.type_check_only
 class CreditAdminAsyncStub(CreditAdminStub):
@@ -101,6 +113,18 @@ class CreditAdminAsyncStub(CreditAdminStub):
     """Checks an API key; what the REST service calls for every request."""
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     """Lists API keys of a user or organization (never the secrets)."""
+    SetAlertWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetAlertWebhookRequest, _admin_pb2.SetAlertWebhookResponse]  # type: ignore[assignment]
+    """Sets (or, with an empty url, removes) where an organization's low-balance alerts are POSTed."""
+    GetAlertWebhook: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetAlertWebhookRequest, _admin_pb2.GetAlertWebhookResponse]  # type: ignore[assignment]
+    """Reads an organization's alert webhook (never the secret)."""
+    CreateAlertThreshold: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateAlertThresholdRequest, _admin_pb2.CreateAlertThresholdResponse]  # type: ignore[assignment]
+    """Adds a low-balance threshold on an organization's pool or on a member's allocation."""
+    DeleteAlertThreshold: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteAlertThresholdRequest, _admin_pb2.DeleteAlertThresholdResponse]  # type: ignore[assignment]
+    """Removes a low-balance threshold."""
+    ListAlertThresholds: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAlertThresholdsRequest, _admin_pb2.ListAlertThresholdsResponse]  # type: ignore[assignment]
+    """Lists an organization's low-balance thresholds with their state."""
+    ListAlertEvents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAlertEventsRequest, _admin_pb2.ListAlertEventsResponse]  # type: ignore[assignment]
+    """Lists an organization's alerts (threshold crossings) and their webhook deliveries, newest first."""
 
 class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
     """Everything that is not the hot path. Requires the admin role (VerifyApiKey:
@@ -218,5 +242,53 @@ class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListApiKeysResponse, _abc.Awaitable[_admin_pb2.ListApiKeysResponse]]:
         """Lists API keys of a user or organization (never the secrets)."""
+
+    @_abc_1.abstractmethod
+    def SetAlertWebhook(
+        self,
+        request: _admin_pb2.SetAlertWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetAlertWebhookResponse, _abc.Awaitable[_admin_pb2.SetAlertWebhookResponse]]:
+        """Sets (or, with an empty url, removes) where an organization's low-balance alerts are POSTed."""
+
+    @_abc_1.abstractmethod
+    def GetAlertWebhook(
+        self,
+        request: _admin_pb2.GetAlertWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetAlertWebhookResponse, _abc.Awaitable[_admin_pb2.GetAlertWebhookResponse]]:
+        """Reads an organization's alert webhook (never the secret)."""
+
+    @_abc_1.abstractmethod
+    def CreateAlertThreshold(
+        self,
+        request: _admin_pb2.CreateAlertThresholdRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateAlertThresholdResponse, _abc.Awaitable[_admin_pb2.CreateAlertThresholdResponse]]:
+        """Adds a low-balance threshold on an organization's pool or on a member's allocation."""
+
+    @_abc_1.abstractmethod
+    def DeleteAlertThreshold(
+        self,
+        request: _admin_pb2.DeleteAlertThresholdRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteAlertThresholdResponse, _abc.Awaitable[_admin_pb2.DeleteAlertThresholdResponse]]:
+        """Removes a low-balance threshold."""
+
+    @_abc_1.abstractmethod
+    def ListAlertThresholds(
+        self,
+        request: _admin_pb2.ListAlertThresholdsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAlertThresholdsResponse, _abc.Awaitable[_admin_pb2.ListAlertThresholdsResponse]]:
+        """Lists an organization's low-balance thresholds with their state."""
+
+    @_abc_1.abstractmethod
+    def ListAlertEvents(
+        self,
+        request: _admin_pb2.ListAlertEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAlertEventsResponse, _abc.Awaitable[_admin_pb2.ListAlertEventsResponse]]:
+        """Lists an organization's alerts (threshold crossings) and their webhook deliveries, newest first."""
 
 def add_CreditAdminServicer_to_server(servicer: CreditAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,242 @@
+"""Delivery of low-balance alerts: a worker inside every authority process.
+
+Crossings are detected in PostgreSQL by the transaction of the Commit that
+crosses (migrations/0005_alerts.sql), which queues a pending alert and
+pg_notify()s channel `credit_alerts`. This worker LISTENs on it (and looks
+every few seconds anyway, in case a notification was missed), then:
+
+* decides pool thresholds queued as checks (exactly once, on committed data);
+* leases due alerts (replicas skip each other's with SKIP LOCKED and a lease),
+  POSTs each to its org's webhook, signed with HMAC-SHA256 of the raw body:
+  `X-Credit-Signature: sha256=<hex>`;
+* records every attempt; a failed one is retried with exponential backoff
+  (CREDIT_ALERT_RETRY_BASE_SECONDS doubling, capped by
+  CREDIT_ALERT_RETRY_MAX_SECONDS) until CREDIT_ALERT_MAX_ATTEMPTS, then the
+  alert is marked failed.
+
+A receiver verifies with `verify_signature(secret, raw_body, header)` or the
+equivalent in its language, and deduplicates on `X-Credit-Event-Id` (the body
+is identical on every attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from .money import format_credits
+from .storage import Storage
+
+log = logging.getLogger("credit_service.alerts")
+
+CHANNEL = "credit_alerts"
+SIGNATURE_HEADER = "X-Credit-Signature"
+EVENT_TYPE = "credit.low_balance"
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    enabled: bool = True
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    max_attempts: int = 8
+    timeout_seconds: float = 5.0
+    poll_seconds: float = 5.0  # safety net: look even without a notification
+    lease_seconds: float = 60.0  # an alert being sent is skipped by other replicas this long
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> AlertSettings:
+        env = dict(os.environ if env is None else env)
+
+        def get(name: str, default: str) -> str:
+            return env.get(name, "").strip() or default
+
+        return cls(
+            enabled=get("CREDIT_ALERTS_ENABLED", "1") not in ("0", "false", "no"),
+            retry_base_seconds=float(get("CREDIT_ALERT_RETRY_BASE_SECONDS", "1")),
+            retry_max_seconds=float(get("CREDIT_ALERT_RETRY_MAX_SECONDS", "300")),
+            max_attempts=int(get("CREDIT_ALERT_MAX_ATTEMPTS", "8")),
+            timeout_seconds=float(get("CREDIT_ALERT_TIMEOUT_SECONDS", "5")),
+            poll_seconds=float(get("CREDIT_ALERT_POLL_SECONDS", "5")),
+        )
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The X-Credit-Signature value of a body: sha256=<hex HMAC-SHA256 under the org's secret>."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
+    return bool(header) and hmac.compare_digest(sign(secret, body), header.strip())
+
+
+def payload(event: dict[str, Any]) -> bytes:
+    """The alert's JSON body; the same bytes on every attempt."""
+    is_pool = event["user_id"] is None
+    body = {
+        "type": EVENT_TYPE,
+        "id": f"{event['org_id']}:{event['event_id']}",
+        "org_id": event["org_id"],
+        "scope": "pool" if is_pool else "allocation",
+        "user_id": event["user_id"],
+        "threshold": {"id": event["threshold_id"], "kind": event["kind"], "value": event["value"],
+                      "millicredits": event["threshold_mc"], "credits": format_credits(event["threshold_mc"])},
+        "limit_millicredits": event["limit_mc"],
+        "remaining_millicredits": event["remaining_mc"],
+        "remaining_credits": format_credits(event["remaining_mc"]),
+        "fired_at": event["created_at"].isoformat(),
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def retry_delay(attempt: int, settings: AlertSettings) -> float | None:
+    """Seconds before the next attempt after `attempt` failed, or None to give up."""
+    if attempt >= settings.max_attempts:
+        return None
+    delay = min(settings.retry_base_seconds * 2 ** (attempt - 1), settings.retry_max_seconds)
+    return delay * random.uniform(0.8, 1.2)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # a 3xx is an answer, not a place to send the body
+        return None
+
+
+# No proxies from the environment, no redirects: the POST goes where the org said, or fails.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects)
+
+
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int | None, str]:
+    """One blocking POST; (status code or None, error text or "")."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            response.read(64 * 1024)
+            return response.status, ""
+    except urllib.error.HTTPError as error:
+        return error.code, f"HTTP {error.code} {error.reason}"[:300]
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        return None, f"{type(error).__name__}: {reason}"[:300]
+
+
+class AlertWorker:
+    def __init__(self, database_url: str, storage: Storage, settings: AlertSettings):
+        self._database_url = database_url
+        self._storage = storage
+        self._settings = settings
+        self._wake = asyncio.Event()
+        self.delivered = 0
+
+    async def run(self) -> None:
+        listener = asyncio.create_task(self._listen())
+        try:
+            while True:
+                due = None
+                try:
+                    await self.run_once()
+                    due = await self._storage.next_alert_due_seconds()
+                except asyncio.CancelledError:
+                    raise
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                    log.warning("alert pass failed: %s", type(error).__name__)
+                except Exception:
+                    log.exception("alert pass failed")
+                timeout = self._settings.poll_seconds if due is None else min(due, self._settings.poll_seconds)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.01))
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+        finally:
+            listener.cancel()
+
+    async def run_once(self) -> None:
+        """Decides queued pool checks, then sends every alert that is due."""
+        while True:
+            consumed, fired = await self._storage.process_alert_checks(100)
+            if fired:
+                log.info("%d pool alerts fired", fired)
+            if consumed < 100:
+                break
+        while True:
+            claimed = await self._storage.claim_alert_deliveries(10, self._settings.lease_seconds)
+            await asyncio.gather(*(self._deliver(event) for event in claimed))
+            if len(claimed) < 10:
+                break
+
+    async def _deliver(self, event: dict[str, Any]) -> None:
+        body = payload(event)
+        attempt = event["attempts"]
+        headers = {"Content-Type": "application/json", "User-Agent": "credit-authority-alerts/1",
+                   SIGNATURE_HEADER: sign(event["webhook_secret"], body), "X-Credit-Event": EVENT_TYPE,
+                   "X-Credit-Event-Id": f"{event['org_id']}:{event['event_id']}",
+                   "X-Credit-Delivery-Attempt": str(attempt)}
+        started = time.monotonic()
+        status, error = await asyncio.to_thread(post, event["webhook_url"], body, headers,
+                                                self._settings.timeout_seconds)
+        duration_ms = int((time.monotonic() - started) * 1000)
+        delivered = status is not None and 200 <= status < 300
+        if not delivered and not error:
+            error = f"HTTP {status}"
+        retry_in = None if delivered else retry_delay(attempt, self._settings)
+        await self._storage.record_alert_delivery(event["org_id"], event["event_id"], attempt, event["webhook_url"],
+                                                  status, "" if delivered else error, duration_ms, delivered,
+                                                  retry_in)
+        if delivered:
+            self.delivered += 1
+            log.info("alert %s:%s delivered (attempt %d)", event["org_id"], event["event_id"], attempt)
+        else:
+            log.warning("alert %s:%s attempt %d failed: %s%s", event["org_id"], event["event_id"], attempt, error,
+                        f"; retry in {retry_in:.1f}s" if retry_in is not None else "; giving up")
+
+    async def _listen(self) -> None:
+        """LISTEN credit_alerts on a connection of its own; reconnects when it drops."""
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self._database_url)
+                await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
+                self._wake.set()  # catch up on anything queued while not listening
+                while not conn.is_closed():
+                    await asyncio.sleep(self._settings.poll_seconds)
+                    await conn.execute("SELECT 1")  # notices a dead connection
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("alert listener reconnecting: %s", type(error).__name__)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    try:
+                        await asyncio.wait_for(conn.close(), timeout=2)
+                    except Exception:
+                        conn.terminate()
+            await asyncio.sleep(1)
+
+
+_running: set[asyncio.Task] = set()
+
+
+def start_alert_worker(database_url: str, storage: Storage,
+                       settings: AlertSettings | None = None) -> asyncio.Task | None:
+    """Starts the worker on the running loop (serve() calls this); None when CREDIT_ALERTS_ENABLED=0."""
+    settings = settings or AlertSettings.from_env()
+    if not settings.enabled:
+        return None
+    task = asyncio.get_running_loop().create_task(AlertWorker(database_url, storage, settings).run(),
+                                                  name="alert-worker")
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return task
