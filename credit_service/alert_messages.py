@@ -20,10 +20,11 @@ _STATUSES = {"pending": admin_pb2.ALERT_DELIVERY_STATUS_PENDING,
              "no_webhook": admin_pb2.ALERT_DELIVERY_STATUS_NO_WEBHOOK}
 
 
-def kind_name(kind: int) -> str:
-    if kind not in _KINDS:
+def alert_kind_name(kind: int) -> str:
+    name = _KINDS.get(kind)  # type: ignore[call-overload]
+    if name is None:
         raise InvalidArgument("kind", "must be ALERT_THRESHOLD_KIND_ABSOLUTE or ALERT_THRESHOLD_KIND_PERCENT")
-    return _KINDS[kind]
+    return name
 
 
 def _ts(value: Any) -> timestamp_pb2.Timestamp | None:
@@ -34,14 +35,14 @@ def _ts(value: Any) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def webhook(org_id: str, row: dict[str, Any] | None) -> admin_pb2.AlertWebhook:
+def alert_webhook_message(org_id: str, row: dict[str, Any] | None) -> admin_pb2.AlertWebhook:
     if row is None:
         return admin_pb2.AlertWebhook(org_id=org_id)
     return admin_pb2.AlertWebhook(org_id=row["org_id"], url=row["url"], has_secret=bool(row["secret"]),
                                   updated_at=_ts(row["updated_at"]))
 
 
-def threshold(row: dict[str, Any]) -> admin_pb2.AlertThreshold:
+def alert_threshold_message(row: dict[str, Any]) -> admin_pb2.AlertThreshold:
     return admin_pb2.AlertThreshold(
         org_id=row["org_id"], threshold_id=row["threshold_id"], user_id=row["user_id"] or "",
         kind=_KIND_ENUMS[row["kind"]], value=row["value"], state=_STATES[row["state"]],
@@ -49,7 +50,7 @@ def threshold(row: dict[str, Any]) -> admin_pb2.AlertThreshold:
         created_at=_ts(row["created_at"]), changed_at=_ts(row["changed_at"]))
 
 
-def event(row: dict[str, Any]) -> admin_pb2.AlertEvent:
+def alert_event_message(row: dict[str, Any]) -> admin_pb2.AlertEvent:
     return admin_pb2.AlertEvent(
         org_id=row["org_id"], event_id=row["event_id"], threshold_id=row["threshold_id"],
         user_id=row["user_id"] or "", kind=_KIND_ENUMS[row["kind"]], value=row["value"],

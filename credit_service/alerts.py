@@ -79,7 +79,7 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
-    return bool(header) and hmac.compare_digest(sign(secret, body), header.strip())
+    return header is not None and hmac.compare_digest(sign(secret, body), header.strip())
 
 
 def payload(event: dict[str, Any]) -> bytes:

@@ -27,7 +27,12 @@ from grpc_status import rpc_status
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc, types_pb2
 
 from . import logs, metrics
-from . import alert_messages
+from .alert_messages import (
+    alert_event_message,
+    alert_kind_name,
+    alert_threshold_message,
+    alert_webhook_message,
+)
 from .alerts import start_alert_worker
 from .auth import Caller, Role, TokenAuthenticator
 from .authority import CreditAuthority, UsageQuery
@@ -393,20 +398,20 @@ class AdminServicer(_Servicer, admin_pb2_grpc.CreditAdminServicer):
     async def SetAlertWebhook(self, request: admin_pb2.SetAlertWebhookRequest,
                               caller: Caller) -> admin_pb2.SetAlertWebhookResponse:
         row = await self.authority.set_alert_webhook(request.org_id, request.url, request.secret)
-        return admin_pb2.SetAlertWebhookResponse(webhook=alert_messages.webhook(request.org_id, row))
+        return admin_pb2.SetAlertWebhookResponse(webhook=alert_webhook_message(request.org_id, row))
 
     @rpc(Role.ADMIN, Role.READ)
     async def GetAlertWebhook(self, request: admin_pb2.GetAlertWebhookRequest,
                               caller: Caller) -> admin_pb2.GetAlertWebhookResponse:
         row = await self.authority.get_alert_webhook(request.org_id)
-        return admin_pb2.GetAlertWebhookResponse(webhook=alert_messages.webhook(request.org_id, row))
+        return admin_pb2.GetAlertWebhookResponse(webhook=alert_webhook_message(request.org_id, row))
 
     @rpc(Role.ADMIN)
     async def CreateAlertThreshold(self, request: admin_pb2.CreateAlertThresholdRequest,
                                    caller: Caller) -> admin_pb2.CreateAlertThresholdResponse:
         row = await self.authority.create_alert_threshold(
-            request.org_id, request.user_id, alert_messages.kind_name(request.kind), request.value)
-        return admin_pb2.CreateAlertThresholdResponse(threshold=alert_messages.threshold(row))
+            request.org_id, request.user_id, alert_kind_name(request.kind), request.value)
+        return admin_pb2.CreateAlertThresholdResponse(threshold=alert_threshold_message(row))
 
     @rpc(Role.ADMIN)
     async def DeleteAlertThreshold(self, request: admin_pb2.DeleteAlertThresholdRequest,
@@ -418,13 +423,13 @@ class AdminServicer(_Servicer, admin_pb2_grpc.CreditAdminServicer):
     async def ListAlertThresholds(self, request: admin_pb2.ListAlertThresholdsRequest,
                                   caller: Caller) -> admin_pb2.ListAlertThresholdsResponse:
         rows = await self.authority.list_alert_thresholds(request.org_id, request.user_id)
-        return admin_pb2.ListAlertThresholdsResponse(thresholds=[alert_messages.threshold(r) for r in rows])
+        return admin_pb2.ListAlertThresholdsResponse(thresholds=[alert_threshold_message(r) for r in rows])
 
     @rpc(Role.ADMIN, Role.READ)
     async def ListAlertEvents(self, request: admin_pb2.ListAlertEventsRequest,
                               caller: Caller) -> admin_pb2.ListAlertEventsResponse:
         rows = await self.authority.list_alert_events(request.org_id, request.user_id, request.limit)
-        return admin_pb2.ListAlertEventsResponse(events=[alert_messages.event(r) for r in rows])
+        return admin_pb2.ListAlertEventsResponse(events=[alert_event_message(r) for r in rows])
 
 
 class Sweeper:
@@ -517,7 +522,7 @@ async def serve(settings: Settings) -> None:
                                     batch_max=settings.batch_max, batch_in_flight=settings.batch_in_flight)
     server, port, sweeper = await start_server(settings, storage, auth)
     sweep_task = asyncio.create_task(sweeper.run())
-    alert_task = start_alert_worker(database_url, storage)  # issue 7: low-balance webhooks (credit_service/alerts.py)
+    start_alert_worker(database_url, storage)  # issue 7: low-balance webhooks (credit_service/alerts.py)
     metrics.serve(settings.metrics_port)
     host = settings.listen_addr.rsplit(":", 1)[0]
     transport = "mTLS" if settings.tls_client_ca_file else "TLS" if settings.tls_cert_file else "plaintext"

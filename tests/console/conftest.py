@@ -21,10 +21,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import ROOT, AuthorityProcess, Tokens, free_port
-from credit.v1 import admin_pb2
 from rest_support import InferenceProcess, make_key
+
+from credit.v1 import admin_pb2
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 

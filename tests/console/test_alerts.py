@@ -14,11 +14,11 @@ import uuid
 
 import grpc
 import pytest
-
 from conftest import Stub, free_port
+from helpers import reserve_request
+
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
 from credit_service.alerts import verify_signature
-from helpers import reserve_request
 
 from .conftest import WebhookReceiver
 
@@ -189,7 +189,7 @@ def test_a_failed_delivery_is_retried_with_backoff_and_every_attempt_recorded(co
     assert [(d.attempt, d.status_code) for d in event.deliveries] == [(1, 500), (2, 503), (3, 200)]
     assert event.deliveries[0].error.startswith("HTTP 500")
     gaps = [(b.attempted_at.ToDatetime() - a.attempted_at.ToDatetime()).total_seconds()
-            for a, b in zip(event.deliveries, event.deliveries[1:])]
+            for a, b in zip(event.deliveries, event.deliveries[1:], strict=False)]
     assert gaps[1] > gaps[0] * 1.2, f"backoff does not grow: {gaps}"
 
 
