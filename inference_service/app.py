@@ -35,6 +35,7 @@ from credit_service.money import format_credits
 from . import catalogue, errors, metrics
 from .authority_client import ApiKey, AuthorityClient, Tls, funding_label
 from .billing import Pricing
+from .console import console_router
 from .outbox import CommitOutbox
 from .schemas import ChatCompletionRequest, ImageGenerationRequest
 from .settings import Settings
@@ -628,5 +629,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz():
         return {"status": "ok", "models": len(service.models)}
 
+    app.include_router(console_router(service))  # issue 7: the org console (/console, /api/v1/console)
     return app
 

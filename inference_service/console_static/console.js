@@ -1,0 +1,457 @@
+/* The credit console: plain JavaScript over the console REST API (/api/v1/console/…).
+ * No build step. The API key lives in sessionStorage (this tab only) and is sent as
+ * `Authorization: Bearer …`. Everything shown is built with textContent, never HTML. */
+(function () {
+  "use strict";
+
+  const KEY = "creditConsole.apiKey";
+  const ORG = "creditConsole.org";
+  const $ = (selector, root) => (root || document).querySelector(selector);
+  const state = { me: null, members: [], charts: {} };
+  window.consoleCharts = state.charts; // read by the browser tests
+
+  // ---- small helpers ----
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === "class") node.className = value;
+      else if (name === "text") node.textContent = value;
+      else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+      else node.setAttribute(name, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  /** "1234.500" → "1,234.500" (credits keep their three places). */
+  function credits(text) {
+    if (text === null || text === undefined) return "";
+    const [whole, frac] = String(text).split(".");
+    const sign = whole.startsWith("-") ? "-" : "";
+    const digits = whole.replace("-", "").replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+    return sign + digits + (frac !== undefined ? "." + frac : "");
+  }
+
+  function when(iso) {
+    return iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace("+00:00", "") : "";
+  }
+
+  function say(message) {
+    $("#status").textContent = message || "";
+    if (message) setTimeout(() => { if ($("#status").textContent === message) $("#status").textContent = ""; }, 6000);
+  }
+
+  function fail(message) {
+    $("#error").textContent = message || "";
+  }
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      super((body && body.error && body.error.message) || `Request failed (HTTP ${status})`);
+      this.status = status;
+      this.body = body;
+    }
+  }
+
+  async function api(path, options) {
+    const opts = options || {};
+    const headers = { Authorization: "Bearer " + sessionStorage.getItem(KEY) };
+    const org = sessionStorage.getItem(ORG);
+    if (org) headers["OpenAI-Organization"] = org;
+    let body;
+    if (opts.body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      body = JSON.stringify(opts.body);
+    }
+    const response = await fetch(path, { method: opts.method || "GET", headers, body });
+    if (opts.raw && response.ok) return response;
+    let data = null;
+    try { data = await response.json(); } catch (e) { data = null; }
+    if (!response.ok) {
+      if (response.status === 401) signOut("Your API key was not accepted (revoked or invalid). Sign in again.");
+      throw new ApiError(response.status, data);
+    }
+    return data;
+  }
+
+  /** Runs an action from a form or button: disables it, shows errors in the alert region. */
+  async function act(control, action, done) {
+    fail("");
+    if (control) control.disabled = true;
+    try {
+      const result = await action();
+      if (done) say(typeof done === "function" ? done(result) : done);
+      return result;
+    } catch (error) {
+      fail(error.message);
+      return undefined;
+    } finally {
+      if (control) control.disabled = false;
+    }
+  }
+
+  function fillTable(table, rows, columns) {
+    const body = $("tbody", table);
+    body.replaceChildren();
+    if (!rows.length) {
+      const cols = $("thead tr", table).children.length;
+      body.append(el("tr", {}, el("td", { colspan: cols, class: "empty", text: "Nothing yet." })));
+      return;
+    }
+    for (const row of rows) body.append(columns(row));
+  }
+
+  function cards(target, items) {
+    target.replaceChildren(...items.map(([label, value, id]) =>
+      el("div", {}, el("dt", { text: label }), el("dd", { id, text: value }))));
+  }
+
+  // ---- sign in / out ----
+
+  function signOut(message) {
+    sessionStorage.removeItem(KEY);
+    sessionStorage.removeItem(ORG);
+    state.me = null;
+    document.body.className = "";
+    $("#app").hidden = true;
+    $("#identity").hidden = true;
+    $("#signin").hidden = false;
+    fail(message || "");
+    $("#api-key").value = "";
+    $("#api-key").focus();
+  }
+
+  async function start() {
+    const me = await api("/api/v1/console/me");
+    state.me = me;
+    document.body.className = `view-${me.view}` + (me.org_id ? " in-org" : "");
+    $("#signin").hidden = true;
+    $("#app").hidden = false;
+    $("#identity").hidden = false;
+    const where = me.org_id ? ` · ${me.org_name || me.org_id} (${me.role})` : " · individual account";
+    $("#who").textContent = `Signed in as ${me.user_id}${where}`;
+    showBalance(me);
+    setRange(30, false);
+    const jobs = [loadUsage(), loadKeys()];
+    if (me.view === "admin") jobs.push(loadOrg());
+    if (me.org_id) jobs.push(loadAlerts());
+    await Promise.all(jobs.map((job) => job.catch((error) => fail(error.message))));
+  }
+
+  function showBalance(me) {
+    const b = me.balance;
+    $("#funding").textContent = me.org_id
+      ? `Your allocation in ${me.org_name || me.org_id}` : "Your individual credits";
+    cards($("#balance-cards"), [
+      [me.org_id ? "Allocation" : "Credits", credits(b.limit), "balance-limit"],
+      ["Used", credits(b.used), "balance-used"],
+      ["Held", credits(b.held), "balance-held"],
+      ["Available", credits(b.available), "balance-available"],
+    ]);
+  }
+
+  async function refreshMe() {
+    state.me = await api("/api/v1/console/me");
+    showBalance(state.me);
+  }
+
+  // ---- organization (owner/admin) ----
+
+  async function loadOrg() {
+    const data = await api("/api/v1/console/org");
+    const o = data.org;
+    cards($("#pool-cards"), [
+      ["Pool total", credits(o.pool_total), "pool-total"],
+      ["Allocated", credits(o.allocated), "pool-allocated"],
+      ["Unallocated", credits(o.unallocated), "pool-unallocated"],
+      ["Used", credits(o.used), "pool-used"],
+      ["Held", credits(o.held), "pool-held"],
+    ]);
+    state.members = data.members;
+    fillTable($("#members-table"), data.members, (m) => {
+      const input = el("input", { id: `alloc-${m.user_id}`, name: "allocation", inputmode: "decimal",
+        value: m.allocation, required: true });
+      const form = el("form", { "aria-label": `Allocation of ${m.user_id}` },
+        el("label", { for: input.id, class: "visually-hidden", text: `New allocation for ${m.user_id}` }), input,
+        el("button", { type: "submit", text: "Set" }));
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        act($("button", form), async () => {
+          await api("/api/v1/console/org/allocations", { method: "POST",
+            body: { user_id: m.user_id, allocation: input.value.trim() } });
+          await Promise.all([loadOrg(), refreshMe()]);
+          $(`#alloc-${CSS.escape(m.user_id)}`).focus();
+        }, `Allocation of ${m.user_id} set to ${credits(input.value.trim())} credits.`);
+      });
+      return el("tr", { "data-user": m.user_id },
+        el("th", { scope: "row", text: m.user_id }), el("td", { text: m.role }),
+        el("td", { class: "num", text: credits(m.allocation) }), el("td", { class: "num", text: credits(m.used) }),
+        el("td", { class: "num", text: credits(m.held) }), el("td", { class: "num", text: credits(m.remaining) }),
+        el("td", {}, form));
+    });
+    const options = (label) => data.members.map((m) => el("option", { value: m.user_id, text: label(m.user_id) }));
+    const rangeSelect = $("#range-form select[name=user_id]");
+    const keepRange = rangeSelect.value;
+    rangeSelect.replaceChildren(el("option", { value: "", text: "All members" }), ...options((u) => u));
+    rangeSelect.value = keepRange;
+    const keySelect = $("#key-form select[name=user_id]");
+    const keepKey = keySelect.value || state.me.user_id;
+    keySelect.replaceChildren(...options((u) => u));
+    keySelect.value = keepKey;
+    const thresholdSelect = $("#threshold-form select[name=user_id]");
+    const keepThreshold = thresholdSelect.value;
+    thresholdSelect.replaceChildren(el("option", { value: "", text: "The organization's pool" }),
+      ...options((u) => `${u}'s allocation`));
+    thresholdSelect.value = keepThreshold;
+  }
+
+  $("#topup-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const values = Object.fromEntries(new FormData(form));
+    act($("button", form), async () => {
+      await api("/api/v1/console/org/top-ups", { method: "POST", body: values });
+      form.reset();
+      await loadOrg();
+    }, `Added ${credits(values.credits)} credits to the pool (reference ${values.purchase_reference}).`);
+  });
+
+  // ---- usage ----
+
+  function isoDay(date) { return date.toISOString().slice(0, 10); }
+
+  function setRange(days, reload) {
+    const end = new Date();
+    const start = new Date(end.getTime() - (days - 1) * 86400000);
+    const form = $("#range-form");
+    form.elements.start.value = isoDay(start);
+    form.elements.end.value = isoDay(end);
+    if (reload) act(null, loadUsage);
+  }
+
+  function rangeQuery() {
+    const form = $("#range-form");
+    const start = form.elements.start.value;
+    const endDay = form.elements.end.value;
+    const params = new URLSearchParams();
+    if (start) params.set("start", `${start}T00:00:00Z`);
+    if (endDay) {
+      const end = new Date(`${endDay}T00:00:00Z`);
+      params.set("end", new Date(end.getTime() + 86400000).toISOString().replace(".000", ""));
+    }
+    const user = form.elements.user_id.value;
+    if (user && state.me && state.me.view === "admin") params.set("user_id", user);
+    return params;
+  }
+
+  function days(startText, endText) {
+    const out = [];
+    for (let d = new Date(`${startText}T00:00:00Z`); isoDay(d) <= endText && out.length < 400;
+      d = new Date(d.getTime() + 86400000)) out.push(isoDay(d));
+    return out;
+  }
+
+  function chart(name, canvas, config) {
+    if (typeof window.Chart !== "function") return;
+    if (state.charts[name]) state.charts[name].destroy();
+    state.charts[name] = new window.Chart(canvas, config);
+  }
+
+  function barConfig(labels, values, horizontal) {
+    return {
+      type: "bar",
+      data: { labels, datasets: [{ label: "Credits", data: values, backgroundColor: "#0b5cad" }] },
+      options: {
+        animation: false, responsive: true, maintainAspectRatio: false, indexAxis: horizontal ? "y" : "x",
+        plugins: { legend: { display: false } },
+        scales: { [horizontal ? "x" : "y"]: { beginAtZero: true, title: { display: true, text: "credits" } } },
+      },
+    };
+  }
+
+  async function loadUsage() {
+    const params = rangeQuery();
+    const [summary, records] = await Promise.all([
+      api(`/api/v1/console/usage/summary?${params}`),
+      api(`/api/v1/console/usage/records?${params}&limit=100`),
+    ]);
+    const form = $("#range-form");
+    $("#usage-total").textContent = `${summary.total_requests} requests, ${credits(summary.total)} credits ` +
+      `from ${form.elements.start.value} to ${form.elements.end.value} (UTC).`;
+    const byDay = Object.fromEntries(summary.by_day.map((g) => [g.key, g]));
+    const labels = days(form.elements.start.value, form.elements.end.value);
+    const dayValues = labels.map((d) => (byDay[d] ? byDay[d].credits_millicredits / 1000 : 0));
+    chart("byDay", $("#chart-by-day"), barConfig(labels, dayValues, false));
+    $("#chart-by-day").setAttribute("aria-label", "Credits by day: " +
+      (summary.by_day.length ? summary.by_day.map((g) => `${g.key} ${g.credits}`).join(", ") : "no usage"));
+    chart("byModel", $("#chart-by-model"), barConfig(summary.by_model.map((g) => g.key),
+      summary.by_model.map((g) => g.credits_millicredits / 1000), true));
+    $("#chart-by-model").setAttribute("aria-label", "Credits by model: " +
+      (summary.by_model.length ? summary.by_model.map((g) => `${g.key} ${g.credits}`).join(", ") : "no usage"));
+
+    const groupRow = (g) => el("tr", {}, el("th", { scope: "row", text: g.key }),
+      el("td", { class: "num", text: g.requests }), el("td", { class: "num", text: credits(g.credits) }));
+    fillTable($("#by-day-table"), summary.by_day, groupRow);
+    fillTable($("#by-model-table"), summary.by_model, groupRow);
+    fillTable($("#by-user-table"), summary.by_user, groupRow);
+    fillTable($("#by-service-type-table"), summary.by_service_type, groupRow);
+
+    fillTable($("#records-table"), records.data, (r) => {
+      const m = r.metadata || {};
+      const tokens = m.prompt_tokens !== undefined ? `${m.prompt_tokens} / ${m.completion_tokens}` : "";
+      return el("tr", { "data-request-id": r.request_id },
+        el("td", { text: when(r.created_at) }), el("td", {}, el("code", { text: r.request_id })),
+        el("td", { text: r.user_id }), el("td", { text: r.model }), el("td", { text: r.service_type }),
+        el("td", { class: "num", text: credits(r.credits) }), el("td", { class: "num", text: tokens }),
+        el("td", {}, el("details", {}, el("summary", { text: "show" }),
+          el("pre", { text: JSON.stringify(m, null, 2) }))));
+    });
+  }
+
+  $("#range-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    act($("button[type=submit]", event.target), loadUsage);
+  });
+  for (const button of document.querySelectorAll("#range-form [data-days]")) {
+    button.addEventListener("click", () => setRange(Number(button.dataset.days), true));
+  }
+
+  $("#export-csv").addEventListener("click", (event) => {
+    act(event.target, async () => {
+      const response = await api(`/api/v1/console/usage/export.csv?${rangeQuery()}`, { raw: true });
+      const match = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
+      const url = URL.createObjectURL(await response.blob());
+      const link = el("a", { href: url, download: match ? match[1] : "usage.csv" });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    }, "CSV exported.");
+  });
+
+  // ---- API keys ----
+
+  async function loadKeys() {
+    const keys = (await api("/api/v1/console/keys")).data;
+    fillTable($("#keys-table"), keys, (k) => {
+      const mine = state.me && k.key_id === state.me.key_id;
+      const action = k.active
+        ? el("button", { type: "button", class: "danger", "aria-label": `Revoke ${k.key_id}`, text: "Revoke",
+          onclick: (event) => {
+            const warning = mine ? "This is the key you are signed in with. " : "";
+            if (!window.confirm(`${warning}Revoke ${k.key_id}? Requests with it stop within seconds.`)) return;
+            act(event.target, async () => {
+              await api(`/api/v1/console/keys/${encodeURIComponent(k.key_id)}`, { method: "DELETE" });
+              await loadKeys();
+            }, `Key ${k.key_id} revoked.`);
+          } })
+        : "";
+      return el("tr", { "data-key": k.key_id },
+        el("td", {}, el("code", { text: k.key_id }), mine ? " (this session)" : ""), el("td", { text: k.user_id }),
+        el("td", { text: k.name }), el("td", { text: k.org_id || "—" }), el("td", { text: when(k.created_at) }),
+        el("td", {}, el("span", { class: `badge ${k.active ? "ok" : "bad"}`,
+          text: k.active ? "active" : `revoked ${when(k.revoked_at)}` })),
+        el("td", {}, action));
+    });
+  }
+
+  $("#key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const body = { name: form.elements.name.value.trim() };
+    if (state.me.view === "admin") body.user_id = form.elements.user_id.value;
+    act($("button", form), async () => {
+      const created = await api("/api/v1/console/keys", { method: "POST", body });
+      $("#new-secret-user").textContent = created.user_id;
+      $("#new-secret-value").textContent = created.secret;
+      $("#new-secret").hidden = false;
+      $("#new-secret").focus();
+      form.elements.name.value = "";
+      await loadKeys();
+    }, "Key created.");
+  });
+
+  // ---- alerts ----
+
+  function thresholdText(t) {
+    return t.kind === "percent" ? `${t.value} % (${credits(t.threshold)} credits)` : `${credits(t.threshold)} credits`;
+  }
+
+  async function loadAlerts() {
+    const data = await api("/api/v1/console/alerts");
+    const admin = state.me.view === "admin";
+    if (data.webhook) {
+      $("#webhook-current").textContent = data.webhook.url
+        ? `Alerts go to ${data.webhook.url} (secret set; it is never shown).` : "No webhook yet: alerts are only recorded.";
+      $("#webhook-form").elements.url.value = data.webhook.url || "";
+    }
+    fillTable($("#thresholds-table"), data.thresholds, (t) => {
+      const remove = el("button", { type: "button", class: "danger", text: "Remove",
+        "aria-label": `Remove threshold ${t.threshold_id}`, onclick: (event) => act(event.target, async () => {
+          await api(`/api/v1/console/alerts/thresholds/${t.threshold_id}`, { method: "DELETE" });
+          await loadAlerts();
+        }, "Threshold removed.") });
+      return el("tr", { "data-threshold": t.threshold_id },
+        el("td", { text: t.scope === "pool" ? "Organization pool" : `${t.user_id}'s allocation` }),
+        el("td", { text: thresholdText(t) }), el("td", { class: "num", text: credits(t.remaining) }),
+        el("td", {}, el("span", { class: `badge ${t.state === "armed" ? "ok" : "warn"}`,
+          text: t.state === "armed" ? "armed" : "fired (re-arms above)" })),
+        admin ? el("td", { "data-view": "admin" }, remove) : null);
+    });
+    fillTable($("#events-table"), data.events, (e) => el("tr", { "data-event": e.event_id },
+      el("td", { text: when(e.created_at) }),
+      el("td", { text: e.scope === "pool" ? "Organization pool" : `${e.user_id}'s allocation` }),
+      el("td", { text: thresholdText(e) }), el("td", { class: "num", text: credits(e.remaining) }),
+      el("td", {}, el("span", { class: `badge ${e.status === "delivered" ? "ok" : e.status === "pending" ? "warn"
+        : "bad"}`, text: e.status.replace("_", " ") })),
+      el("td", { class: "num", text: e.attempts }), el("td", { text: e.last_error || "" })));
+  }
+
+  $("#webhook-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const body = { url: form.elements.url.value.trim(), secret: form.elements.secret.value };
+    act($("button", form), async () => {
+      await api("/api/v1/console/alerts/webhook", { method: "POST", body });
+      form.elements.secret.value = "";
+      await loadAlerts();
+    }, body.url ? "Webhook saved." : "Webhook removed.");
+  });
+
+  $("#threshold-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const body = Object.fromEntries(new FormData(form));
+    act($("button", form), async () => {
+      await api("/api/v1/console/alerts/thresholds", { method: "POST", body });
+      form.elements.value.value = "";
+      await loadAlerts();
+    }, "Threshold added.");
+  });
+
+  // ---- wiring ----
+
+  $("#signin-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY, $("#api-key").value.trim());
+    const org = $("#org-choice").value.trim();
+    if (org) sessionStorage.setItem(ORG, org); else sessionStorage.removeItem(ORG);
+    act($("button", event.target), async () => {
+      await start();
+      $("#api-key").value = "";
+      $("#overview-title").focus();
+    }).then(() => { if (!state.me) sessionStorage.removeItem(KEY); });
+  });
+
+  $("#sign-out").addEventListener("click", () => signOut(""));
+
+  if (sessionStorage.getItem(KEY)) {
+    act(null, start).then(() => { if (!state.me) signOut($("#error").textContent); });
+  } else {
+    $("#api-key").focus();
+  }
+})();
