@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_DEPS := clients/node/node_modules/.installed
 
-.PHONY: run test proto bench lint fmt clean node-deps
+.PHONY: run test proto bench lint fmt clean node-deps chromium
 
 run: $(STAMP)  ## embedded PostgreSQL, migrations, demo seed, authority on :50051, REST on :8084
 	$(BIN)/python -m credit_service up
 
-test: lint $(NODE_DEPS)  ## lint, then every test, against a real PostgreSQL and real gRPC servers
+test: lint $(NODE_DEPS) chromium  ## lint, then every test, against a real PostgreSQL and real gRPC servers
 	$(BIN)/python -m pytest
 
 proto: $(STAMP)  ## regenerate credit/v1 (code and mypy stubs) from protos/
@@ -41,3 +41,7 @@ $(NODE_DEPS): clients/node/package.json clients/node/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \
 		cd clients/node && npm ci --no-audit --no-fund && touch node_modules/.installed; \
 	else echo "npm not found: the Node client and buf tests will be skipped"; fi
+
+chromium:  ## Debian's headless Chromium for the console's browser tests (apt, only when /usr/bin/chromium is missing)
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		|| echo "could not install chromium (needs root and apt): the console's browser tests will be skipped"

@@ -21,14 +21,21 @@ SOLO_MC = 1_000 * 1000
 
 
 def ensure_tokens(path: Path) -> dict[str, str]:
-    """Creates the authority's token file once: a service token (spend+read) and an admin token."""
+    """Creates the authority's token file once: the inference service's token (spend+read+admin: the org
+    console's changes go through it; the console enforces org roles itself) and an admin token. A file
+    from before the console gets admin added to its inference entry."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
             "# name:token:roles — read by the authority via CREDIT_AUTH_TOKENS_FILE\n"
-            f"inference:{secrets.token_urlsafe(32)}:spend+read\n"
+            f"inference:{secrets.token_urlsafe(32)}:spend+read+admin\n"
             f"admin:{secrets.token_urlsafe(32)}:admin+read\n")
         path.chmod(0o600)
+    lines = path.read_text().splitlines()
+    upgraded = [f"{line}+admin" if line.startswith("inference:") and "admin" not in line.split(":")[-1].split("+")
+                else line for line in lines]
+    if upgraded != lines:
+        path.write_text("\n".join(upgraded) + "\n")
     tokens = {}
     for line in path.read_text().splitlines():
         if line and not line.startswith("#"):

@@ -230,7 +230,7 @@
     const form = $("#range-form");
     form.elements.start.value = isoDay(start);
     form.elements.end.value = isoDay(end);
-    if (reload) act(null, loadUsage);
+    if (reload) act(null, refreshAll);
   }
 
   function rangeQuery() {
@@ -280,7 +280,8 @@
       api(`/api/v1/console/usage/records?${params}&limit=100`),
     ]);
     const form = $("#range-form");
-    $("#usage-total").textContent = `${summary.total_requests} requests, ${credits(summary.total)} credits ` +
+    const requests = `${summary.total_requests} request${summary.total_requests === 1 ? "" : "s"}`;
+    $("#usage-total").textContent = `${requests}, ${credits(summary.total)} credits ` +
       `from ${form.elements.start.value} to ${form.elements.end.value} (UTC).`;
     const byDay = Object.fromEntries(summary.by_day.map((g) => [g.key, g]));
     const labels = days(form.elements.start.value, form.elements.end.value);
@@ -312,9 +313,16 @@
     });
   }
 
+  /** Usage for the chosen range, and fresh balances next to it. */
+  function refreshAll() {
+    const jobs = [loadUsage(), refreshMe()];
+    if (state.me && state.me.view === "admin") jobs.push(loadOrg());
+    return Promise.all(jobs);
+  }
+
   $("#range-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    act($("button[type=submit]", event.target), loadUsage);
+    act($("button[type=submit]", event.target), refreshAll);
   });
   for (const button of document.querySelectorAll("#range-form [data-days]")) {
     button.addEventListener("click", () => setRange(Number(button.dataset.days), true));
