@@ -68,7 +68,9 @@ class InferenceProcess:
                "INFERENCE_HOST": "127.0.0.1", "INFERENCE_PORT": str(self.port),
                "INFERENCE_MODELS_FILE": str(self.models_file), "INFERENCE_KEY_CACHE_SECONDS": "0.5",
                "INFERENCE_OUTBOX_PATH": str(self.outbox), "INFERENCE_OUTBOX_REPLAY_SECONDS": "0.3",
-               "INFERENCE_AUTHORITY_TIMEOUT_SECONDS": "2", **self.extra_env}
+               "INFERENCE_AUTHORITY_TIMEOUT_SECONDS": "2",
+               # Every test talks from 127.0.0.1: only the brute-force test sets a low limit.
+               "INFERENCE_AUTH_FAILURE_LIMIT": "10000", **self.extra_env}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "inference_service"], env=env, stdout=log, stderr=log,
                                      cwd=ROOT)
