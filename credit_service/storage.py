@@ -610,10 +610,30 @@ class Storage:
                                               WHERE u.org_id = t.org_id)
                           ELSE coalesce(a.limit_mc, 0) - coalesce(a.used_mc, 0) END::BIGINT AS remaining_mc) x"""
 
+    @staticmethod
+    async def _lock_org_allocations(conn: asyncpg.Connection, org_id: str) -> None:
+        """Locks the org's allocation rows in the order hot-path batches lock accounts (credit_batch)."""
+        await conn.execute(
+            """SELECT 1 FROM allocations WHERE org_id = $1
+                ORDER BY 'org/' || org_id || '/' || user_id FOR UPDATE""", org_id)
+
+    @staticmethod
+    async def _rewatch(conn: asyncpg.Connection, org_id: str) -> None:
+        """alert_watch on exactly the allocations a threshold watches (allocations already locked)."""
+        await conn.execute(
+            """UPDATE allocations a SET alert_watch = w.watched
+                 FROM (SELECT x.user_id, EXISTS (SELECT 1 FROM alert_thresholds t
+                                                  WHERE t.org_id = x.org_id
+                                                    AND (t.user_id IS NULL OR t.user_id = x.user_id)) AS watched
+                         FROM allocations x WHERE x.org_id = $1) w
+                WHERE a.org_id = $1 AND a.user_id = w.user_id AND a.alert_watch IS DISTINCT FROM w.watched""",
+            org_id)
+
     async def create_alert_threshold(self, org_id: str, user_id: str | None, kind: str, value: int) -> dict[str, Any]:
         """Adds a threshold, fired already when remaining is at or below it (no alert for that)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await self._require_org(conn, org_id)
+            await self._lock_org_allocations(conn, org_id)
             count = await conn.fetchval("SELECT count(*) FROM alert_thresholds WHERE org_id = $1", org_id)
             if count >= self.MAX_ALERT_THRESHOLDS_PER_ORG:
                 raise FailedPrecondition(
@@ -625,10 +645,9 @@ class Storage:
                 if member is None:
                     await self._require_user(conn, user_id)
                     raise FailedPrecondition(f"user {user_id!r} is not a member of {org_id!r}")
-                # The allocation's row lock orders this with the commits that fire its thresholds.
+                # Locked above: this is ordered with the commits that fire its thresholds.
                 alloc = await conn.fetchrow(
-                    "SELECT limit_mc, used_mc FROM allocations WHERE org_id = $1 AND user_id = $2 FOR UPDATE",
-                    org_id, user_id)
+                    "SELECT limit_mc, used_mc FROM allocations WHERE org_id = $1 AND user_id = $2", org_id, user_id)
                 base = alloc["limit_mc"] if alloc else 0
                 remaining = (alloc["limit_mc"] - alloc["used_mc"]) if alloc else 0
             else:
@@ -641,15 +660,19 @@ class Storage:
                 """INSERT INTO alert_thresholds (org_id, user_id, kind, value, state)
                    VALUES ($1, $2, $3, $4, CASE WHEN credit_alert_below($3, $4, $5, $6) THEN 'fired' ELSE 'armed' END)
                    RETURNING threshold_id""", org_id, user_id, kind, value, remaining, base)
+            await self._rewatch(conn, org_id)
             row = await conn.fetchrow(self._THRESHOLD_SELECT + " WHERE t.org_id = $1 AND t.threshold_id = $2",
                                       org_id, threshold_id)
         return dict(row)
 
     async def delete_alert_threshold(self, org_id: str, threshold_id: int) -> None:
-        deleted = await self._pool.execute(
-            "DELETE FROM alert_thresholds WHERE org_id = $1 AND threshold_id = $2", org_id, threshold_id)
-        if deleted == "DELETE 0":
-            raise NotFound(f"alert threshold {threshold_id} of {org_id!r} not found")
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._lock_org_allocations(conn, org_id)
+            deleted = await conn.execute(
+                "DELETE FROM alert_thresholds WHERE org_id = $1 AND threshold_id = $2", org_id, threshold_id)
+            if deleted == "DELETE 0":
+                raise NotFound(f"alert threshold {threshold_id} of {org_id!r} not found")
+            await self._rewatch(conn, org_id)
 
     async def list_alert_thresholds(self, org_id: str, user_id: str | None) -> list[dict[str, Any]]:
         async with self._pool.acquire() as conn:

@@ -10,11 +10,13 @@
 -- threshold re-arms it (a top-up or a larger allocation does that; an
 -- allocation change never fires an alert by itself).
 --
--- Cost on the hot path: a commit in an org without thresholds pays one index
--- probe of alert_thresholds (empty for it). The triggers never lock a row that
--- another account's commit could hold: allocation thresholds are only written
--- by transactions holding that allocation's row lock, and pool thresholds are
--- only read here (their state is decided by the worker, see alert_checks).
+-- Cost on the hot path: none for an allocation nobody watches. alert_watch is
+-- true only on allocations of an org with a pool threshold or with a threshold
+-- on that member, and the trigger's WHEN (evaluated without calling any
+-- function) tests it first. The triggers never lock a row that another
+-- account's commit could hold: allocation thresholds are only written by
+-- transactions holding that allocation's row lock, and pool thresholds are only
+-- read here (their state is decided by the worker, see alert_checks).
 
 -- Where an org's alerts go. The secret signs every body (HMAC-SHA256).
 CREATE TABLE alert_webhooks (
@@ -94,6 +96,20 @@ CREATE TABLE alert_checks (
     created_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
+-- Set by CreateAlertThreshold / DeleteAlertThreshold (which lock the org's
+-- allocations in the hot path's order first) and for new allocations below.
+ALTER TABLE allocations ADD COLUMN alert_watch BOOLEAN NOT NULL DEFAULT false;
+
+CREATE FUNCTION credit_alert_watch_new_allocation() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.alert_watch := EXISTS (SELECT 1 FROM alert_thresholds t
+                                WHERE t.org_id = NEW.org_id AND (t.user_id IS NULL OR t.user_id = NEW.user_id));
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER alert_watch_new_allocation BEFORE INSERT ON allocations
+    FOR EACH ROW EXECUTE FUNCTION credit_alert_watch_new_allocation();
+
 -- True when `remaining` is at or below the threshold (base: pool total or allocation limit).
 CREATE FUNCTION credit_alert_below(p_kind TEXT, p_value BIGINT, p_remaining BIGINT, p_base BIGINT)
 RETURNS BOOLEAN LANGUAGE sql IMMUTABLE AS $$
@@ -119,9 +135,6 @@ DECLARE
     -- Only a Commit (used changes) fires; a new or changed allocation limit only re-arms.
     v_commit BOOLEAN := CASE WHEN TG_OP = 'UPDATE' THEN OLD.used_mc IS DISTINCT FROM NEW.used_mc ELSE false END;
 BEGIN
-    PERFORM 1 FROM alert_thresholds a WHERE a.org_id = NEW.org_id LIMIT 1;
-    IF NOT FOUND THEN RETURN NULL; END IF;
-
     -- This member's thresholds. This transaction holds the allocation's row
     -- lock, so commits of the allocation pass here one at a time and the
     -- state flips exactly once per crossing.
@@ -168,10 +181,11 @@ BEGIN
 END $$;
 
 CREATE TRIGGER alert_on_allocation_change AFTER UPDATE ON allocations
-    FOR EACH ROW WHEN (OLD.used_mc IS DISTINCT FROM NEW.used_mc OR OLD.limit_mc IS DISTINCT FROM NEW.limit_mc)
+    FOR EACH ROW WHEN (NEW.alert_watch AND (OLD.used_mc IS DISTINCT FROM NEW.used_mc
+                                            OR OLD.limit_mc IS DISTINCT FROM NEW.limit_mc))
     EXECUTE FUNCTION credit_alert_on_allocation();
 CREATE TRIGGER alert_on_allocation_insert AFTER INSERT ON allocations
-    FOR EACH ROW EXECUTE FUNCTION credit_alert_on_allocation();
+    FOR EACH ROW WHEN (NEW.alert_watch) EXECUTE FUNCTION credit_alert_on_allocation();
 
 -- A top-up can bring the pool back above its thresholds: let the worker re-arm them.
 CREATE FUNCTION credit_alert_on_pool() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -234,6 +234,39 @@ def test_thresholds_created_below_are_fired_without_alert_and_commits_without_th
     assert events(admin, plain_org) == []
 
 
+def test_only_watched_allocations_run_the_commit_trigger(console_authority, world, admin, database_url):
+    """alert_watch (tested in the trigger's WHEN) is set exactly where a threshold looks, also for new members."""
+    import asyncpg
+
+    org_id = world.org(100_000)
+    a, b, c = world.user(), world.user(), world.user()
+    world.member(org_id, a, 10_000)
+    world.member(org_id, b, 10_000)
+    world.member(org_id, c)  # no allocation row yet
+
+    def watched() -> dict[str, bool]:
+        async def read():
+            conn = await asyncpg.connect(database_url)
+            try:
+                rows = await conn.fetch("SELECT user_id, alert_watch FROM allocations WHERE org_id = $1", org_id)
+            finally:
+                await conn.close()
+            return {r["user_id"]: r["alert_watch"] for r in rows}
+        return asyncio.run(read())
+
+    assert watched() == {a: False, b: False}
+    on_a = threshold(admin, org_id, a, ABSOLUTE, 100)
+    assert watched() == {a: True, b: False}
+    pool = threshold(admin, org_id, "", PERCENT, 10)
+    assert watched() == {a: True, b: True}
+    world.allocate(org_id, c, 5_000)  # a new allocation in a watched org
+    assert watched() == {a: True, b: True, c: True}
+    admin.DeleteAlertThreshold(admin_pb2.DeleteAlertThresholdRequest(org_id=org_id, threshold_id=pool.threshold_id))
+    assert watched() == {a: True, b: False, c: False}
+    admin.DeleteAlertThreshold(admin_pb2.DeleteAlertThresholdRequest(org_id=org_id, threshold_id=on_a.threshold_id))
+    assert watched() == {a: False, b: False, c: False}
+
+
 def test_alert_rpcs_validate_and_enforce_roles(console_authority, world, admin, channel, tokens):
     org_id, user_id = world.funded_member(allocation_mc=5_000)
     outsider = world.user()
