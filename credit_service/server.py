@@ -137,7 +137,7 @@ def rpc(*roles: Role) -> Callable:
                 metrics.RPC_REQUESTS.labels(name, code.name).inc()
                 metrics.RPC_LATENCY.labels(name).observe(elapsed)
                 if self.access_log:
-                    log.info("rpc", extra={"rpc": name, "code": code.name, "ms": round(elapsed * 1000, 2)})
+                    logs.access(msg="rpc", rpc=name, code=code.name, ms=round(elapsed * 1000, 2))
 
         return handler
 

@@ -166,6 +166,19 @@ class HotPathBatcher:
         self.batches = 0
         self.operations = 0
 
+    def claim_direct(self) -> bool:
+        """When nothing is queued or in the database, a lone call takes the single-call
+        path (simpler SQL, same guarantees), holding an in-flight slot meanwhile."""
+        if self._in_flight or self._queue:
+            return False
+        self._in_flight += 1
+        return True
+
+    def release_direct(self) -> None:
+        self._in_flight -= 1
+        if self._queue and self._in_flight < self._max_in_flight:
+            self._launch()
+
     async def run(self, operation: tuple) -> asyncpg.Record:
         future = asyncio.get_running_loop().create_future()
         self._queue.append((operation, future))
@@ -233,7 +246,7 @@ class Storage:
                       org_id: str, amount_mc: int, ttl_seconds: int, service_type: str,
                       service_name: str, metadata: dict[str, Any]) -> Hold:
         for _ in range(5):
-            if self._batcher is not None:
+            if self._batcher is not None and not self._batcher.claim_direct():
                 row = await self._batcher.run((
                     "reserve", caller, request_id, request_hash, user_id, org_id, amount_mc, ttl_seconds,
                     service_type, service_name, metadata, None, None))
@@ -249,6 +262,9 @@ class Storage:
                     if getattr(exc, "sqlstate", None) != _CONCURRENT_DUPLICATE:
                         raise
                     continue
+                finally:
+                    if self._batcher is not None:
+                        self._batcher.release_direct()
                 outcome = row["outcome"]
                 reserved, status = row["reserved_mc"], row["status"]
             if outcome != "retry":
@@ -266,14 +282,18 @@ class Storage:
 
     async def commit(self, *, caller: str, reservation_id: uuid.UUID, amount_mc: int,
                      metadata: dict[str, Any]) -> Charge:
-        if self._batcher is not None:
+        if self._batcher is not None and not self._batcher.claim_direct():
             row = await self._batcher.run((
                 "commit", caller, None, None, None, None, amount_mc, None, None, None, metadata, reservation_id,
                 None))
             charged = row["amount_mc"]
         else:
-            row = await self._pool.fetchrow("SELECT * FROM credit_commit($1, $2, $3, $4)",
-                                            caller, reservation_id, amount_mc, metadata)
+            try:
+                row = await self._pool.fetchrow("SELECT * FROM credit_commit($1, $2, $3, $4)",
+                                                caller, reservation_id, amount_mc, metadata)
+            finally:
+                if self._batcher is not None:
+                    self._batcher.release_direct()
             charged = row["charged_mc"]
         outcome = row["outcome"]
         if outcome == "not_found":
@@ -285,12 +305,17 @@ class Storage:
         return Charge(charged, row["available_mc"], row["overrun"], row["late"], row["funding_kind"], row["org_id"])
 
     async def release(self, *, caller: str, reservation_id: uuid.UUID, reason: str) -> None:
-        if self._batcher is not None:
+        if self._batcher is not None and not self._batcher.claim_direct():
             row = await self._batcher.run((
                 "release", caller, None, None, None, None, None, None, None, None, None, reservation_id, reason))
             outcome = row["outcome"]
         else:
-            outcome = await self._pool.fetchval("SELECT credit_release($1, $2, $3)", caller, reservation_id, reason)
+            try:
+                outcome = await self._pool.fetchval("SELECT credit_release($1, $2, $3)", caller, reservation_id,
+                                                    reason)
+            finally:
+                if self._batcher is not None:
+                    self._batcher.release_direct()
         if outcome == "not_found":
             raise NotFound(f"reservation {reservation_id} not found")
         if outcome == "finalized":

@@ -36,6 +36,7 @@ from . import catalogue, errors, metrics
 from .authority_client import ApiKey, AuthorityClient, Tls, funding_label
 from .billing import Pricing
 from .console import console_router
+from .edge import Edge
 from .outbox import CommitOutbox
 from .schemas import ChatCompletionRequest, ImageGenerationRequest
 from .settings import Settings
@@ -430,37 +431,6 @@ def _upstream_message(exc: Exception) -> str:
     return f"The model provider failed{suffix}: {type(exc).__name__}. The credit hold was released."
 
 
-def _error_response(error: errors.ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-MAX_JSON_DEPTH = 64
-
-
-def strict_json_problem(body: bytes) -> str | None:
-    """Why a body is not acceptable JSON (NaN, Infinity, bad UTF-8, nesting), or None."""
-    try:
-        value = json.loads(body, parse_constant=_reject_constant)
-    except RecursionError:
-        return "JSON nested too deeply"
-    except (ValueError, UnicodeDecodeError) as exc:
-        return f"Request body is not valid JSON: {str(exc)[:120]}"
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        stack.extend((child, depth + 1) for child in children)
-    if not isinstance(value, dict):
-        return "Request body must be a JSON object"
-    return None
-
-
 def _client_request_id(reserve_id: str) -> str:
     """The id the client saw: Reserve request ids are "<key id>:<client id>"."""
     key_id, sep, client_id = reserve_id.partition(":")
@@ -485,47 +455,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "X-Cost-Incurred, X-Credits-Remaining (credits), X-Request-Id and X-Funding-Source.")
     app.state.service = service
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        """Metrics and one JSON access-log line per request (never headers, so never keys)."""
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            elapsed = time.perf_counter() - started
-            metrics.HTTP_REQUESTS.labels(path, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(path).observe(elapsed)
-            if path != "/metrics":
-                log.info("http", extra={"method": request.method, "route": path, "status": status,
-                                        "ms": round(elapsed * 1000, 2),
-                                        "request_id": getattr(request.state, "request_id", None)})
-
-    @app.middleware("http")
-    async def guard_body(request: Request, call_next):
-        """Size limit, JSON content type, and strict JSON (no NaN/Infinity, bounded nesting)."""
-        if request.method != "POST":
-            return await call_next(request)
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return _error_response(errors.ApiError(413, f"Request body larger than {settings.max_body_bytes} "
-                                                        "bytes.", "invalid_request_error", "request_too_large"))
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            return _error_response(errors.ApiError(415, "Content-Type must be application/json.",
-                                                   "invalid_request_error", "unsupported_media_type"))
-        body = await request.body()
-        if len(body) > settings.max_body_bytes:
-            return _error_response(errors.ApiError(413, f"Request body larger than {settings.max_body_bytes} "
-                                                        "bytes.", "invalid_request_error", "request_too_large"))
-        problem = strict_json_problem(body)
-        if problem:
-            return _error_response(errors.bad_request(problem, "invalid_json"))
-        return await call_next(request)
+    app.add_middleware(Edge, max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(errors.ApiError)
     async def api_error(request: Request, exc: errors.ApiError):
