@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -94,6 +95,19 @@ def machine_idle_check(seconds: float = 1.0) -> dict:
     window = time.monotonic() - t0
     return {"busy_cores": round((busy_cpu_seconds() - busy) / window, 3),
             "top": top_others(everyone, all_cpu_seconds(), {os.getpid()}, window)}
+
+
+def git_state() -> dict:
+    """Which code was measured: HEAD, and whether files outside bench/ differed from it."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE.parent,
+                                  timeout=10).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+               if not line[3:].startswith("bench/")]
+    return {"head": git("rev-parse", "--short", "HEAD"), "changed_outside_bench": changed}
 
 
 def say(message: str) -> None:
@@ -400,6 +414,7 @@ class Bench:
             "database": "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL",
             "elapsed_s": round(elapsed, 1),
             "machine_before_run": self.idle_check,
+            "git": git_state(),
             "rss_mb": self.rss,
             "contenders": c,
             "notes": self.notes,
