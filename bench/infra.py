@@ -112,12 +112,16 @@ class ServerProcess:
     ready_text: str = ""
     ready: Callable[[], bool] | None = None  # polled instead of ready_text when set
     proc: subprocess.Popen | None = None
-    log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="bench-", suffix=".log")[1]))
+    log_dir: Path | None = None  # default: the system's temporary directory
+    log_path: Path = Path()
     peak_rss_mb: float = 0.0
 
     def start(self, timeout: float = 60) -> ServerProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=log, cwd=ROOT)
+        fd, path = tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log", dir=self.log_dir)
+        os.close(fd)
+        self.log_path = Path(path)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=log, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

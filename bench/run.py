@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,6 +129,7 @@ class Bench:
         self.rss: dict[str, float] = {}
         self.notes: list[str] = []
         self.last_idle: dict = {}
+        self.work_dir = Path(tempfile.mkdtemp(prefix="credit-bench-run-"))  # server logs, outbox
 
     # ---- processes ------------------------------------------------------
 
@@ -135,7 +137,8 @@ class Bench:
                      per_process: Callable[[], dict[str, str]] = dict) -> list[ServerProcess]:
         group = []
         for i in range(self.args.authority_procs):
-            server = ServerProcess(f"{name}-{i}", argv, {**env, **per_process()}, ready_text).start()
+            server = ServerProcess(f"{name}-{i}", argv, {**env, **per_process()}, ready_text,
+                                   log_dir=self.work_dir).start()
             self.servers.append(server)
             group.append(server)
         time.sleep(0.5)  # anything that fails right after "listening" (a port in use) fails now
@@ -269,7 +272,7 @@ class Bench:
 
     def inference(self, authority_addr: str, api_key: str) -> None:
         port = free_port()
-        outbox = Path(tempfile.mkdtemp(prefix="bench-outbox-")) / "outbox.sqlite3"
+        outbox = self.work_dir / "outbox.sqlite3"
         url = f"http://127.0.0.1:{port}"
 
         def healthy() -> bool:
@@ -280,7 +283,8 @@ class Bench:
 
         env = python_env(CREDIT_AUTHORITY_ADDR=authority_addr, CREDIT_SERVICE_TOKEN=self.inference_token,
                          INFERENCE_HOST="127.0.0.1", INFERENCE_PORT=str(port), INFERENCE_OUTBOX_PATH=str(outbox))
-        service = ServerProcess("inference", python_argv("-m", "inference_service"), env, ready=healthy).start()
+        service = ServerProcess("inference", python_argv("-m", "inference_service"), env, ready=healthy,
+                                log_dir=self.work_dir).start()
         self.servers.append(service)
         say(f"inference service on {url}, pid {service.pid}")
         try:
@@ -365,6 +369,12 @@ class Bench:
                 self.stop(naive, "naive")
             if "pgbench" in only:
                 self.pgbench()
+        except BaseException:
+            say(f"failed; server logs are in {self.work_dir}")
+            raise
+        else:
+            if not a.keep_db:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
         finally:
             for server in self.servers:
                 server.stop()
