@@ -36,7 +36,7 @@ class Settings:
     default_ttl_seconds: int = 600
     max_ttl_seconds: int = 3600
     batch_max: int = 256  # operations per hot-path transaction; 1 turns batching off
-    batch_in_flight: int = 4  # hot-path batches in the database at once, per process
+    batch_in_flight: int = 1  # hot-path batches in the database at once, per process
     sweep_interval_seconds: float = 1.0
     sweep_batch: int = 1000
     auth_tokens: str = ""  # "name:token:role+role,…"
@@ -64,7 +64,7 @@ class Settings:
             default_ttl_seconds=_int(env, "CREDIT_DEFAULT_TTL_SECONDS", 600),
             max_ttl_seconds=_int(env, "CREDIT_MAX_TTL_SECONDS", 3600),
             batch_max=_int(env, "CREDIT_BATCH_MAX", 256),
-            batch_in_flight=_int(env, "CREDIT_BATCH_IN_FLIGHT", 4),
+            batch_in_flight=_int(env, "CREDIT_BATCH_IN_FLIGHT", 1),
             sweep_interval_seconds=_float(env, "CREDIT_SWEEP_INTERVAL_SECONDS", 1.0),
             sweep_batch=_int(env, "CREDIT_SWEEP_BATCH", 1000),
             auth_tokens=env.get("CREDIT_AUTH_TOKENS", ""),

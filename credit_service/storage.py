@@ -157,7 +157,7 @@ class HotPathBatcher:
 
     _SQL = "SELECT * FROM credit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
 
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = 256, max_in_flight: int = 4):
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 256, max_in_flight: int = 1):
         self._pool = pool
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
@@ -221,7 +221,7 @@ class Storage:
 
     @classmethod
     async def connect(cls, database_url: str, min_size: int = 2, max_size: int = 10, *,
-                      batch_max: int = 256, batch_in_flight: int = 4) -> Storage:
+                      batch_max: int = 256, batch_in_flight: int = 1) -> Storage:
         pool = await asyncpg.create_pool(
             database_url, min_size=min_size, max_size=max_size, init=_init_connection,
             command_timeout=30, max_inactive_connection_lifetime=60,
