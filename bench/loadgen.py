@@ -306,7 +306,7 @@ def run_load(spec: LoadSpec, *, procs: int, concurrency: int, warmup: float = 0.
         pipes.append(parent)
     port = int(spec.addr.rsplit(":", 1)[1])
     try:
-        for pipe, p in zip(pipes, workers):
+        for pipe, p in zip(pipes, workers, strict=True):
             known: set[int] = set()
             while True:
                 if not pipe.poll(90):

@@ -5,8 +5,8 @@ path's core statement, a conditional single-row UPDATE, on the same database
 from __future__ import annotations
 
 import asyncio
-import re
 import os
+import re
 import subprocess
 import tempfile
 import time

@@ -22,8 +22,16 @@ import httpx
 import psutil
 
 from . import inference, report, seeding
-from .infra import (Database, ServerProcess, all_cpu_seconds, busy_cpu_seconds, free_port, python_argv,
-                    python_env, top_others)
+from .infra import (
+    Database,
+    ServerProcess,
+    all_cpu_seconds,
+    busy_cpu_seconds,
+    free_port,
+    python_argv,
+    python_env,
+    top_others,
+)
 from .loadgen import LoadResult, LoadSpec, run_load
 from .pgbench import run_pgbench
 
