@@ -4,7 +4,8 @@
 -- chain, more work for every later lock waiter, and throughput that decayed
 -- until VACUUM. Now the batch locks each account once (in the same global
 -- order as before: reservations first, then accounts in sorted order),
--- decides every operation on variables, and writes the account back once.
+-- decides every operation on variables, and writes the account back once
+-- (credit_apply_to_account with the batch's net change).
 -- The rules are exactly those of credit_reserve / credit_commit /
 -- credit_release; only the bookkeeping of the account row is batched.
 -- Storage settings keep the remaining updates in place (HOT) and dead
@@ -32,7 +33,7 @@ DECLARE
     -- the account being worked on: its key, identity and running figures
     a_key TEXT := NULL; a_kind TEXT; a_org TEXT; a_user TEXT;
     a_found BOOLEAN := false; a_dirty BOOLEAN := false;
-    a_limit BIGINT; a_used BIGINT; a_held BIGINT;
+    a_limit BIGINT; a_used BIGINT; a_held BIGINT; a_used0 BIGINT; a_held0 BIGINT;
     res reservations%ROWTYPE;
     v_outcome TEXT; v_org TEXT; v_hash BYTEA; v_hold BIGINT; v_late BOOLEAN; v_over BOOLEAN;
 BEGIN
@@ -58,13 +59,7 @@ BEGIN
         IF a_key IS DISTINCT FROM account_keys[i] THEN
             -- write back the previous account, then lock and read the next one
             IF a_dirty THEN
-                IF a_kind = 'org' THEN
-                    UPDATE allocations SET used_mc = a_used, held_mc = a_held, updated_at = now()
-                     WHERE allocations.org_id = a_org AND allocations.user_id = a_user;
-                ELSE
-                    UPDATE individual_balances SET used_mc = a_used, held_mc = a_held, updated_at = now()
-                     WHERE individual_balances.user_id = a_user;
-                END IF;
+                PERFORM credit_apply_to_account(a_kind, a_org, a_user, a_used - a_used0, a_held - a_held0);
             END IF;
             a_key := account_keys[i]; a_dirty := false; a_found := false;
             a_kind := split_part(a_key, '/', 1); a_org := nullif(split_part(a_key, '/', 2), '');
@@ -81,6 +76,7 @@ BEGIN
             IF NOT a_found THEN
                 a_limit := 0; a_used := 0; a_held := 0;
             END IF;
+            a_used0 := a_used; a_held0 := a_held;  -- written back as one delta per account
         END IF;
 
         idx := i;
@@ -179,12 +175,6 @@ BEGIN
     END LOOP;
 
     IF a_dirty THEN
-        IF a_kind = 'org' THEN
-            UPDATE allocations SET used_mc = a_used, held_mc = a_held, updated_at = now()
-             WHERE allocations.org_id = a_org AND allocations.user_id = a_user;
-        ELSE
-            UPDATE individual_balances SET used_mc = a_used, held_mc = a_held, updated_at = now()
-             WHERE individual_balances.user_id = a_user;
-        END IF;
+        PERFORM credit_apply_to_account(a_kind, a_org, a_user, a_used - a_used0, a_held - a_held0);
     END IF;
 END $$;

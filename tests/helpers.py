@@ -11,28 +11,23 @@ from grpc_status import rpc_status
 from credit.v1 import authority_pb2
 
 
-def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+def _detail(error: grpc.RpcError, message_type):
+    """The first google.rpc detail of this type in the error's status, or None."""
     status = rpc_status.from_call(error)
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
+    for detail in status.details if status else ():
+        if detail.Is(message_type.DESCRIPTOR):
+            found = message_type()
+            detail.Unpack(found)
+            return found
     return None
+
+
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    return _detail(error, error_details_pb2.ErrorInfo)
 
 
 def bad_request(error: grpc.RpcError) -> error_details_pb2.BadRequest | None:
-    status = rpc_status.from_call(error)
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            info = error_details_pb2.BadRequest()
-            detail.Unpack(info)
-            return info
-    return None
+    return _detail(error, error_details_pb2.BadRequest)
 
 
 def reserve_request(user_id: str, amount: int, org_id: str = "", request_id: str | None = None,
