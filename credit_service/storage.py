@@ -27,8 +27,6 @@ from .errors import (
     PermissionDenied,
 )
 
-_CONCURRENT_DUPLICATE = "CR409"
-
 
 def funding_label(funding_kind: str, org_id: str | None) -> str:
     return f"org:{org_id}" if funding_kind == "org" else "individual"
@@ -242,32 +240,30 @@ class Storage:
         _raise_resolution(row["outcome"], user_id, org_id)
         return Balance(row["funding_kind"], row["org_id"], row["limit_mc"], row["used_mc"], row["held_mc"])
 
+    async def _hot_path(self, operation: tuple, sql: str, *args: Any) -> tuple[asyncpg.Record, bool]:
+        """Runs one hot-path operation: in the next batch (credit_batch) when others are queued
+        or in flight, else alone through its single-call function. Returns (row, batched)."""
+        if self._batcher is not None and not self._batcher.claim_direct():
+            return await self._batcher.run(operation), True
+        try:
+            return await self._pool.fetchrow(sql, *args), False
+        finally:
+            if self._batcher is not None:
+                self._batcher.release_direct()
+
     async def reserve(self, *, caller: str, request_id: str, request_hash: bytes, user_id: str,
                       org_id: str, amount_mc: int, ttl_seconds: int, service_type: str,
                       service_name: str, metadata: dict[str, Any]) -> Hold:
         for _ in range(5):
-            if self._batcher is not None and not self._batcher.claim_direct():
-                row = await self._batcher.run((
-                    "reserve", caller, request_id, request_hash, user_id, org_id, amount_mc, ttl_seconds,
-                    service_type, service_name, metadata, None, None))
-                outcome = row["outcome"]
-                reserved, status = row["amount_mc"], row["status"]
-            else:
-                try:
-                    row = await self._pool.fetchrow(
-                        "SELECT * FROM credit_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                        caller, request_id, request_hash, user_id, org_id, amount_mc, ttl_seconds,
-                        service_type, service_name, metadata)
-                except asyncpg.PostgresError as exc:
-                    if getattr(exc, "sqlstate", None) != _CONCURRENT_DUPLICATE:
-                        raise
-                    continue
-                finally:
-                    if self._batcher is not None:
-                        self._batcher.release_direct()
-                outcome = row["outcome"]
-                reserved, status = row["reserved_mc"], row["status"]
-            if outcome != "retry":
+            row, batched = await self._hot_path(
+                ("reserve", caller, request_id, request_hash, user_id, org_id, amount_mc, ttl_seconds,
+                 service_type, service_name, metadata, None, None),
+                "SELECT * FROM credit_reserve_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                caller, request_id, request_hash, user_id, org_id, amount_mc, ttl_seconds,
+                service_type, service_name, metadata)
+            outcome = row["outcome"]
+            reserved, status = row["amount_mc" if batched else "reserved_mc"], row["status"]
+            if outcome != "retry":  # "retry": a concurrent Reserve with this request_id won the race
                 break
         else:  # pragma: no cover - a duplicate that never settles
             raise FailedPrecondition(f"request_id {request_id!r} is being reserved concurrently; retry")
@@ -282,19 +278,10 @@ class Storage:
 
     async def commit(self, *, caller: str, reservation_id: uuid.UUID, amount_mc: int,
                      metadata: dict[str, Any]) -> Charge:
-        if self._batcher is not None and not self._batcher.claim_direct():
-            row = await self._batcher.run((
-                "commit", caller, None, None, None, None, amount_mc, None, None, None, metadata, reservation_id,
-                None))
-            charged = row["amount_mc"]
-        else:
-            try:
-                row = await self._pool.fetchrow("SELECT * FROM credit_commit($1, $2, $3, $4)",
-                                                caller, reservation_id, amount_mc, metadata)
-            finally:
-                if self._batcher is not None:
-                    self._batcher.release_direct()
-            charged = row["charged_mc"]
+        row, batched = await self._hot_path(
+            ("commit", caller, None, None, None, None, amount_mc, None, None, None, metadata, reservation_id, None),
+            "SELECT * FROM credit_commit($1, $2, $3, $4)", caller, reservation_id, amount_mc, metadata)
+        charged = row["amount_mc" if batched else "charged_mc"]
         outcome = row["outcome"]
         if outcome == "not_found":
             raise NotFound(f"reservation {reservation_id} not found")
@@ -305,17 +292,10 @@ class Storage:
         return Charge(charged, row["available_mc"], row["overrun"], row["late"], row["funding_kind"], row["org_id"])
 
     async def release(self, *, caller: str, reservation_id: uuid.UUID, reason: str) -> None:
-        if self._batcher is not None and not self._batcher.claim_direct():
-            row = await self._batcher.run((
-                "release", caller, None, None, None, None, None, None, None, None, None, reservation_id, reason))
-            outcome = row["outcome"]
-        else:
-            try:
-                outcome = await self._pool.fetchval("SELECT credit_release($1, $2, $3)", caller, reservation_id,
-                                                    reason)
-            finally:
-                if self._batcher is not None:
-                    self._batcher.release_direct()
+        row, _ = await self._hot_path(
+            ("release", caller, None, None, None, None, None, None, None, None, None, reservation_id, reason),
+            "SELECT credit_release($1, $2, $3) AS outcome", caller, reservation_id, reason)
+        outcome = row["outcome"]
         if outcome == "not_found":
             raise NotFound(f"reservation {reservation_id} not found")
         if outcome == "finalized":
@@ -636,6 +616,15 @@ class Storage:
                           ELSE coalesce(a.limit_mc, 0) - coalesce(a.used_mc, 0) END::BIGINT AS remaining_mc) x"""
 
     @staticmethod
+    async def _pool_remaining(conn: asyncpg.Connection, org_id: str) -> tuple[int, int]:
+        """(pool total, total − what all allocations used) of an org."""
+        pool = await conn.fetchrow(
+            """SELECT p.total_mc, coalesce(sum(a.used_mc), 0)::BIGINT AS used_mc
+                 FROM org_pools p LEFT JOIN allocations a USING (org_id)
+                WHERE p.org_id = $1 GROUP BY p.total_mc""", org_id)
+        return pool["total_mc"], pool["total_mc"] - pool["used_mc"]
+
+    @staticmethod
     async def _lock_org_allocations(conn: asyncpg.Connection, org_id: str) -> None:
         """Locks the org's allocation rows in the order hot-path batches lock accounts (credit_batch)."""
         await conn.execute(
@@ -676,11 +665,7 @@ class Storage:
                 base = alloc["limit_mc"] if alloc else 0
                 remaining = (alloc["limit_mc"] - alloc["used_mc"]) if alloc else 0
             else:
-                pool = await conn.fetchrow(
-                    """SELECT p.total_mc, coalesce(sum(a.used_mc), 0)::BIGINT AS used_mc
-                         FROM org_pools p LEFT JOIN allocations a USING (org_id)
-                        WHERE p.org_id = $1 GROUP BY p.total_mc""", org_id)
-                base, remaining = pool["total_mc"], pool["total_mc"] - pool["used_mc"]
+                base, remaining = await self._pool_remaining(conn, org_id)
             threshold_id = await conn.fetchval(
                 """INSERT INTO alert_thresholds (org_id, user_id, kind, value, state)
                    VALUES ($1, $2, $3, $4, CASE WHEN credit_alert_below($3, $4, $5, $6) THEN 'fired' ELSE 'armed' END)
@@ -741,11 +726,7 @@ class Storage:
                        FOR UPDATE""", org_id, threshold_id)
                 if threshold is None:
                     continue
-                pool = await conn.fetchrow(
-                    """SELECT p.total_mc, coalesce(sum(a.used_mc), 0)::BIGINT AS used_mc
-                         FROM org_pools p LEFT JOIN allocations a USING (org_id)
-                        WHERE p.org_id = $1 GROUP BY p.total_mc""", org_id)
-                total, remaining = pool["total_mc"], pool["total_mc"] - pool["used_mc"]
+                total, remaining = await self._pool_remaining(conn, org_id)
                 below = await conn.fetchval("SELECT credit_alert_below($1, $2, $3, $4)",
                                             threshold["kind"], threshold["value"], remaining, total)
                 if below and threshold["state"] == "armed":

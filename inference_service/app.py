@@ -230,6 +230,14 @@ class InferenceService:
                                   "send a new key to make a new request.", "idempotency_key_reused")
         return hold
 
+    async def _void(self, entry: catalogue.ModelEntry, hold: authority_pb2.ReserveResponse,
+                    exc: Exception) -> errors.ApiError:
+        """The model call failed before producing anything billable: release the hold and
+        return the error to answer with (400 for a rejected request, else 502)."""
+        metrics.RELEASED.labels(entry.name).inc()
+        await self.client.release(hold.reservation_id, f"upstream failed: {type(exc).__name__}")
+        return _upstream_error(exc)
+
     async def settle(self, hold: authority_pb2.ReserveResponse, billing: Billing, charged_mc: int,
                      metadata: dict[str, Any]) -> dict[str, str]:
         """Commits the actual cost; returns the billing headers."""
@@ -281,9 +289,7 @@ class InferenceService:
         try:
             response = await litellm.acompletion(**params)
         except Exception as exc:  # the provider failed: nothing to charge
-            metrics.RELEASED.labels(entry.name).inc()
-            await self.client.release(hold.reservation_id, f"upstream failed: {type(exc).__name__}")
-            raise _upstream_error(exc) from None
+            raise await self._void(entry, hold, exc) from None
         finally:
             metrics.UPSTREAM_LATENCY.labels(entry.name).observe(time.monotonic() - started)
         usage = response.usage
@@ -302,8 +308,7 @@ class InferenceService:
         try:
             stream = await litellm.acompletion(**params, stream=True, stream_options={"include_usage": True})
         except Exception as exc:
-            await self.client.release(hold.reservation_id, f"upstream failed: {type(exc).__name__}")
-            raise _upstream_error(exc) from None
+            raise await self._void(entry, hold, exc) from None
         wants_usage = bool(body.stream_options and body.stream_options.include_usage)
         state = _StreamState(prompt_tokens=prompt_tokens)
 
@@ -389,8 +394,7 @@ class InferenceService:
         try:
             response = await litellm.aimage_generation(**params)
         except Exception as exc:
-            await self.client.release(hold.reservation_id, f"upstream failed: {type(exc).__name__}")
-            raise _upstream_error(exc) from None
+            raise await self._void(entry, hold, exc) from None
         images = len(response.data or []) or body.n
         reported = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
         cost_usd = self.pricing.image_cost_usd(entry, images, reported)

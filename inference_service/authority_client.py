@@ -29,7 +29,7 @@ from .outbox import CommitOutbox
 log = logging.getLogger("inference_service")
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-COMMIT_BACKOFF = (0.1, 0.3, 0.9)
+BACKOFF = (0.1, 0.3, 0.9)  # seconds between retries of one call
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,19 @@ class AuthorityClient:
         self._key_cache[digest] = (now + self._key_cache_seconds, key)
         return key
 
+    async def _retrying(self, method, request) -> tuple[Any, int]:
+        """Calls, retrying UNAVAILABLE / DEADLINE_EXCEEDED with the same request after each
+        backoff (Reserve, Commit and Release are idempotent). Returns (response, attempt);
+        raises the last error when it is not retryable or the backoffs are spent."""
+        for attempt, delay in enumerate((*BACKOFF, None)):
+            try:
+                return await method(request, metadata=self._md, timeout=self._timeout), attempt
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE or delay is None:
+                    raise
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     async def reserve(self, **fields: Any) -> tuple[authority_pb2.ReserveResponse, bool]:
         """Reserves, retrying a lost answer with the same request_id (idempotent).
 
@@ -160,16 +173,12 @@ class AuthorityClient:
         """
         metadata = fields.pop("metadata", {})
         request = authority_pb2.ReserveRequest(metadata=to_struct(metadata), **fields)
-        for attempt, delay in enumerate((*COMMIT_BACKOFF, None)):
-            try:
-                hold = await self._authority.Reserve(request, metadata=self._md, timeout=self._timeout)
-                # A replay answering our own retry is our hold (still held); anything else is an earlier request.
-                return hold, hold.replayed and (attempt == 0 or hold.status != "held")
-            except grpc.aio.AioRpcError as error:
-                if error.code() not in RETRYABLE or delay is None:
-                    raise to_api_error(error) from None
-                await asyncio.sleep(delay)
-        raise errors.unavailable()  # pragma: no cover - the loop always returns or raises
+        try:
+            hold, attempt = await self._retrying(self._authority.Reserve, request)
+        except grpc.aio.AioRpcError as error:
+            raise to_api_error(error) from None
+        # A replay answering our own retry is our hold (still held); anything else is an earlier request.
+        return hold, hold.replayed and (attempt == 0 or hold.status != "held")
 
     async def balance(self, user_id: str, org_id: str) -> authority_pb2.GetBalanceResponse:
         return await self._call(self._authority.GetBalance,
@@ -181,31 +190,22 @@ class AuthorityClient:
     async def release(self, reservation_id: str, reason: str) -> None:
         """Best effort: a hold that cannot be released now expires by itself."""
         request = authority_pb2.ReleaseRequest(reservation_id=reservation_id, reason=reason[:256])
-        for delay in (*COMMIT_BACKOFF, None):
-            try:
-                await self._authority.Release(request, metadata=self._md, timeout=self._timeout)
-                return
-            except grpc.aio.AioRpcError as error:
-                if error.code() not in RETRYABLE or delay is None:
-                    log.warning("release of %s failed (%s); its TTL will free it", reservation_id, error.code().name)
-                    return
-                await asyncio.sleep(delay)
+        try:
+            await self._retrying(self._authority.Release, request)
+        except grpc.aio.AioRpcError as error:
+            log.warning("release of %s failed (%s); its TTL will free it", reservation_id, error.code().name)
 
     async def commit(self, reservation_id: str, amount_mc: int,
                      metadata: dict[str, Any]) -> authority_pb2.CommitResponse | None:
         """Commits, retrying; if the authority stays down, queues durably and returns None."""
         request = authority_pb2.CommitRequest(reservation_id=reservation_id, amount_millicredits=amount_mc,
                                               metadata=to_struct(metadata))
-        for delay in (*COMMIT_BACKOFF, None):
-            try:
-                return await self._authority.Commit(request, metadata=self._md, timeout=self._timeout)
-            except grpc.aio.AioRpcError as error:
-                if error.code() not in RETRYABLE:
-                    log.error("commit of %s refused: %s %s", reservation_id, error.code().name, error.details())
-                    raise to_api_error(error) from None
-                if delay is None:
-                    break
-                await asyncio.sleep(delay)
+        try:
+            return (await self._retrying(self._authority.Commit, request))[0]
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in RETRYABLE:
+                log.error("commit of %s refused: %s %s", reservation_id, error.code().name, error.details())
+                raise to_api_error(error) from None
         self.outbox.add(reservation_id, amount_mc, metadata)
         log.warning("authority unreachable: commit of %s queued in the outbox", reservation_id)
         return None
