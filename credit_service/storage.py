@@ -122,6 +122,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset: nothing to undo. The authority never changes session state (no SET,
+    LISTEN, advisory lock or cursor outside a transaction; asyncpg itself still rolls
+    back a transaction left open), so the default reset query, one more round trip
+    after every call, is skipped."""
+
+
 def hash_secret(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
@@ -221,7 +228,7 @@ class Storage:
     async def connect(cls, database_url: str, min_size: int = 2, max_size: int = 10, *,
                       batch_max: int = 256, batch_in_flight: int = 1) -> Storage:
         pool = await asyncpg.create_pool(
-            database_url, min_size=min_size, max_size=max_size, init=_init_connection,
+            database_url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session,
             command_timeout=30, max_inactive_connection_lifetime=60,
         )
         batcher = HotPathBatcher(pool, batch_max, min(batch_in_flight, max_size)) if batch_max > 1 else None
@@ -787,7 +794,8 @@ class Storage:
 
     async def next_alert_due_seconds(self) -> float | None:
         """Seconds until the next pending alert is due (0 when overdue), or None when none is pending."""
-        return await self._pool.fetchval(
-            """SELECT greatest(extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at)))
-                                          - now()), 0)::float8
+        seconds = await self._pool.fetchval(
+            """SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at)))
+                                         - now())::float8
                  FROM alert_events WHERE status = 'pending'""")
+        return None if seconds is None else max(seconds, 0.0)

@@ -12,6 +12,7 @@ import secrets
 import time
 import uuid
 
+import asyncpg
 import grpc
 import pytest
 from conftest import Stub, free_port
@@ -320,3 +321,35 @@ def test_alert_rpcs_validate_and_enforce_roles(console_authority, world, admin, 
     # Removing the webhook.
     removed = admin.SetAlertWebhook(admin_pb2.SetAlertWebhookRequest(org_id=org_id, url="")).webhook
     assert (removed.url, removed.has_secret) == ("", False)
+
+
+async def test_with_nothing_pending_the_alert_worker_waits_instead_of_polling(database_url):
+    """next_alert_due_seconds is None when no alert is pending (the worker then sleeps its
+    poll interval); it once answered 0, so every idle authority polled 100 times a second."""
+    from credit_service.migrate import migrate
+    from credit_service.storage import Storage
+
+    name = f"alerts_{uuid.uuid4().hex[:8]}"
+    admin_conn = await asyncpg.connect(database_url)
+    await admin_conn.execute(f'CREATE DATABASE "{name}"')
+    url = database_url.rsplit("/", 1)[0] + "/" + name
+    try:
+        await migrate(url)
+        storage = await Storage.connect(url, 1, 2)
+        try:
+            assert await storage.next_alert_due_seconds() is None
+            conn = await asyncpg.connect(url)
+            await conn.execute("INSERT INTO organizations (org_id) VALUES ('o')")
+            insert = """INSERT INTO alert_events (org_id, threshold_id, kind, value, threshold_mc, limit_mc,
+                                                  remaining_mc, next_attempt_at)
+                        VALUES ('o', 1, 'absolute', 1, 1, 1, 1, now() + make_interval(secs => $1))"""
+            await conn.execute(insert, 30.0)
+            assert 25 < await storage.next_alert_due_seconds() <= 30
+            await conn.execute(insert, -30.0)
+            assert await storage.next_alert_due_seconds() == 0.0
+            await conn.close()
+        finally:
+            await storage.close()
+    finally:
+        await admin_conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin_conn.close()
