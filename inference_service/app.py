@@ -38,6 +38,7 @@ from .billing import Pricing
 from .console import console_router
 from .edge import Edge
 from .outbox import CommitOutbox
+from .quiet_litellm import skip_unobserved_success_logging
 from .schemas import ChatCompletionRequest, ImageGenerationRequest
 from .settings import Settings
 
@@ -447,6 +448,7 @@ def _credits_fields(prefix: str, millicredits: int) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
+    skip_unobserved_success_logging()
     service = InferenceService(settings)
 
     async def lifespan(app: FastAPI):
