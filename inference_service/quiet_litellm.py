@@ -22,7 +22,6 @@ from typing import Any
 import litellm
 from litellm.litellm_core_utils.litellm_logging import Logging
 
-
 _shipped: Any = None  # LiteLLM's own handler, called whenever a callback is registered
 
 
