@@ -7,6 +7,8 @@ process of its own. Both sequential, one call at a time, after a warm-up."""
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import logging
 import multiprocessing
 import os
@@ -14,8 +16,8 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import httpx
 import yaml
 
 from .loadgen import percentile
@@ -89,17 +91,26 @@ def direct_latencies(warmup: int, calls: int) -> list[float]:
 
 
 def service_latencies(base_url: str, api_key: str, warmup: int, calls: int) -> list[float]:
-    """The same call through the inference service (httpx, keep-alive, one at a time)."""
-    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
-    headers = {"Authorization": f"Bearer {api_key}"}
+    """The same call through the inference service: one keep-alive HTTP/1.1 connection
+    (the standard library's http.client: measured against a bare ASGI app it costs
+    0.15 ms a call at p50 where httpx costs 0.40 ms, client time that is not the
+    service's), one call at a time."""
+    url = urlsplit(base_url)
+    body = json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS})
+    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
     out = []
-    with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    try:
         for i in range(warmup + calls):
             t0 = time.perf_counter()
-            response = client.post("/chat/completions", json=body)
+            conn.request("POST", f"{url.path}/chat/completions", body=body, headers=headers)
+            response = conn.getresponse()
+            text = response.read()
             elapsed = time.perf_counter() - t0
-            if response.status_code != 200 or "X-Cost-Incurred" not in response.headers:
-                raise RuntimeError(f"inference call failed: {response.status_code} {response.text[:500]}")
+            if response.status != 200 or response.getheader("X-Cost-Incurred") is None:
+                raise RuntimeError(f"inference call failed: {response.status} {text[:500]!r}")
             if i >= warmup:
                 out.append(elapsed)
+    finally:
+        conn.close()
     return out
