@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 
+import uvloop
+
 from . import logs
 from .authority import CreditAuthority
 from .demo import ensure_tokens, seed
@@ -76,9 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "migrate":
         asyncio.run(_migrate(settings))
     elif args.command == "up":
-        asyncio.run(_up(settings))
+        uvloop.run(_up(settings))
     else:
-        asyncio.run(serve(settings))
+        # uvloop, as the REST service runs: measured +5 % Reserve/Commit pairs a second
+        # (asyncpg's protocol and the loop itself are cheaper on it; grpc.aio runs on any loop).
+        uvloop.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ never contain API keys or tokens; nothing here logs request headers.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextvars
 import json
 import logging
@@ -39,16 +41,42 @@ class JsonFormatter(logging.Formatter):
 
 
 _access_stream = sys.stderr
+_access_lines: list[str] = []
+_ACCESS_FLUSH_LINES = 256
+_ACCESS_FLUSH_SECONDS = 0.05
 
 
 def access(**fields: object) -> None:
-    """One access-log line, without the logging machinery (it runs for every RPC)."""
+    """One access-log line, without the logging machinery (it runs for every RPC).
+
+    Lines are written in bursts: at 256 lines or 50 ms after the first unwritten one
+    (at once outside an event loop, and flush_access() at shutdown). One write per
+    line cost the authority 9 % of its Reserve/Commit throughput: each write lets
+    the gRPC threads take the GIL."""
     entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "level": "info", "logger": "access",
              **fields}
     rid = request_id.get()
     if rid:
         entry["request_id"] = rid
-    _access_stream.write(json.dumps(entry, default=str) + "\n")
+    _access_lines.append(json.dumps(entry, default=str) + "\n")
+    if len(_access_lines) >= _ACCESS_FLUSH_LINES:
+        flush_access()
+    elif len(_access_lines) == 1:
+        try:
+            asyncio.get_running_loop().call_later(_ACCESS_FLUSH_SECONDS, flush_access)
+        except RuntimeError:  # no event loop: write now
+            flush_access()
+
+
+def flush_access() -> None:
+    if _access_lines:
+        text = "".join(_access_lines)
+        _access_lines.clear()
+        _access_stream.write(text)
+        _access_stream.flush()
+
+
+atexit.register(flush_access)
 
 
 def configure(level: int = logging.INFO) -> None:

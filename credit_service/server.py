@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+import uvloop
 from google.protobuf import any_pb2, struct_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -537,8 +538,9 @@ async def serve(settings: Settings) -> None:
     await server.stop(grace=5)
     sweep_task.cancel()
     await storage.close()
+    logs.flush_access()
 
 
 def main() -> None:
     logs.configure()
-    asyncio.run(serve(Settings.from_env()))
+    uvloop.run(serve(Settings.from_env()))
