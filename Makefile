@@ -17,6 +17,9 @@ proto: $(STAMP)  ## regenerate credit/v1 (code and mypy stubs) from protos/
 	$(BIN)/python -m credit_service.protogen .
 
 bench: $(STAMP)  ## benchmarks (figures, not tests)
+	@command -v h2load >/dev/null || apt-get install -y -q nghttp2-client >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q nghttp2-client >/dev/null 2>&1) \
+		|| echo "h2load (Debian's nghttp2-client) could not be installed: the compiled-client transport check is skipped"
 	$(BIN)/python -m bench
 
 lint: $(STAMP)  ## ruff and mypy (with mypy-protobuf stubs of the generated code)

@@ -84,9 +84,14 @@ def render(results: dict) -> str:
     scan = c.get("transport", {}).get("scan", [])
     if scan:
         out.append("\ntransport by load processes (same total concurrency):")
-        out.append(table([[str(s["procs"]), _fmt(s["rate"], 0), _fmt(s["p50_ms"], 2),
-                           _fmt(s["cpu_cores"].get("loadgen"), 2), _fmt(s["cpu_cores"].get("servers"), 2)]
-                          for s in scan], ["load procs", "calls/s", "p50 ms", "cpu loadgen", "cpu servers"]))
+        rows = [[str(s["procs"]), _fmt(s["rate"], 0), _fmt(s["p50_ms"], 2),
+                 _fmt(s["cpu_cores"].get("loadgen"), 2), _fmt(s["cpu_cores"].get("servers"), 2)] for s in scan]
+        compiled = c.get("transport_compiled")
+        if compiled:
+            rows.append([f"h2load ({compiled['connections']}x{compiled['streams_per_connection']})",
+                         _fmt(compiled["rate"], 0), "-", _fmt(compiled["cpu_cores"].get("loadgen"), 2),
+                         _fmt(compiled["cpu_cores"].get("servers"), 2)])
+        out.append(table(rows, ["load procs", "calls/s", "p50 ms", "cpu loadgen", "cpu servers"]))
     ex = [(k, v) for k, v in c.items() if k.startswith("exhaustion_")]
     if ex:
         out.append("\nexhaustion (allocation fits K calls, all attempts at once):")

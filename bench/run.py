@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from . import inference, report, seeding
+from . import h2load, inference, report, seeding
 from .infra import (
     Database,
     ServerProcess,
@@ -252,6 +252,16 @@ class Bench:
         if self.args.load_procs == "auto":
             self.args.load_procs = best["procs"]
             say(f"load generator: {best['procs']} process(es) for the other contenders")
+        if not h2load.available():
+            self.notes.append("h2load not installed (Debian's nghttp2-client): the compiled-client transport "
+                              "check was skipped")
+            return
+        self.wait_idle()
+        compiled = h2load.run_h2load(addr, self.processes(group), duration_s=self.args.duration,
+                                     warmup_s=self.args.warmup)
+        self.contenders["transport_compiled"] = {**compiled.as_dict(), "machine_before": self.last_idle}
+        say(f"transport with h2load (compiled client): {compiled.rate:,.0f} calls/s  cpu {compiled.cpu_cores}  "
+            f"failed {compiled.failed}")
 
     def pairs(self, name: str, addr: str, group: list[ServerProcess], users: list[str]) -> None:
         spec = LoadSpec("pair", addr, token=self.spend_token, users=users, channels=self.args.channels,
@@ -399,6 +409,7 @@ class Bench:
             "spread_pairs_per_s": rate("authority_spread"),
             "naive_pairs_per_s": rate("naive"),
             "transport_calls_per_s": rate("transport"),
+            "transport_compiled_client_calls_per_s": rate("transport_compiled"),
             "pgbench_hot_tps": rate("pgbench_hot_row"),
             "inference_overhead_p50_ms": inf.get("overhead_p50_ms"),
             "inference_overhead_p99_ms": inf.get("overhead_p99_ms"),
