@@ -12,7 +12,7 @@ import math
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,15 @@ def _timestamp(value: Any) -> timestamp_pb2.Timestamp | None:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(value.astimezone(timezone.utc))
     return ts
+
+
+def _time_field(message: Any, field: str) -> datetime | None:
+    if not message.HasField(field):
+        return None
+    try:
+        return getattr(message, field).ToDatetime(timezone.utc)
+    except ValueError as error:  # seconds or nanos outside google.protobuf.Timestamp's range
+        raise InvalidArgument(field, str(error)) from None
 
 
 def _funding(kind: str, org_id: str | None) -> types_pb2.Funding:
@@ -358,8 +367,7 @@ class AdminServicer(_Servicer, admin_pb2_grpc.CreditAdminServicer):
         query = UsageQuery(
             org_id=request.org_id, user_id=request.user_id, service_type=request.service_type,
             model=request.model,
-            start=request.start_time.ToDatetime(timezone.utc) if request.HasField("start_time") else None,
-            end=request.end_time.ToDatetime(timezone.utc) if request.HasField("end_time") else None,
+            start=_time_field(request, "start_time"), end=_time_field(request, "end_time"),
             group_by=_enum(_GROUPINGS, request.group_by, "group_by"), limit=request.limit)
         records, groups, total_mc, total_requests = await self.authority.query_usage(query)
         return admin_pb2.QueryUsageResponse(

@@ -535,10 +535,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             user_id=key.user_id, org_id=who.org_header or key.org_id, limit=limit,
             group_by=admin_pb2.UsageGroupBy.Value(f"USAGE_GROUP_BY_{group_by.upper()}") if group_by
             else admin_pb2.USAGE_GROUP_BY_UNSPECIFIED)
-        for field, value in (("start_time", start), ("end_time", end)):
+        for field, name, value in (("start_time", "start", start), ("end_time", "end", end)):
             if value is not None:
-                getattr(request, field).FromDatetime(
-                    value if value.tzinfo else value.replace(tzinfo=timezone.utc))
+                try:
+                    getattr(request, field).FromDatetime(
+                        value if value.tzinfo else value.replace(tzinfo=timezone.utc))
+                except (OverflowError, ValueError):  # outside 0001-01-01 … 9999-12-31 once in UTC
+                    raise errors.bad_request(f"'{name}' is out of range (0001-01-01 to 9999-12-31 UTC)",
+                                             "invalid_time") from None
         result = await service.client.usage(request)
         return {
             "object": "list",

@@ -112,6 +112,10 @@ CASES = {
         key_id="ck_0123456789abcdef")), NOT_FOUND),
     "usage limit too large": (lambda c: _admin("QueryUsage", admin_pb2.QueryUsageRequest(limit=100_000)), INVALID),
     "usage unknown grouping": (lambda c: _admin("QueryUsage", admin_pb2.QueryUsageRequest(group_by=42)), INVALID),
+    "usage start past year 9999": (lambda c: _admin("QueryUsage", admin_pb2.QueryUsageRequest(
+        start_time=timestamp_pb2.Timestamp(seconds=2**62))), INVALID),
+    "usage end with nanos out of range": (lambda c: _admin("QueryUsage", admin_pb2.QueryUsageRequest(
+        end_time=timestamp_pb2.Timestamp(seconds=0, nanos=-1))), INVALID),
     "usage end before start": (lambda c: _admin("QueryUsage", admin_pb2.QueryUsageRequest(
         start_time=timestamp_pb2.Timestamp(seconds=2_000_000_000),
         end_time=timestamp_pb2.Timestamp(seconds=1_000_000_000))), INVALID),

@@ -81,6 +81,8 @@ CASES = {
     "usage bad group_by": ("GET /api/v1/usage?group_by=org", None, {}, 400),
     "usage limit 2^63": ("GET /api/v1/usage?limit=9223372036854775808", None, {}, 400),
     "usage bad time": ("GET /api/v1/usage?start=yesterday", None, {}, 400),
+    "usage time before year 1 in UTC": ("GET /api/v1/usage?end=0001-01-01T12:03:12.36%2B12:17", None, {}, 400),
+    "usage time after 9999 in UTC": ("GET /api/v1/usage?start=9999-12-31T23:00:00-05:00", None, {}, 400),
     "usage SQL in group_by": ("GET /api/v1/usage?group_by=model;DROP%20TABLE%20users", None, {}, 400),
     "balance with SQL org": ("GET /api/v1/credits/balance", None, {"OpenAI-Organization": SQL}, 400),
     "bearer of 10 KB": ("chat", GOOD, {"Authorization": "Bearer " + "k" * 10_000}, 401),
