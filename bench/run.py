@@ -65,7 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--authority-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment of the authority processes, e.g. CREDIT_ACCESS_LOG=0 (repeatable)")
     p.add_argument("--only", default="", help=f"comma list of contenders to run: {','.join(CONTENDERS)}")
-    p.add_argument("--output", type=Path, help="default bench/results.json (quick: bench/results-quick.json)")
+    p.add_argument("--output", type=Path, help="default bench/results.json; quick: bench/results-quick.json; "
+                                                  "--only, --authority-env or --authority-procs: "
+                                                  "bench/results-partial.json")
     p.add_argument("--wait-idle", type=float,
                    help="before each contender, wait up to this many seconds for other work on the machine to "
                         "stop (default 30, quick 3; 0: do not wait)")
@@ -93,7 +95,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.authority_env = dict(item.split("=", 1) for item in args.authority_env)
     except ValueError:
         p.error("--authority-env takes NAME=VALUE")
-    args.output = args.output or HERE / ("results-quick.json" if q else "results.json")
+    # Only a full run of every contender with the shipped settings replaces results.json.
+    partial = args.only != set(CONTENDERS) or args.authority_env or args.authority_procs != 2
+    args.output = args.output or HERE / ("results-quick.json" if q else "results-partial.json" if partial
+                                         else "results.json")
     return args
 
 
