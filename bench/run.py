@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="extra environment of the authority processes, e.g. CREDIT_ACCESS_LOG=0 (repeatable)")
     p.add_argument("--only", default="", help=f"comma list of contenders to run: {','.join(CONTENDERS)}")
     p.add_argument("--output", type=Path, help="default bench/results.json; quick: bench/results-quick.json; "
-                                                  "--only, --authority-env or --authority-procs: "
+                                                  "--only or non-default servers or callers: "
                                                   "bench/results-partial.json")
     p.add_argument("--wait-idle", type=float,
                    help="before each contender, wait up to this many seconds for other work on the machine to "
@@ -96,7 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError:
         p.error("--authority-env takes NAME=VALUE")
     # Only a full run of every contender with the shipped settings replaces results.json.
-    partial = args.only != set(CONTENDERS) or args.authority_env or args.authority_procs != 2
+    partial = (args.only != set(CONTENDERS) or bool(args.authority_env) or args.authority_procs != 2
+               or args.db_pool != 16 or args.concurrency != 64)
     args.output = args.output or HERE / ("results-quick.json" if q else "results-partial.json" if partial
                                          else "results.json")
     return args
