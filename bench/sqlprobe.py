@@ -73,6 +73,8 @@ async def probe(url: str, args: argparse.Namespace, postgres) -> dict:
     await asyncio.gather(*(worker(time.monotonic(), time.monotonic() + args.warmup)
                            for _ in range(args.connections)))
     per_second.clear()
+    if args.statements:
+        await pool.execute("SELECT pg_stat_statements_reset()")
     processes = postgres()
     before = cpu_seconds(processes)
     t0 = time.monotonic()
@@ -81,10 +83,39 @@ async def probe(url: str, args: argparse.Namespace, postgres) -> dict:
     pg_cpu = cpu_delta(before, cpu_seconds(processes))
     await pool.close()
     pairs = sum(per_second.values())
-    return {"mode": args.mode, "pairs_per_s": round(pairs / elapsed), "per_second": [
+    statements = await _top_statements(url, pairs) if args.statements else None
+    return {"mode": args.mode, "statements_us_per_pair": statements, "pairs_per_s": round(pairs / elapsed),
+            "per_second": [
         per_second.get(i, 0) for i in range(int(args.duration))],
         "postgres_cpu_us_per_pair": round(pg_cpu / pairs * 1e6) if pairs else None,
         "postgres_cores": round(pg_cpu / elapsed, 2), "connections": args.connections, "batch": n}
+
+
+async def _enable_statement_stats(db: Database) -> None:
+    """pg_stat_statements with nested statements tracked (embedded PostgreSQL: restarts it)."""
+    if db.embedded is None:
+        raise SystemExit("--statements needs the embedded PostgreSQL (it restarts the server)")
+    conn = await asyncpg.connect(db.url)
+    await conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    await conn.execute("ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+    await conn.close()
+    db.embedded.stop()
+    db.embedded.start()
+    conn = await asyncpg.connect(db.url)
+    await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    await conn.close()
+
+
+async def _top_statements(url: str, pairs: int) -> list[dict]:
+    """Each statement's execution time per Reserve+Commit pair, top 15 (nested ones included,
+    so a function's own line contains the statements it runs)."""
+    conn = await asyncpg.connect(url)
+    rows = await conn.fetch(
+        """SELECT regexp_replace(left(query, 90), '\\s+', ' ', 'g') AS query, calls,
+                  total_exec_time AS ms FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15""")
+    await conn.close()
+    return [{"us_per_pair": round(r["ms"] * 1000 / pairs, 1), "calls_per_pair": round(r["calls"] / pairs, 2),
+             "query": r["query"]} for r in rows]
 
 
 def main() -> None:
@@ -95,10 +126,14 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=8)
     p.add_argument("--warmup", type=float, default=2)
     p.add_argument("--vacuum-first", action="store_true")
+    p.add_argument("--statements", action="store_true",
+                   help="pg_stat_statements (nested too): execution time per pair of the top statements")
     args = p.parse_args()
     db = Database.create()
     try:
-        print(json.dumps(asyncio.run(probe(db.url, args, db.postgres_processes))))
+        if args.statements:
+            asyncio.run(_enable_statement_stats(db))
+        print(json.dumps(asyncio.run(probe(db.url, args, db.postgres_processes)), indent=1))
     finally:
         db.close()
 
