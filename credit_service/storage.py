@@ -350,6 +350,13 @@ class Storage:
         if await conn.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id) is None:
             raise NotFound(f"user {user_id!r} not found")
 
+    async def _require_member(self, conn: asyncpg.Connection, org_id: str, user_id: str) -> None:
+        """FailedPrecondition unless the user belongs to the org (NotFound for an unknown user)."""
+        if await conn.fetchval("SELECT 1 FROM org_members WHERE org_id = $1 AND user_id = $2",
+                               org_id, user_id) is None:
+            await self._require_user(conn, user_id)
+            raise FailedPrecondition(f"user {user_id!r} is not a member of {org_id!r}")
+
     async def add_member(self, org_id: str, user_id: str, role: str, is_default: bool) -> MemberRow:
         async with self._pool.acquire() as conn, conn.transaction():
             await self._require_org(conn, org_id)
@@ -432,11 +439,7 @@ class Storage:
     async def set_allocation(self, org_id: str, user_id: str, allocation_mc: int, allocated_by: str) -> MemberRow:
         async with self._pool.acquire() as conn, conn.transaction():
             pool = await self._require_org(conn, org_id, lock=True)
-            member = await conn.fetchrow(
-                "SELECT 1 FROM org_members WHERE org_id = $1 AND user_id = $2", org_id, user_id)
-            if member is None:
-                await self._require_user(conn, user_id)
-                raise FailedPrecondition(f"user {user_id!r} is not a member of {org_id!r}")
+            await self._require_member(conn, org_id, user_id)
             alloc = await conn.fetchrow(
                 "SELECT * FROM allocations WHERE org_id = $1 AND user_id = $2 FOR UPDATE", org_id, user_id)
             current = alloc["limit_mc"] if alloc else 0
@@ -551,10 +554,7 @@ class Storage:
             await self._require_user(conn, user_id)
             if org_id is not None:
                 await self._require_org(conn, org_id)
-                is_member = await conn.fetchval(
-                    "SELECT 1 FROM org_members WHERE org_id = $1 AND user_id = $2", org_id, user_id)
-                if is_member is None:
-                    raise FailedPrecondition(f"user {user_id!r} is not a member of {org_id!r}")
+                await self._require_member(conn, org_id, user_id)
             row = await conn.fetchrow(
                 """INSERT INTO api_keys (key_id, secret_hash, user_id, org_id, kind, name)
                    VALUES ($1, $2, $3, $4, $5, $6) RETURNING *""",
@@ -661,11 +661,7 @@ class Storage:
                     f"organization {org_id!r} already has {count} alert thresholds (at most "
                     f"{self.MAX_ALERT_THRESHOLDS_PER_ORG})")
             if user_id is not None:
-                member = await conn.fetchval(
-                    "SELECT 1 FROM org_members WHERE org_id = $1 AND user_id = $2", org_id, user_id)
-                if member is None:
-                    await self._require_user(conn, user_id)
-                    raise FailedPrecondition(f"user {user_id!r} is not a member of {org_id!r}")
+                await self._require_member(conn, org_id, user_id)
                 # Locked above: this is ordered with the commits that fire its thresholds.
                 alloc = await conn.fetchrow(
                     "SELECT limit_mc, used_mc FROM allocations WHERE org_id = $1 AND user_id = $2", org_id, user_id)
