@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2
@@ -36,3 +38,15 @@ def reserve_request(user_id: str, amount: int, org_id: str = "", request_id: str
                                         org_id=org_id, amount_millicredits=amount,
                                         service_type=kwargs.pop("service_type", "llm_inference"),
                                         service_name=kwargs.pop("service_name", "demo-chat"), **kwargs)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_DIR = ROOT / "clients" / "node"
+
+
+def node_modules() -> Path:
+    """clients/node/node_modules (the Node client's packages and buf), installed by
+    `make node-deps` (npm ci from the lockfile) if missing."""
+    if not (NODE_DIR / "node_modules" / ".installed").exists():
+        subprocess.run(["make", "-s", "node-deps"], cwd=ROOT, check=True, timeout=600)
+    return NODE_DIR / "node_modules"

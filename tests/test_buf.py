@@ -11,12 +11,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import reserve_request
+from helpers import NODE_DIR, ROOT, node_modules, reserve_request
 
 from credit.v1 import authority_pb2
 
-ROOT = Path(__file__).resolve().parent.parent
-NODE_DIR = ROOT / "clients" / "node"
 BUF = NODE_DIR / "node_modules" / ".bin" / "buf"
 BASELINE = ROOT / "protos" / "released.binpb"
 
@@ -27,8 +25,7 @@ pytestmark = pytest.mark.skipif(shutil.which("npm") is None or shutil.which("nod
 @pytest.fixture(scope="module")
 def buf() -> str:
     """The pinned buf CLI, installed by `make node-deps` (npm ci from the lockfile) if missing."""
-    if not (NODE_DIR / "node_modules" / ".installed").exists():
-        subprocess.run(["make", "-s", "node-deps"], cwd=ROOT, check=True, timeout=600)
+    node_modules()
     assert BUF.exists(), "make node-deps did not install buf"
     return str(BUF)
 

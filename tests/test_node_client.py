@@ -10,13 +10,12 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import helpers
 import pytest
 from google.protobuf import json_format
+from helpers import NODE_DIR, ROOT
 
 from credit.v1 import admin_pb2, authority_pb2
-
-ROOT = Path(__file__).resolve().parent.parent
-NODE_DIR = ROOT / "clients" / "node"
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None,
                                 reason="Node.js/npm not installed")
@@ -24,10 +23,7 @@ pytestmark = pytest.mark.skipif(shutil.which("node") is None or shutil.which("np
 
 @pytest.fixture(scope="module")
 def node_modules() -> Path:
-    """clients/node/node_modules, installed by `make node-deps` (npm ci from the lockfile) if missing."""
-    if not (NODE_DIR / "node_modules" / ".installed").exists():
-        subprocess.run(["make", "-s", "node-deps"], cwd=ROOT, check=True, timeout=600)
-    return NODE_DIR / "node_modules"
+    return helpers.node_modules()
 
 
 def _run_example(authority, token: str, user_id: str, org_id: str = "", **extra: str) -> subprocess.CompletedProcess:
