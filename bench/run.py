@@ -96,8 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError:
         p.error("--authority-env takes NAME=VALUE")
     # Only a full run of every contender with the shipped settings replaces results.json.
-    partial = (args.only != set(CONTENDERS) or bool(args.authority_env) or args.authority_procs != 2
-               or args.db_pool != 16 or args.concurrency != 64)
+    partial = (args.only != set(CONTENDERS) or bool(args.authority_env)
+               or any(getattr(args, name) != p.get_default(name) for name in ("authority_procs", "db_pool",
+                                                                              "concurrency")))
     args.output = args.output or HERE / ("results-quick.json" if q else "results-partial.json" if partial
                                          else "results.json")
     return args
