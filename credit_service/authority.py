@@ -274,7 +274,9 @@ class CreditAuthority:
         return await self._storage.revoke_api_key(key_id)
 
     async def verify_api_key(self, secret: str) -> ApiKeyRow | None:
-        """The key's row when the secret matches an active key, else None (constant-time compare)."""
+        """The key's row when the secret matches an active key, else None (constant-time compare).
+        Active: not revoked, and a key bound to an org still has its owner as a member there (a
+        service key: as an owner or admin), checked now, not only when the key was created."""
         if not secret:
             raise InvalidArgument("secret", "is required")
         if len(secret) > 256:
@@ -285,8 +287,8 @@ class CreditAuthority:
         found = await self._storage.find_api_key(key_id)
         if found is None:
             return None
-        row, stored_hash = found
-        if not hmac.compare_digest(stored_hash, hash_secret(secret)) or row.revoked_at is not None:
+        row, stored_hash, usable = found
+        if not hmac.compare_digest(stored_hash, hash_secret(secret)) or not usable:
             return None
         return row
 

@@ -27,6 +27,9 @@ from .errors import (
     PermissionDenied,
 )
 
+# Roles whose service keys may act for the other members of their organization.
+KEY_SERVICE_ROLES = ("owner", "admin")
+
 
 def funding_label(funding_kind: str, org_id: str | None) -> str:
     return f"org:{org_id}" if funding_kind == "org" else "individual"
@@ -394,6 +397,11 @@ class Storage:
                 if returned:
                     await self._change_allocation(conn, org_id, user_id, -returned, "member removed")
             await conn.execute("DELETE FROM org_members WHERE org_id = $1 AND user_id = $2", org_id, user_id)
+            # Keys bound to this org bill its credits: they leave with the member (a later
+            # AddMember does not bring them back).
+            await conn.execute(
+                """UPDATE api_keys SET revoked_at = now()
+                    WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL""", org_id, user_id)
         return returned
 
     # ---- pools, allocations, grants ------------------------------------
@@ -554,7 +562,15 @@ class Storage:
             await self._require_user(conn, user_id)
             if org_id is not None:
                 await self._require_org(conn, org_id)
-                await self._require_member(conn, org_id, user_id)
+                # Locked: a concurrent RemoveMember waits for this key, then revokes it with the others.
+                role = await conn.fetchval(
+                    "SELECT role FROM org_members WHERE org_id = $1 AND user_id = $2 FOR SHARE", org_id, user_id)
+                if role is None:
+                    raise FailedPrecondition(f"user {user_id!r} is not a member of {org_id!r}")
+                if kind == "service" and role not in KEY_SERVICE_ROLES:
+                    raise FailedPrecondition(
+                        f"a service key acts for every member of {org_id!r}: its owner {user_id!r} "
+                        "must be an owner or admin there")
             row = await conn.fetchrow(
                 """INSERT INTO api_keys (key_id, secret_hash, user_id, org_id, kind, name)
                    VALUES ($1, $2, $3, $4, $5, $6) RETURNING *""",
@@ -574,11 +590,21 @@ class Storage:
             raise NotFound(f"API key {key_id!r} not found")
         return self._api_key(row)
 
-    async def find_api_key(self, key_id: str) -> tuple[ApiKeyRow, bytes] | None:
-        row = await self._pool.fetchrow("SELECT * FROM api_keys WHERE key_id = $1", key_id)
+    async def find_api_key(self, key_id: str) -> tuple[ApiKeyRow, bytes, bool] | None:
+        """(key, secret hash, usable now). Usable: not revoked and, for a key bound to an org,
+        its owner is still a member there (and, for a service key, an owner or admin). Checked
+        at every use, in one primary-key lookup on each table: VerifyApiKey is on the REST path."""
+        row = await self._pool.fetchrow(
+            """SELECT k.*, k.revoked_at IS NULL
+                           AND (k.org_id IS NULL
+                                OR (m.role IS NOT NULL AND (k.kind = 'user' OR m.role = ANY($2::text[]))))
+                           AS usable
+                 FROM api_keys k
+                 LEFT JOIN org_members m ON m.org_id = k.org_id AND m.user_id = k.user_id
+                WHERE k.key_id = $1""", key_id, list(KEY_SERVICE_ROLES))
         if row is None:
             return None
-        return self._api_key(row), bytes(row["secret_hash"])
+        return self._api_key(row), bytes(row["secret_hash"]), row["usable"]
 
     async def list_api_keys(self, user_id: str | None, org_id: str | None) -> list[ApiKeyRow]:
         rows = await self._pool.fetch(

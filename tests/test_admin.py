@@ -141,7 +141,7 @@ def test_service_keys_need_an_org_and_keys_need_membership(world, admin):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     error = _code(lambda: admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(user_id=user, org_id=org)))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    world.member(org, user)
+    world.member(org, user, role=admin_pb2.MEMBER_ROLE_ADMIN)
     key = admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(user_id=user, org_id=org,
                                                            kind=admin_pb2.API_KEY_KIND_SERVICE))
     assert key.key.kind == admin_pb2.API_KEY_KIND_SERVICE
