@@ -9,7 +9,6 @@ durable outbox if need be, and a stream cut by the client is still charged.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import litellm
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -28,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from credit.v1 import admin_pb2, authority_pb2, types_pb2
+from credit.v1 import admin_pb2
 from credit_service import logs
 from credit_service.money import format_credits
 
@@ -37,6 +35,7 @@ from .authority_client import ApiKey, AuthorityClient, Tls, funding_label
 from .billing import Pricing
 from .console import console_router
 from .edge import Edge
+from .metering import Billing, Meter
 from .outbox import CommitOutbox
 from .quiet_litellm import skip_unobserved_success_logging
 from .schemas import ChatCompletionRequest, ImageGenerationRequest
@@ -65,29 +64,6 @@ class ErrorBody(BaseModel):
 class Caller:
     key: ApiKey
     org_header: str
-
-
-@dataclass(frozen=True)
-class Billing:
-    """Who pays for one request, and under which ids."""
-
-    user_id: str
-    org_id: str
-    end_user: str | None
-    request_id: str  # what the client sees (X-Request-Id)
-    reserve_id: str  # the Reserve request_id: scoped to the API key
-
-    def headers(self) -> dict[str, str]:
-        return {"X-Request-Id": self.request_id}
-
-
-def billing_headers(billing: Billing, charged_mc: int, available_mc: int, funding: types_pb2.Funding,
-                    queued: bool = False) -> dict[str, str]:
-    headers = {"X-Request-Id": billing.request_id, "X-Cost-Incurred": format_credits(charged_mc),
-               "X-Credits-Remaining": format_credits(available_mc), "X-Funding-Source": funding_label(funding)}
-    if queued:
-        headers["X-Billing-Status"] = "queued"
-    return headers
 
 
 class AuthFailures:
@@ -129,6 +105,7 @@ class InferenceService:
         self.models = catalogue.load(settings.models_file)
         self.pricing = Pricing(settings.credits_per_usd, settings.markup, settings.max_output_tokens)
         self._client: AuthorityClient | None = None
+        self._meter: Meter | None = None
         self.background: set[asyncio.Task] = set()
         self.failures = AuthFailures(settings.auth_failure_limit, settings.auth_failure_window_seconds)
 
@@ -139,6 +116,7 @@ class InferenceService:
         self._client = AuthorityClient(self.settings.authority_addr, self.settings.service_token,
                                       timeout=self.settings.authority_timeout_seconds,
                                       key_cache_seconds=self.settings.key_cache_seconds, outbox=outbox, tls=tls)
+        self._meter = Meter(self._client, self.pricing, self.settings)
         self.spawn(self.client.run_outbox(self.settings.outbox_replay_seconds))
 
     @property
@@ -147,11 +125,15 @@ class InferenceService:
             raise RuntimeError("the service has not started")
         return self._client
 
+    @property
+    def meter(self) -> Meter:
+        if self._meter is None:
+            raise RuntimeError("the service has not started")
+        return self._meter
+
     async def stop(self) -> None:
-        pending = [t for t in self.background if not t.done()]
-        settling = [t for t in pending if t.get_name().startswith("settle")]
-        if settling:
-            await asyncio.wait(settling, timeout=10)
+        if self._meter is not None:  # settlements in progress finish (or reach the outbox) first
+            await self._meter.drain(timeout=10)
         for task in self.background:
             task.cancel()
         if self._client:
@@ -218,222 +200,14 @@ class InferenceService:
             user_id, org = body_user, key.org_id
         return Billing(user_id, org, body_user, request_id, f"{key.key_id}:{request_id}")
 
-    async def reserve(self, billing: Billing, amount_mc: int, service_type: str, entry: catalogue.ModelEntry,
-                      metadata: dict[str, Any]) -> authority_pb2.ReserveResponse:
-        hold, earlier = await self.client.reserve(
-            request_id=billing.reserve_id, user_id=billing.user_id, org_id=billing.org_id,
-            amount_millicredits=amount_mc, ttl_seconds=self.settings.reserve_ttl_seconds,
-            service_type=service_type, service_name=entry.name, metadata=metadata)
-        metrics.RESERVED.labels(entry.name).inc(amount_mc)
-        if earlier:
-            state = "is still in progress" if hold.status == "held" else f"was already processed ({hold.status})"
-            raise errors.conflict(f"A request with Idempotency-Key '{billing.request_id}' {state}; "
-                                  "send a new key to make a new request.", "idempotency_key_reused")
-        return hold
-
-    async def _void(self, entry: catalogue.ModelEntry, hold: authority_pb2.ReserveResponse,
-                    exc: Exception) -> errors.ApiError:
-        """The model call failed before producing anything billable: release the hold and
-        return the error to answer with (400 for a rejected request, else 502)."""
-        metrics.RELEASED.labels(entry.name).inc()
-        await self.client.release(hold.reservation_id, f"upstream failed: {type(exc).__name__}")
-        return _upstream_error(exc)
-
-    async def settle(self, hold: authority_pb2.ReserveResponse, billing: Billing, charged_mc: int,
-                     metadata: dict[str, Any]) -> dict[str, str]:
-        """Commits the actual cost; returns the billing headers."""
-        metrics.COMMITTED.labels(metadata.get("model", "")).inc(charged_mc)
-        result = await self.client.commit(hold.reservation_id, charged_mc, metadata)
-        if result is None:  # queued in the outbox: the authority will get it
-            remaining = hold.available_millicredits + hold.reserved_millicredits - charged_mc
-            return billing_headers(billing, charged_mc, remaining, hold.funding, queued=True)
-        return billing_headers(billing, result.charged_millicredits, result.available_millicredits, result.funding)
-
-    # ---- chat ------------------------------------------------------------
-
-    def _chat_params(self, entry: catalogue.ModelEntry, body: ChatCompletionRequest) -> dict[str, Any]:
-        params: dict[str, Any] = {**entry.litellm_params,
-                                  "messages": [m.model_dump(exclude_none=True) for m in body.messages],
-                                  "timeout": self.settings.upstream_timeout_seconds}
-        max_tokens = body.max_tokens or body.max_completion_tokens
-        if max_tokens:
-            params["max_tokens"] = max_tokens
-        for name in ChatCompletionRequest.FORWARDED:
-            value = getattr(body, name)
-            if value is not None and not (name == "n" and value == 1):
-                params[name] = value
-        return params
-
-    def _usage_metadata(self, entry: catalogue.ModelEntry, billing: Billing, body: Any, **extra: Any) -> dict:
-        return {"provider": entry.provider, "model": entry.name, "upstream_model": entry.litellm_model,
-                "end_user": billing.end_user, "power_level": getattr(body, "power_level", None),
-                "task_type": getattr(body, "task_type", None), "request_id": billing.request_id, **extra}
-
-    async def chat(self, caller: Caller, body: ChatCompletionRequest, request: Request):
+    async def chat(self, caller: Caller, body: ChatCompletionRequest,
+                   request: Request) -> JSONResponse | StreamingResponse:
         entry = self.model(body.model, "chat")
-        billing = self.billing(caller, request, body.user)
-        params = self._chat_params(entry, body)
-        prompt_tokens = self.pricing.prompt_tokens(entry, params["messages"])
-        max_tokens = body.max_tokens or body.max_completion_tokens
-        estimate = self.pricing.chat_estimate(entry, prompt_tokens, max_tokens, body.n)
-        hold = await self.reserve(billing, estimate, "llm_inference", entry,
-                                  {"estimate_millicredits": estimate, "stream": body.stream})
-        if body.stream:
-            return await self._chat_stream(entry, body, billing, hold, params, prompt_tokens, estimate)
-        # Shielded: a client that goes away cannot stop the settlement of a call already made.
-        task = self.spawn(self._chat_once(entry, body, billing, hold, params, estimate), name="settle-chat")
-        payload, headers = await asyncio.shield(task)
-        return JSONResponse(payload, headers=headers)
+        return await self.meter.chat(entry, body, self.billing(caller, request, body.user))
 
-    async def _chat_once(self, entry, body, billing, hold, params, estimate):
-        started = time.monotonic()
-        try:
-            response = await litellm.acompletion(**params)
-        except Exception as exc:  # the provider failed: nothing to charge
-            raise await self._void(entry, hold, exc) from None
-        finally:
-            metrics.UPSTREAM_LATENCY.labels(entry.name).observe(time.monotonic() - started)
-        usage = response.usage
-        cost_usd = self.pricing.chat_cost_usd(entry, usage.prompt_tokens, usage.completion_tokens)
-        charged = self.pricing.to_millicredits(cost_usd)
-        metadata = self._usage_metadata(
-            entry, billing, body, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-            total_tokens=usage.total_tokens, cost_usd=str(cost_usd), estimate_millicredits=estimate,
-            latency_ms=int((time.monotonic() - started) * 1000))
-        headers = await self.settle(hold, billing, charged, metadata)
-        payload = response.model_dump(exclude_none=True)
-        payload["model"] = entry.name
-        return payload, headers
-
-    async def _chat_stream(self, entry, body, billing, hold, params, prompt_tokens, estimate):
-        try:
-            stream = await litellm.acompletion(**params, stream=True, stream_options={"include_usage": True})
-        except Exception as exc:
-            raise await self._void(entry, hold, exc) from None
-        wants_usage = bool(body.stream_options and body.stream_options.include_usage)
-        state = _StreamState(prompt_tokens=prompt_tokens)
-
-        async def settle_stream(cut: bool) -> dict[str, str]:
-            if state.usage is not None:
-                prompt, completion = state.usage["prompt_tokens"], state.usage["completion_tokens"]
-            else:  # cut before the provider reported usage: count what was generated
-                prompt = state.prompt_tokens
-                completion = litellm.token_counter(model=entry.litellm_model, text="".join(state.text)) \
-                    if state.text else 0
-            cost_usd = self.pricing.chat_cost_usd(entry, prompt, completion)
-            metadata = self._usage_metadata(
-                entry, billing, body, prompt_tokens=prompt, completion_tokens=completion,
-                total_tokens=prompt + completion, cost_usd=str(cost_usd), estimate_millicredits=estimate,
-                stream=True, stream_cut=cut)
-            return await self.settle(hold, billing, self.pricing.to_millicredits(cost_usd), metadata)
-
-        async def events():
-            pending: dict | None = None
-            settled = False
-            try:
-                async for chunk in stream:
-                    data = chunk.model_dump(exclude_none=True)
-                    data["model"] = entry.name
-                    if data.get("usage"):
-                        state.usage = data["usage"]
-                    for choice in data.get("choices") or ():
-                        content = (choice.get("delta") or {}).get("content")
-                        if content:
-                            state.text.append(content)
-                    if not data.get("choices") and not wants_usage:
-                        continue
-                    if pending is not None:
-                        yield _sse(pending)
-                    pending = data
-                settled = True
-                headers = await settle_stream(cut=False)
-                last = pending or {"object": "chat.completion.chunk", "choices": [], "model": entry.name}
-                last["x_billing"] = {"cost_incurred": headers["X-Cost-Incurred"],
-                                     "credits_remaining": headers["X-Credits-Remaining"],
-                                     "funding_source": headers["X-Funding-Source"],
-                                     "request_id": billing.request_id}
-                yield _sse(last)
-                yield "data: [DONE]\n\n"
-            except Exception as exc:
-                if not settled:
-                    log.warning("stream from %s failed mid-way: %s", entry.name, type(exc).__name__)
-                    settled = True
-                    self.spawn(settle_stream(cut=True), name="settle-stream")
-                yield _sse({"error": {"message": _upstream_message(exc), "type": "upstream_error",
-                                      "code": "upstream_failed"}})
-            finally:
-                if not settled:  # the client went away: charge for what was produced
-                    self.spawn(settle_stream(cut=True), name="settle-stream")
-                close = getattr(stream, "aclose", None)
-                if close is not None:
-                    try:
-                        await close()
-                    except Exception:
-                        pass
-
-        headers = {"X-Request-Id": billing.request_id, "X-Funding-Source": funding_label(hold.funding),
-                   "Cache-Control": "no-cache"}
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
-
-    # ---- images ----------------------------------------------------------
-
-    async def images(self, caller: Caller, body: ImageGenerationRequest, request: Request):
+    async def images(self, caller: Caller, body: ImageGenerationRequest, request: Request) -> JSONResponse:
         entry = self.model(body.model, "image_generation")
-        billing = self.billing(caller, request, body.user)
-        estimate = self.pricing.image_estimate(entry, body.n)
-        hold = await self.reserve(billing, estimate, "image_generation", entry, {"estimate_millicredits": estimate})
-        task = self.spawn(self._image_once(entry, body, billing, hold, estimate), name="settle-image")
-        payload, headers = await asyncio.shield(task)
-        return JSONResponse(payload, headers=headers)
-
-    async def _image_once(self, entry, body, billing, hold, estimate):
-        params = {**entry.litellm_params, "prompt": body.prompt, "n": body.n,
-                  "timeout": self.settings.upstream_timeout_seconds}
-        for name in ("size", "quality", "style", "response_format"):
-            if getattr(body, name) is not None:
-                params[name] = getattr(body, name)
-        try:
-            response = await litellm.aimage_generation(**params)
-        except Exception as exc:
-            raise await self._void(entry, hold, exc) from None
-        images = len(response.data or []) or body.n
-        reported = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
-        cost_usd = self.pricing.image_cost_usd(entry, images, reported)
-        metadata = self._usage_metadata(entry, billing, body, images=images, size=body.size,
-                                        cost_usd=str(cost_usd), estimate_millicredits=estimate)
-        headers = await self.settle(hold, billing, self.pricing.to_millicredits(cost_usd), metadata)
-        payload = response.model_dump(exclude_none=True)
-        return {k: v for k, v in payload.items() if k in ("created", "data", "usage")}, headers
-
-
-@dataclass
-class _StreamState:
-    prompt_tokens: int
-    usage: dict | None = None
-
-    def __post_init__(self) -> None:
-        self.text: list[str] = []
-
-
-def _sse(data: dict) -> str:
-    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-def _upstream_error(exc: Exception) -> errors.ApiError:
-    """A provider's 4xx about the request (unsupported parameter, context too long) is the
-    client's error: 400. Anything else is the provider failing: 502. Either way the hold is gone."""
-    status = getattr(exc, "status_code", None)
-    if status in (400, 404, 413, 422):
-        detail = str(getattr(exc, "message", "") or exc).replace("\n", " ")[:300]
-        return errors.ApiError(400, f"The model provider rejected the request: {detail}",
-                               "invalid_request_error", "provider_rejected_request")
-    return errors.upstream_failed(_upstream_message(exc))
-
-
-def _upstream_message(exc: Exception) -> str:
-    status = getattr(exc, "status_code", None)
-    suffix = f" (status {status})" if status else ""
-    return f"The model provider failed{suffix}: {type(exc).__name__}. The credit hold was released."
+        return await self.meter.images(entry, body, self.billing(caller, request, body.user))
 
 
 def _client_request_id(reserve_id: str) -> str:

@@ -83,6 +83,42 @@ def to_api_error(error: grpc.aio.AioRpcError) -> errors.ApiError:
     return errors.unavailable("The credit authority failed; no model was called.")
 
 
+def _bad_request_fields(error: grpc.aio.AioRpcError) -> set[str]:
+    status = rpc_status.from_call(error)
+    fields: set[str] = set()
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields.update(v.field for v in bad.field_violations)
+    return fields
+
+
+def commit_verdict(error: grpc.aio.AioRpcError, metadata: dict[str, Any]) -> str:
+    """What a Commit's error means for that charge: "refused" (the authority's final answer for
+    the reservation: unknown, or finalized otherwise), "resend" (only its metadata was refused:
+    send the amount again without it), or "retry" (anything else: retry, then the outbox)."""
+    code = error.code()
+    if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+        return "refused"
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return "resend" if "metadata" in _bad_request_fields(error) and metadata else "refused"
+    return "retry"
+
+
+def _without_metadata(metadata: dict[str, Any], error: grpc.aio.AioRpcError) -> dict[str, Any]:
+    """The metadata to send after the authority refused `metadata`: a note of the refusal, then nothing."""
+    if set(metadata) - {"metadata_refused"}:
+        note = "".join(ch for ch in (error.details() or "refused") if ch.isprintable())[:200]
+        return {"metadata_refused": note}
+    return {}
+
+
+def _commit_request(reservation_id: str, amount_mc: int, metadata: dict[str, Any]) -> authority_pb2.CommitRequest:
+    return authority_pb2.CommitRequest(reservation_id=reservation_id, amount_millicredits=amount_mc,
+                                       metadata=to_struct(metadata))
+
+
 def to_struct(values: dict[str, Any]) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     struct.update({k: v for k, v in values.items() if v is not None})
@@ -197,35 +233,62 @@ class AuthorityClient:
 
     async def commit(self, reservation_id: str, amount_mc: int,
                      metadata: dict[str, Any]) -> authority_pb2.CommitResponse | None:
-        """Commits, retrying; if the authority stays down, queues durably and returns None."""
-        request = authority_pb2.CommitRequest(reservation_id=reservation_id, amount_millicredits=amount_mc,
-                                              metadata=to_struct(metadata))
+        """Charges a call that was made. Ended only by the authority's final answer for this
+        reservation; anything else is retried, then kept in the durable outbox (returns None).
+
+        A refused metadata is dropped (the refusal noted) and the amount sent again; a
+        reservation the authority refuses for good is kept in the outbox's refused table.
+        """
         try:
-            return (await self._retrying(self._authority.Commit, request))[0]
-        except grpc.aio.AioRpcError as error:
-            if error.code() not in RETRYABLE:
-                log.error("commit of %s refused: %s %s", reservation_id, error.code().name, error.details())
-                raise to_api_error(error) from None
+            for delay in (*BACKOFF, None):
+                try:
+                    return await self._authority.Commit(_commit_request(reservation_id, amount_mc, metadata),
+                                                        metadata=self._md, timeout=self._timeout)
+                except grpc.aio.AioRpcError as error:
+                    verdict = commit_verdict(error, metadata)
+                    if verdict == "resend":
+                        metadata = _without_metadata(metadata, error)
+                        continue
+                    if verdict == "refused":
+                        self._refused(reservation_id, amount_mc, metadata, error)
+                        return None
+                    if delay is None:
+                        break
+                    await asyncio.sleep(delay)
+        except asyncio.CancelledError:  # shutting down mid-commit: keep it for the next start
+            self.outbox.add(reservation_id, amount_mc, metadata)
+            raise
+        except Exception:  # never lose a charge to an unexpected client error
+            log.exception("commit of %s failed unexpectedly; queued in the outbox", reservation_id)
         self.outbox.add(reservation_id, amount_mc, metadata)
-        log.warning("authority unreachable: commit of %s queued in the outbox", reservation_id)
+        log.warning("authority did not take the commit of %s; queued in the outbox", reservation_id)
         return None
+
+    def _refused(self, reservation_id: str, amount_mc: int, metadata: dict[str, Any],
+                 error: grpc.aio.AioRpcError) -> None:
+        log.error("commit of %s refused for good: %s %s", reservation_id, error.code().name, error.details())
+        self.outbox.refused(reservation_id, amount_mc, metadata, error.code().name, error.details() or "")
 
     async def replay_outbox(self) -> int:
         """One pass over the outbox; returns how many commits landed."""
         landed = 0
         for pending in self.outbox.pending():
-            request = authority_pb2.CommitRequest(reservation_id=pending.reservation_id,
-                                                  amount_millicredits=pending.amount_mc,
-                                                  metadata=to_struct(pending.metadata))
+            rid, amount, metadata = pending.reservation_id, pending.amount_mc, pending.metadata
             try:
-                await self._authority.Commit(request, metadata=self._md, timeout=self._timeout)
+                await self._authority.Commit(_commit_request(rid, amount, metadata), metadata=self._md,
+                                             timeout=self._timeout)
             except grpc.aio.AioRpcError as error:
-                if error.code() in RETRYABLE:
-                    self.outbox.attempted(pending.reservation_id)
-                    return landed  # still down: try again next pass
-                log.error("outbox commit of %s refused for good: %s %s", pending.reservation_id,
-                          error.code().name, error.details())
-            self.outbox.done(pending.reservation_id)
+                verdict = commit_verdict(error, metadata)
+                if verdict == "resend":
+                    self.outbox.replace_metadata(rid, _without_metadata(metadata, error))
+                elif verdict == "refused":
+                    self._refused(rid, amount, metadata, error)
+                else:
+                    self.outbox.attempted(rid)
+                    if error.code() in RETRYABLE:
+                        return landed  # still down: try again next pass
+                continue
+            self.outbox.done(rid)
             landed += 1
         return landed
 

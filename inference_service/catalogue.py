@@ -15,6 +15,11 @@ import yaml
 log = logging.getLogger("inference_service")
 
 _ENV_PREFIX = "os.environ/"
+DEFAULT_IMAGE_QUALITY = "standard"  # what image providers use when a request names none
+DEFAULT_IMAGE_SIZE = "1024x1024"
+# An image part's worst case in input tokens: Anthropic bills ~1,600 for its largest
+# images; OpenAI's gpt-4o at most 85 + 8 × 170 = 1,445 ("high" detail, 8 tiles).
+DEFAULT_MAX_TOKENS_PER_IMAGE = 1600
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,10 @@ class ModelEntry:
     max_output_tokens: int
     price_override: bool
     provider: str = field(default="")
+    # Per-image prices by "quality/size" (model_info.image_prices); empty: one flat price for any.
+    image_prices: dict[str, Decimal] = field(default_factory=dict)
+    # Input tokens one image part may cost at most (model_info.max_tokens_per_image).
+    max_tokens_per_image: int = DEFAULT_MAX_TOKENS_PER_IMAGE
 
     @property
     def litellm_model(self) -> str:
@@ -36,6 +45,16 @@ class ModelEntry:
     @property
     def is_mock(self) -> bool:
         return "mock_response" in self.litellm_params
+
+    def image_price(self, quality: str | None, size: str | None) -> Decimal:
+        """USD per image at this quality and size; ValueError when the catalogue does not offer them."""
+        if not self.image_prices:
+            return self.output_cost_per_image
+        key = f"{quality or DEFAULT_IMAGE_QUALITY}/{size or DEFAULT_IMAGE_SIZE}"
+        if key not in self.image_prices:
+            raise ValueError(f"{self.name} offers quality/size {', '.join(sorted(self.image_prices))}, "
+                             f"not {key}")
+        return self.image_prices[key]
 
 
 def _resolve_env(params: dict[str, Any], env: dict[str, str]) -> dict[str, Any] | None:
@@ -81,7 +100,7 @@ def load(path: Path, env: dict[str, str] | None = None) -> dict[str, ModelEntry]
         if mode == "chat" and not (merged.get("input_cost_per_token") or merged.get("output_cost_per_token")):
             log.warning("model %s is off: no price known (add model_info prices)", name)
             continue
-        if mode == "image_generation" and not merged.get("output_cost_per_image"):
+        if mode == "image_generation" and not (merged.get("output_cost_per_image") or info.get("image_prices")):
             log.warning("model %s is off: no per-image price (add model_info.output_cost_per_image)", name)
             continue
         entries[name] = ModelEntry(
@@ -90,5 +109,7 @@ def load(path: Path, env: dict[str, str] | None = None) -> dict[str, ModelEntry]
             output_cost_per_token=_decimal(merged.get("output_cost_per_token")),
             output_cost_per_image=_decimal(merged.get("output_cost_per_image")),
             max_output_tokens=int(merged.get("max_output_tokens") or merged.get("max_tokens") or 4096),
-            price_override=override, provider=params["model"].split("/", 1)[0])
+            price_override=override, provider=params["model"].split("/", 1)[0],
+            image_prices={str(k): _decimal(v) for k, v in (info.get("image_prices") or {}).items()},
+            max_tokens_per_image=int(info.get("max_tokens_per_image") or DEFAULT_MAX_TOKENS_PER_IMAGE))
     return entries

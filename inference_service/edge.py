@@ -1,6 +1,7 @@
 """The REST service's edge, as one plain ASGI middleware (Starlette's
 BaseHTTPMiddleware costs a task and a copy per request): body size limit,
-JSON content type, strict JSON (no NaN/Infinity, bounded nesting), metrics,
+JSON content type, strict JSON (no NaN/Infinity, bounded nesting, no lone
+surrogate escapes), metrics,
 and one JSON access-log line per request (never headers, so never keys)."""
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def strict_json_problem(body: bytes) -> str | None:
     """Why a body is not acceptable JSON (NaN, Infinity, bad UTF-8, nesting), or None."""
     try:
@@ -37,8 +46,13 @@ def strict_json_problem(body: bytes) -> str | None:
         item, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        stack.extend((child, depth + 1) for child in children)
+        if isinstance(item, dict):
+            stack.extend((key, depth) for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str) and not _is_unicode(item):
+            return "Request body has a lone surrogate escape (\\ud800-\\udfff): not valid Unicode text"
     if not isinstance(value, dict):
         return "Request body must be a JSON object"
     return None

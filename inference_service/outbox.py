@@ -2,8 +2,11 @@
 
 If the authority stays down after a successful LLM call, the Commit is written
 here (SQLite, synchronous=FULL: on disk before the client gets its answer) and
-replayed until the authority accepts it. Commit is idempotent per reservation,
-so a replay after a Commit that did land is harmless.
+replayed until the authority gives its final answer for that reservation.
+Commit is idempotent per reservation, so a replay after a Commit that did land
+is harmless. A Commit the authority refuses for good (the reservation is
+unknown, or was finalized otherwise) is never silently dropped: it moves to
+`refused_commits`, kept for an operator, and counted in the metrics.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ class CommitOutbox:
             """CREATE TABLE IF NOT EXISTS pending_commits (
                    reservation_id TEXT PRIMARY KEY, amount_mc INTEGER NOT NULL, metadata TEXT NOT NULL,
                    attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL)""")
+        self._db.execute(
+            """CREATE TABLE IF NOT EXISTS refused_commits (
+                   reservation_id TEXT PRIMARY KEY, amount_mc INTEGER NOT NULL, metadata TEXT NOT NULL,
+                   status TEXT NOT NULL, message TEXT NOT NULL, refused_at REAL NOT NULL)""")
 
     def add(self, reservation_id: str, amount_mc: int, metadata: dict[str, Any]) -> None:
         with self._lock:
@@ -53,6 +60,25 @@ class CommitOutbox:
     def done(self, reservation_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM pending_commits WHERE reservation_id = ?", (reservation_id,))
+
+    def refused(self, reservation_id: str, amount_mc: int, metadata: dict[str, Any], status: str,
+                message: str) -> None:
+        """Keeps a Commit the authority refused for good (and takes it out of the pending ones)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO refused_commits (reservation_id, amount_mc, metadata, status, message, "
+                "refused_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (reservation_id, amount_mc, json.dumps(metadata), status, message, time.time()))
+            self._db.execute("DELETE FROM pending_commits WHERE reservation_id = ?", (reservation_id,))
+
+    def refused_count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM refused_commits").fetchone()[0]
+
+    def replace_metadata(self, reservation_id: str, metadata: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute("UPDATE pending_commits SET metadata = ? WHERE reservation_id = ?",
+                             (json.dumps(metadata), reservation_id))
 
     def attempted(self, reservation_id: str) -> None:
         with self._lock:

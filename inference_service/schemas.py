@@ -1,35 +1,117 @@
-"""Request bodies of the OpenAI-compatible endpoints (validated; unknown fields ignored)."""
+"""Request bodies of the OpenAI-compatible endpoints, validated before anything is held.
+
+Whatever a client controls is checked here, at the edge, before Reserve: a bad
+value is a 400 naming the field, with nothing held and no model called. Strings
+that reach usage metadata or logs (`user`, `power_level`, `task_type`, image
+options) must be printable text; names and ids follow OpenAI's own patterns;
+content parts are the types this service can price (text, images). Fields it
+does not know are ignored and never forwarded to the provider.
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+# C0 and C1 control characters, DEL and lone surrogates (which cannot be encoded as UTF-8).
+_NOT_PRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CALL_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def printable(value: str) -> str:
+    """Text that may reach metadata, logs or headers: no control characters, valid Unicode."""
+    if _NOT_PRINTABLE.search(value):
+        raise ValueError("must be printable text (no control characters, NUL or lone surrogates)")
+    return value
+
+
+def _pattern(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"must be {what}")
+        return value
+
+    return check
+
+
+ClientText = Annotated[str, AfterValidator(printable)]
+Name = Annotated[str, AfterValidator(_pattern(_NAME, "1-64 letters, digits, '_' or '-'"))]
+CallId = Annotated[str, AfterValidator(_pattern(_CALL_ID, "1-128 printable ASCII characters without spaces"))]
+
+
+class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: Name
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: CallId
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
+    name: Name | None = None
+    tool_calls: list[ToolCall] | None = Field(None, max_length=128)
+    tool_call_id: CallId | None = None
+    function_call: FunctionCall | None = None
+    refusal: str | None = None
 
     @model_validator(mode="after")
     def content_where_required(self) -> ChatMessage:
         """As OpenAI: only an assistant message carrying tool or function calls may omit content."""
-        extra = self.model_extra or {}
-        if self.content is None and not (self.role == "assistant" and (extra.get("tool_calls")
-                                                                       or extra.get("function_call"))):
+        if self.content is None and not (self.role == "assistant" and (self.tool_calls or self.function_call)):
             raise ValueError(f"a {self.role} message needs content")
-        if isinstance(self.content, list):
-            for part in self.content:
-                if not isinstance(part.get("type"), str):
-                    raise ValueError("each content part needs a 'type'")
-        if self.role == "tool" and not isinstance(extra.get("tool_call_id"), str):
+        if self.role == "tool" and self.tool_call_id is None:
             raise ValueError("a tool message needs tool_call_id")
         return self
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: Name
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function"]
+    function: FunctionDefinition
 
 
 class ChatCompletionRequest(BaseModel):
@@ -48,16 +130,26 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    user: str | None = Field(None, max_length=256, description="End user; bills them only with an org service key")
-    power_level: str | None = Field(None, max_length=64, description="Recorded on the usage row")
-    task_type: str | None = Field(None, max_length=64, description="Recorded on the usage row")
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    user: ClientText | None = Field(None, max_length=256,
+                                    description="End user; bills them only with an org service key")
+    power_level: ClientText | None = Field(None, max_length=64, description="Recorded on the usage row")
+    task_type: ClientText | None = Field(None, max_length=64, description="Recorded on the usage row")
 
-    # Parameters forwarded to LiteLLM as they are.
+    # Parameters forwarded to LiteLLM as they are (max_tokens is always sent: the budget the hold paid for).
     FORWARDED: ClassVar[tuple[str, ...]] = ("n", "temperature", "top_p", "presence_penalty", "frequency_penalty",
-                                            "stop", "seed",
-                 "response_format", "tools", "tool_choice")
+                                            "stop", "seed", "response_format", "tool_choice",
+                                            "parallel_tool_calls")
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens or self.max_completion_tokens
+
+
+ImageSize = Literal["256x256", "512x512", "1024x1024", "1792x1024", "1024x1792", "1536x1024", "1024x1536", "auto"]
+ImageQuality = Literal["standard", "hd", "low", "medium", "high", "auto"]
 
 
 class ImageGenerationRequest(BaseModel):
@@ -65,8 +157,8 @@ class ImageGenerationRequest(BaseModel):
     model: str = Field(min_length=1, max_length=128)
     prompt: str = Field(min_length=1, max_length=32_000)
     n: int = Field(1, ge=1, le=10)
-    size: str | None = Field(None, max_length=32)
-    quality: str | None = Field(None, max_length=32)
-    style: str | None = Field(None, max_length=32)
+    size: ImageSize | None = None
+    quality: ImageQuality | None = None
+    style: Literal["vivid", "natural"] | None = None
     response_format: Literal["url", "b64_json"] | None = None
-    user: str | None = Field(None, max_length=256)
+    user: ClientText | None = Field(None, max_length=256)
