@@ -94,8 +94,10 @@ class Pricing:
         return usd_to_millicredits(cost_usd, self.credits_per_usd, self.markup)
 
     def count_tokens(self, entry: ModelEntry, text: str) -> int:
-        """Tokens of plain text (never fetches anything: no messages with image URLs go to the counter)."""
-        return litellm.token_counter(model=entry.litellm_model, text=text) if text else 0
+        """Tokens of plain text, by the tiktoken encoding LiteLLM ships (cl100k_base): never a network
+        fetch (no image URLs, no tokenizer downloads), the same count for every model; PROMPT_SAFETY
+        covers the providers whose tokenizers count more."""
+        return len(litellm.encoding.encode(text, disallowed_special=())) if text else 0
 
     def output_budget(self, entry: ModelEntry, requested: int | None) -> int:
         """The output per choice the hold pays for, and the `max_tokens` the provider is sent."""

@@ -36,7 +36,8 @@ def write_catalogue(path: Path, upstream: Upstream) -> Path:
 
     catalogue = yaml.safe_load((ROOT / "inference_service" / "models.yaml").read_text())
     catalogue["model_list"] = [m for m in catalogue["model_list"] if m["model_name"].startswith("demo-")]
-    catalogue["model_list"] += [upstream_model(n) for n in ("up-chat", "up-fail", "up-slow", "up-delay")]
+    catalogue["model_list"] += [upstream_model(n) for n in ("up-chat", "up-fail", "up-slow", "up-delay",
+                                                             "up-count", "up-tools")]
     catalogue["model_list"].append(upstream_model("up-image", "image_generation"))
     path.write_text(yaml.safe_dump(catalogue))
     return path
