@@ -12,8 +12,8 @@ import json
 import time
 
 import httpx
-import pytest
 import litellm
+import pytest
 from conftest import AuthorityProcess
 from rest_support import InferenceProcess, make_key
 from upstream import TOOL_ARGUMENTS
