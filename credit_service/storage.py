@@ -659,10 +659,11 @@ class Storage:
 
     @staticmethod
     async def _lock_org_allocations(conn: asyncpg.Connection, org_id: str) -> None:
-        """Locks the org's allocation rows in the order hot-path batches lock accounts (credit_batch)."""
+        """Locks the org's allocation rows in the one account order that hot-path batches (credit_batch)
+        and the sweeper (credit_expire_holds) use too: credit_account_lock_key (migrations/0009)."""
         await conn.execute(
             """SELECT 1 FROM allocations WHERE org_id = $1
-                ORDER BY 'org/' || org_id || '/' || user_id FOR UPDATE""", org_id)
+                ORDER BY credit_account_lock_key('org', org_id, user_id) FOR UPDATE""", org_id)
 
     @staticmethod
     async def _rewatch(conn: asyncpg.Connection, org_id: str) -> None:
