@@ -41,18 +41,19 @@ def strict_json_problem(body: bytes) -> str | None:
         return "JSON nested too deeply"
     except (ValueError, UnicodeDecodeError) as exc:
         return f"Request body is not valid JSON: {str(exc)[:120]}"
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     while stack:
-        item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
+        item, path = stack.pop()
+        if len(path) >= MAX_JSON_DEPTH:
             return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
         if isinstance(item, dict):
-            stack.extend((key, depth) for key in item)
-            stack.extend((child, depth + 1) for child in item.values())
+            stack.extend((key, (*path, key)) for key in item)
+            stack.extend((child, (*path, key)) for key, child in item.items())
         elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
+            stack.extend((child, (*path, i)) for i, child in enumerate(item))
         elif isinstance(item, str) and not _is_unicode(item):
-            return "Request body has a lone surrogate escape (\\ud800-\\udfff): not valid Unicode text"
+            where = ".".join(str(p) for p in path).encode("utf-8", "backslashreplace").decode() or "body"
+            return f"{where}: has a lone surrogate escape (\\ud800-\\udfff), not valid Unicode text"
     if not isinstance(value, dict):
         return "Request body must be a JSON object"
     return None

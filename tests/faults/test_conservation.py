@@ -429,7 +429,7 @@ async def drive(base_url: str, specs: list[Spec], restart: Callable[[], None],
 # ---- what the database holds -------------------------------------------------------------------
 
 RESERVATIONS = """
-    SELECT r.reservation_id, r.request_id, r.status, r.amount_mc, r.funding_kind, r.org_id, r.user_id,
+    SELECT r.reservation_id, r.request_id, r.status, r.amount_mc, r.charged_mc, r.funding_kind, r.org_id, r.user_id,
            r.release_reason, r.metadata->>'request_id' AS meta_request_id
       FROM reservations r WHERE r.user_id = ANY($1)"""
 ATTRIBUTIONS = """
@@ -437,10 +437,7 @@ ATTRIBUTIONS = """
            u.request_metadata->>'completion_tokens' AS completion_tokens
       FROM usage_attribution u WHERE u.user_id = ANY($1)"""
 ACCOUNTS = """
-    SELECT x.*, (SELECT max(r.amount_mc) FROM reservations r
-                  WHERE r.user_id = x.user_id AND r.org_id IS NOT DISTINCT FROM x.org_id
-                    AND r.funding_kind = x.kind) AS largest_hold
-      FROM (SELECT 'org' AS kind, org_id, user_id, limit_mc, used_mc, held_mc FROM allocations
+    SELECT x.* FROM (SELECT 'org' AS kind, org_id, user_id, limit_mc, used_mc, held_mc FROM allocations
             UNION ALL SELECT 'individual', NULL, user_id, limit_mc, used_mc, held_mc FROM individual_balances) x
      WHERE x.user_id = ANY($1)"""
 
@@ -577,14 +574,16 @@ def check_cut_streams(seen: list[Seen], problems: Problems) -> None:
         for s in cut if s.rows[0]["credits_used"] < received_floor_mc(s)]
 
 
-def check_accounts(accounts: list[asyncpg.Record], problems: Problems) -> None:
-    # TODO(issue 11): replace "largest single hold" with the overrun bound constant the product documents
-    # (the README's Reliability section / inference_service.metering, e.g. MAX_OVERRUN_MILLICREDITS) once
-    # it exists.
-    problems["account past its overrun bound (used + held > limit + largest single hold)"] = [
+def check_accounts(accounts: list[asyncpg.Record], seen: list[Seen], problems: Problems) -> None:
+    """The documented overrun bound (README, Reliability; inference_service/billing.py): a Commit exceeds
+    its hold only if the provider counts more input tokens than the hold reserved. This upstream counts
+    what it was sent as a provider does, so no charge may exceed its hold and no account its limit."""
+    problems["charge above its hold (overrun)"] = [
+        f"{s.describe()} charged={r['charged_mc']} hold={r['amount_mc']}"
+        for s in seen for r in s.reservations if r["charged_mc"] is not None and r["charged_mc"] > r["amount_mc"]]
+    problems["account past its limit (used + held > limit)"] = [
         f"{a['kind']} {a['org_id'] or '-'}/{a['user_id']}: limit={a['limit_mc']} used={a['used_mc']} "
-        f"held={a['held_mc']} largest_hold={a['largest_hold']}"
-        for a in accounts if a["used_mc"] + a["held_mc"] > a["limit_mc"] + (a["largest_hold"] or 0)]
+        f"held={a['held_mc']}" for a in accounts if a["used_mc"] + a["held_mc"] > a["limit_mc"]]
 
 
 # ---- the figures -------------------------------------------------------------------------------
@@ -663,7 +662,7 @@ async def test_every_model_call_is_billed_exactly_once(own_authority, tokens, wo
         for check in (check_billing, check_client_view, check_cut_streams):
             check(seen, problems)
         check_hostile(seen, downtime, problems)
-        check_accounts(await db.fetch(ACCOUNTS, users), problems)
+        check_accounts(await db.fetch(ACCOUNTS, users), seen, problems)
         problems["invariants (tests/invariants.py)"] = [f"{k}: {v}" for k, v in (await violations(db)).items()]
 
         counted = figures(seen)
