@@ -233,8 +233,11 @@ class CreditAuthority:
         require_id("user_id", user_id)
         require_amount("amount_millicredits", amount_mc)
         require_label("reason", reason)
+        if not reference:
+            raise InvalidArgument("reference", "is required (an operator's grant is idempotent by its reference: "
+                                               "a retry with the same reference adds nothing)")
         require_label("reference", reference, 128)
-        return await self._storage.grant_individual(user_id, amount_mc, reason, reference or None)
+        return await self._storage.grant_individual(user_id, amount_mc, reason, reference)
 
     async def get_organization(self, org_id: str) -> OrgSummary:
         require_id("org_id", org_id)

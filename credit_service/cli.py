@@ -199,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
         arg("--paid", default="", help="amount paid, e.g. 99.00"), arg("--currency", default=""))
     add("allocate", "set a member's allocation", arg("org_id"), arg("user_id"), arg("credits", type=credits))
     add("grant", "grant individual credits", arg("user_id"), arg("credits", type=credits),
-        arg("--reason", default=""), arg("--reference", default=""))
+        arg("--reason", default=""),
+        arg("--reference", required=True, help="grant reference, e.g. a ticket id (idempotency: a retry with the "
+                                               "same reference adds nothing)"))
     add("key-create", "create an API key", arg("user_id"), arg("--org", default=""),
         arg("--service", action="store_true", help="org service key"), arg("--name", default=""))
     add("key-revoke", "revoke an API key", arg("key_id"))

@@ -408,20 +408,24 @@ class Storage:
 
     async def top_up_pool(self, org_id: str, amount_mc: int, purchase_reference: str,
                           purchase_amount: str | None, purchase_currency: str) -> OrgSummary:
+        """Adds credits to the pool once per purchase reference: a retry with the same amount replays,
+        another amount is AlreadyExists. Simultaneous top-ups of one org queue on the pool row; the
+        insert is race-safe by itself too (ON CONFLICT DO NOTHING, then the stored amount decides)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await self._require_org(conn, org_id, lock=True)
-            previous = await conn.fetchrow(
-                "SELECT amount_mc FROM pool_top_ups WHERE org_id = $1 AND purchase_reference = $2",
-                org_id, purchase_reference)
-            if previous is not None:
-                if previous["amount_mc"] != amount_mc:
+            inserted = await conn.fetchval(
+                """INSERT INTO pool_top_ups (org_id, amount_mc, purchase_reference, purchase_amount,
+                                             purchase_currency) VALUES ($1, $2, $3, $4::numeric, $5)
+                   ON CONFLICT (org_id, purchase_reference) DO NOTHING RETURNING top_up_id""",
+                org_id, amount_mc, purchase_reference, purchase_amount, purchase_currency)
+            if inserted is None:
+                previous = await conn.fetchval(
+                    "SELECT amount_mc FROM pool_top_ups WHERE org_id = $1 AND purchase_reference = $2",
+                    org_id, purchase_reference)
+                if previous != amount_mc:
                     raise AlreadyExists(
                         f"purchase_reference {purchase_reference!r} was already used with another amount")
             else:
-                await conn.execute(
-                    """INSERT INTO pool_top_ups (org_id, amount_mc, purchase_reference, purchase_amount,
-                                                 purchase_currency) VALUES ($1, $2, $3, $4::numeric, $5)""",
-                    org_id, amount_mc, purchase_reference, purchase_amount, purchase_currency)
                 await conn.execute("UPDATE org_pools SET total_mc = total_mc + $2 WHERE org_id = $1",
                                    org_id, amount_mc)
                 await conn.execute(
@@ -463,20 +467,23 @@ class Storage:
                 await self._change_allocation(conn, org_id, user_id, delta, f"set by {allocated_by}".strip())
         return await self.get_member(org_id, user_id)
 
-    async def grant_individual(self, user_id: str, amount_mc: int, reason: str, reference: str | None) -> Balance:
+    async def grant_individual(self, user_id: str, amount_mc: int, reason: str, reference: str) -> Balance:
+        """Adds credits once per (user, reference): a retry with the same amount replays (returns the
+        balance), another amount is AlreadyExists. Of simultaneous grants with one reference, one
+        inserts; the others wait on the unique index for it to commit, then find its row."""
         async with self._pool.acquire() as conn, conn.transaction():
             await self._require_user(conn, user_id)
-            if reference is not None:
+            inserted = await conn.fetchval(
+                """INSERT INTO individual_grants (user_id, amount_mc, reason, reference) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (user_id, reference) DO NOTHING RETURNING grant_id""",
+                user_id, amount_mc, reason, reference)
+            if inserted is None:
                 previous = await conn.fetchval(
                     "SELECT amount_mc FROM individual_grants WHERE user_id = $1 AND reference = $2",
                     user_id, reference)
-                if previous is not None and previous != amount_mc:
+                if previous != amount_mc:
                     raise AlreadyExists(f"grant reference {reference!r} was already used with another amount")
-                if previous is not None:
-                    return await self._individual(conn, user_id)
-            await conn.execute(
-                "INSERT INTO individual_grants (user_id, amount_mc, reason, reference) VALUES ($1, $2, $3, $4)",
-                user_id, amount_mc, reason, reference)
+                return await self._individual(conn, user_id)
             await conn.execute(
                 """INSERT INTO individual_balances (user_id, limit_mc) VALUES ($1, $2)
                    ON CONFLICT (user_id) DO UPDATE

@@ -200,7 +200,7 @@ class World:
         self.admin.CreateUser(admin_pb2.CreateUserRequest(user_id=user_id, display_name="Test"))
         if individual_mc:
             self.admin.GrantIndividualCredits(admin_pb2.GrantIndividualCreditsRequest(
-                user_id=user_id, amount_millicredits=individual_mc, reason="test"))
+                user_id=user_id, amount_millicredits=individual_mc, reason="test", reference=uid("grant")))
         return user_id
 
     def org(self, pool_mc: int = 0) -> str:

@@ -94,7 +94,8 @@ async def test_individual_grants_add_up_and_are_idempotent_by_reference(world, a
     grant = admin_pb2.GrantIndividualCreditsRequest(user_id=user, amount_millicredits=2_000, reference="promo-1")
     admin.GrantIndividualCredits(grant)
     assert admin.GrantIndividualCredits(grant).limit_millicredits == 2_000
-    admin.GrantIndividualCredits(admin_pb2.GrantIndividualCreditsRequest(user_id=user, amount_millicredits=500))
+    admin.GrantIndividualCredits(admin_pb2.GrantIndividualCreditsRequest(user_id=user, amount_millicredits=500,
+                                                                          reference="promo-2"))
     assert spend.GetBalance(authority_pb2.GetBalanceRequest(user_id=user)).available_millicredits == 2_500
     await assert_invariants(db)
 

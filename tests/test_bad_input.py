@@ -93,9 +93,11 @@ CASES = {
     "allocation int64 max": (lambda c: _admin("SetAllocation", admin_pb2.SetAllocationRequest(
         org_id=c["org"], user_id=c["user"], allocation_millicredits=INT64_MAX)), INVALID),
     "grant negative": (lambda c: _admin("GrantIndividualCredits", admin_pb2.GrantIndividualCreditsRequest(
-        user_id=c["user"], amount_millicredits=-5)), INVALID),
+        user_id=c["user"], amount_millicredits=-5, reference="g")), INVALID),
+    "grant without reference": (lambda c: _admin("GrantIndividualCredits", admin_pb2.GrantIndividualCreditsRequest(
+        user_id=c["user"], amount_millicredits=5)), INVALID),
     "grant to unknown user": (lambda c: _admin("GrantIndividualCredits", admin_pb2.GrantIndividualCreditsRequest(
-        user_id="ghost-" + uuid.uuid4().hex, amount_millicredits=5)), NOT_FOUND),
+        user_id="ghost-" + uuid.uuid4().hex, amount_millicredits=5, reference="g")), NOT_FOUND),
     "create user with empty id": (lambda c: _admin("CreateUser", admin_pb2.CreateUserRequest()), INVALID),
     "create user with spaces in id": (lambda c: _admin("CreateUser", admin_pb2.CreateUserRequest(
         user_id="a b")), INVALID),

@@ -54,8 +54,20 @@ def test_creditctl_sets_up_an_org_and_shows_balances_and_usage(authority, tokens
     ctl(authority, tokens, "key-revoke", key_id)
 
 
+def test_creditctl_grant_needs_a_reference_and_counts_it_once(authority, tokens):
+    user = f"cli-solo-{uuid.uuid4().hex[:6]}"
+    ctl(authority, tokens, "user-create", user)
+    missing = ctl(authority, tokens, "grant", user, "5", check=False)
+    assert missing.returncode == 2 and "--reference" in missing.stderr
+    for _ in range(2):
+        granted = ctl(authority, tokens, "grant", user, "5", "--reason", "goodwill", "--reference", "ticket-9")
+        assert "5.000 credits available" in granted.stdout
+    other = ctl(authority, tokens, "grant", user, "6", "--reference", "ticket-9", check=False)
+    assert other.returncode == 1 and "ALREADY_EXISTS" in other.stderr
+
+
 def test_creditctl_reports_errors_clearly(authority, tokens):
     failed = ctl(authority, tokens, "allocate", "no-such-org", "nobody", "5", check=False)
     assert failed.returncode == 1 and "NOT_FOUND" in failed.stderr
-    bad = ctl(authority, tokens, "grant", "someone", "1.0001", check=False)
+    bad = ctl(authority, tokens, "grant", "someone", "1.0001", "--reference", "r", check=False)
     assert bad.returncode == 2 and "three decimal places" in bad.stderr

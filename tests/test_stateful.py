@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import asyncpg
 import grpc
@@ -76,7 +77,7 @@ def _build_machine(world, spend, admin, database_url):
         @rule(amount=AMOUNTS)
         def grant(self, amount):
             admin.GrantIndividualCredits(admin_pb2.GrantIndividualCreditsRequest(
-                user_id=self.solo, amount_millicredits=amount))
+                user_id=self.solo, amount_millicredits=amount, reference=uuid.uuid4().hex))
             self.accounts[self.solo][0] += amount
 
         @rule(target=holds, who=st.integers(0, 2), amount=AMOUNTS)
