@@ -8,17 +8,26 @@ is disturbed, at the configured rates:
 * INTERNAL or UNAVAILABLE answered without forwarding (the Commit never landed);
 * forwarded, then DEADLINE_EXCEEDED or UNAVAILABLE answered (the Commit landed,
   its answer was lost).
+
+Tests that need one exact sequence instead push `Step`s to `proxy.script[method]`:
+each call of that method takes the next step (delay, then an error before or after
+forwarding, with rich details if given) before the random faults apply.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import random
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
 
 COMMIT = "/credit.v1.CreditAuthority/Commit"
 _DROPPED_METADATA = ("user-agent",)
@@ -55,6 +64,31 @@ class CommitFaultRates:
         return Fault.NONE
 
 
+@dataclass(frozen=True)
+class Step:
+    """One scripted call: wait `delay` s, then answer `code` before forwarding (or after, when
+    `after_forward`: the call landed, its answer is lost); `detail` goes in the rich status."""
+
+    code: grpc.StatusCode | None = None
+    after_forward: bool = False
+    delay: float = 0.0
+    detail: Message | None = None
+
+    async def abort(self, context: grpc.aio.ServicerContext) -> None:
+        assert self.code is not None
+        message = f"scripted by the test proxy: {self.code.name}"
+        status = status_pb2.Status(code=getattr(code_pb2, self.code.name), message=message)
+        if self.detail is not None:
+            packed = any_pb2.Any()
+            packed.Pack(self.detail)
+            status.details.append(packed)
+        rich = rpc_status.to_status(status)
+        await context.abort(rich.code, rich.details, rich.trailing_metadata)
+
+
+PASS = Step()
+
+
 def _forwardable(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[tuple[str, str | bytes], ...]:
     return tuple((k, v) for k, v in metadata or () if not k.startswith((":", "grpc-")) and k not in _DROPPED_METADATA)
 
@@ -83,6 +117,7 @@ class FaultProxy:
         self.rates = rates
         self.injected: Counter[Fault] = Counter()
         self.forwarded: Counter[str] = Counter()
+        self.script: defaultdict[str, deque[Step]] = defaultdict(deque)
         self._rng = random.Random(seed)
         self._server: grpc.aio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -113,6 +148,8 @@ class FaultProxy:
 
     def _behaviour(self, method: str) -> Behaviour:
         async def forward_with_faults(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            if self.script[method]:
+                return await self._scripted(self.script[method].popleft(), method, request, context)
             fault = self.rates.draw(self._rng) if method == COMMIT else Fault.NONE
             if fault in (Fault.INTERNAL, Fault.UNAVAILABLE):
                 self.injected[fault] += 1
@@ -124,6 +161,15 @@ class FaultProxy:
             return response
 
         return forward_with_faults
+
+    async def _scripted(self, step: Step, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.sleep(step.delay)
+        if step.code is not None and not step.after_forward:
+            await step.abort(context)
+        response = await self._forward(method, request, context)
+        if step.code is not None:
+            await step.abort(context)
+        return response
 
     async def _forward(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         assert self._channel is not None
