@@ -31,6 +31,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import litellm
+import tiktoken
 
 from credit_service.money import usd_to_millicredits
 
@@ -41,6 +42,8 @@ PROMPT_SAFETY = Decimal("1.25")  # our token count × this covers other provider
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators per message
 REQUEST_OVERHEAD_TOKENS = 16  # the reply's priming and framing
 TOOLS_OVERHEAD_TOKENS = 512  # a provider's tool-use system preamble (Anthropic's is ~350)
+# Importing LiteLLM points TIKTOKEN_CACHE_DIR at the encodings it ships: no download.
+_ENCODING = tiktoken.get_encoding("cl100k_base")
 
 
 def usd(value: float | Decimal | None) -> Decimal:
@@ -97,7 +100,7 @@ class Pricing:
         """Tokens of plain text, by the tiktoken encoding LiteLLM ships (cl100k_base): never a network
         fetch (no image URLs, no tokenizer downloads), the same count for every model; PROMPT_SAFETY
         covers the providers whose tokenizers count more."""
-        return len(litellm.encoding.encode(text, disallowed_special=())) if text else 0
+        return len(_ENCODING.encode(text, disallowed_special=())) if text else 0
 
     def output_budget(self, entry: ModelEntry, requested: int | None) -> int:
         """The output per choice the hold pays for, and the `max_tokens` the provider is sent."""

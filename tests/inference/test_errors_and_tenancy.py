@@ -111,7 +111,8 @@ async def test_body_user_never_spends_someone_elses_credits(inference, world, ad
 
 
 async def test_service_key_may_bill_members_of_its_own_org_only(inference, world, admin, spend):
-    org, owner = world.funded_member(allocation_mc=10_000, pool_mc=60_000)
+    org, owner = world.org(pool_mc=60_000), world.user()
+    world.member(org, owner, 10_000, role=admin_pb2.MEMBER_ROLE_OWNER)  # a service key needs an owner or admin
     member = world.user()
     world.member(org, member, 10_000)
     outsider_org, outsider = world.funded_member(allocation_mc=10_000)
