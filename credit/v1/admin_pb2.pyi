@@ -559,7 +559,9 @@ class GrantIndividualCreditsRequest(_message.Message):
     reason: _builtins.str
     """Why (recorded in the ledger), optional."""
     reference: _builtins.str
-    """Grant reference; unique per user, makes the grant idempotent (optional)."""
+    """Grant reference (required): unique per user, makes the grant idempotent; a retry with the same
+    reference and amount replays, another amount is ALREADY_EXISTS.
+    """
     def __init__(
         self,
         *,
@@ -937,7 +939,9 @@ class CreateApiKeyRequest(_message.Message):
     user_id: _builtins.str
     """Owner."""
     org_id: _builtins.str
-    """Organization to bind to (required for service keys; the owner must be a member)."""
+    """Organization to bind to (required for service keys; the owner must be a member, for a service
+    key an owner or admin, else FAILED_PRECONDITION).
+    """
     kind: Global___ApiKeyKind.ValueType
     """Scope."""
     name: _builtins.str
@@ -1039,7 +1043,10 @@ class VerifyApiKeyResponse(_message.Message):
     VALID_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     valid: _builtins.bool
-    """True when the key exists, matches and is not revoked."""
+    """True when the key exists, matches and is not revoked, and, for a key bound to an organization,
+    its owner is still a member there (for a service key: still an owner or admin). Removing a
+    member revokes their keys bound to that organization.
+    """
     @_builtins.property
     def key(self) -> Global___ApiKey:
         """Key metadata when valid."""
