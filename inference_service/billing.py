@@ -31,7 +31,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import litellm
-import tiktoken
+from litellm.litellm_core_utils.default_encoding import encoding as _cl100k
 
 from credit_service.money import usd_to_millicredits
 
@@ -42,8 +42,8 @@ PROMPT_SAFETY = Decimal("1.25")  # our token count × this covers other provider
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators per message
 REQUEST_OVERHEAD_TOKENS = 16  # the reply's priming and framing
 TOOLS_OVERHEAD_TOKENS = 512  # a provider's tool-use system preamble (Anthropic's is ~350)
-# Importing LiteLLM points TIKTOKEN_CACHE_DIR at the encodings it ships: no download.
-_ENCODING = tiktoken.get_encoding("cl100k_base")
+# tiktoken's cl100k_base, loaded by LiteLLM from the copy it ships (TIKTOKEN_CACHE_DIR): no download.
+_ENCODING = _cl100k
 
 
 def usd(value: float | Decimal | None) -> Decimal:

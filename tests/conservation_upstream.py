@@ -30,9 +30,9 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # as the service: no network
 
 import litellm
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from helpers import ServedApp
 
 MARKER = re.compile(r"rid=([0-9a-f]{32})")
 OPTION = re.compile(r"\b(chunks|tools|pause)=(\d+)")
@@ -201,30 +201,13 @@ def create_app(ledger: Ledger) -> FastAPI:
     return app
 
 
-class ConservationUpstream:
-    """The upstream served by uvicorn on a local port, in a background thread."""
+class ConservationUpstream(ServedApp):
+    """The upstream served on a local port, in a background thread."""
 
     def __init__(self, port: int):
-        self.port = port
         self.ledger = Ledger()
-        config = uvicorn.Config(create_app(self.ledger), host="127.0.0.1", port=port, log_level="warning",
-                                access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        super().__init__(create_app(self.ledger), port)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> ConservationUpstream:
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("conservation upstream did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        return f"{self.url}/v1"

@@ -1,10 +1,13 @@
-"""Small helpers for reading gRPC errors and building requests in tests."""
+"""Small helpers for reading gRPC errors, building requests and serving fake HTTP peers in tests."""
 
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -50,3 +53,32 @@ def node_modules() -> Path:
     if not (NODE_DIR / "node_modules" / ".installed").exists():
         subprocess.run(["make", "-s", "node-deps"], cwd=ROOT, check=True, timeout=600)
     return NODE_DIR / "node_modules"
+
+
+class ServedApp:
+    """An ASGI app (a fake provider, a fake upstream) served by uvicorn on a local port, in a thread."""
+
+    def __init__(self, app: Any, port: int):
+        import uvicorn
+
+        self.port = port
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                     access_log=False))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):  # noqa: ANN201 - returns the subclass
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{type(self).__name__} on port {self.port} did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)

@@ -28,9 +28,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from helpers import ServedApp
 
 
 @dataclass(frozen=True)
@@ -257,30 +257,9 @@ def create_anthropic_app(recorder: Recorder) -> FastAPI:
 # ---- serving -----------------------------------------------------------------------
 
 
-class FakeProvider:
-    """One fake provider served by uvicorn on a local port, in a background thread."""
+class FakeProvider(ServedApp):
+    """One fake provider served on a local port, in a background thread."""
 
-    def __init__(self, app: FastAPI, port: int):
-        self.port = port
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FakeProvider:
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"fake provider on port {self.port} did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
 
 
 class ProviderUpstreams:

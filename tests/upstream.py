@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections import Counter
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from helpers import ServedApp
 
 PROMPT_TOKENS = 12
 WORDS = ["Credits", "are", "reserved", "before", "and", "committed", "after", "every", "call."]
@@ -135,28 +134,14 @@ def _tool_call_answer(model: str, body: dict):
             "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 40, "total_tokens": PROMPT_TOKENS + 40}}
 
 
-class Upstream:
-    """The upstream served by uvicorn on a local port, in a background thread."""
+class Upstream(ServedApp):
+    """The upstream served on a local port, in a background thread."""
 
     def __init__(self, port: int):
-        self.port = port
-        self.app, self.calls = create_upstream()
-        self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        app, self.calls = create_upstream()
+        super().__init__(app, port)
+        self.app = app
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> Upstream:
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("upstream did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        return f"{self.url}/v1"
