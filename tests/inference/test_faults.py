@@ -69,10 +69,11 @@ async def test_authority_killed_between_the_call_and_the_commit_charges_exactly_
     org, user = world.funded_member(allocation_mc=100_000)
     key, _ = make_key(admin, user)
     client = sdk(own_inference, key)
+    before = upstream.calls["up-delay"]  # the upstream is the session's: other tests call up-delay too
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         call = pool.submit(client.chat.completions.with_raw_response.create, model="up-delay", messages=MESSAGES)
         deadline = time.monotonic() + 10
-        while upstream.calls["up-delay"] == 0 and time.monotonic() < deadline:
+        while upstream.calls["up-delay"] == before and time.monotonic() < deadline:
             time.sleep(0.02)
         own_authority.stop(kill=True)  # the model is answering; the authority is gone
         raw = call.result(timeout=60)
