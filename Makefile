@@ -41,10 +41,10 @@ $(STAMP): pyproject.toml
 node-deps: $(NODE_DEPS)  ## Node.js client deps and the pinned buf CLI (npm ci from clients/node/package-lock.json)
 
 $(NODE_DEPS): clients/node/package.json clients/node/package-lock.json
-	@if command -v npm >/dev/null 2>&1; then \
-		cd clients/node && npm ci --no-audit --no-fund && touch node_modules/.installed; \
-	else echo "npm not found: the Node client and buf tests will be skipped"; fi
+	@command -v npm >/dev/null 2>&1 || { echo "installing Debian's nodejs and npm (the Node client and buf tests need them)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	cd clients/node && npm ci --no-audit --no-fund && touch node_modules/.installed
 
 chromium:  ## Debian's headless Chromium for the console's browser tests (apt, only when /usr/bin/chromium is missing)
-	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
-		|| echo "could not install chromium (needs root and apt): the console's browser tests will be skipped"
+	@test -x /usr/bin/chromium || { echo "installing Debian's chromium (the console's browser tests need it)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }

@@ -8,6 +8,8 @@ import os
 # Tests fork pg_ctl and friends from a process full of gRPC threads; gRPC's own
 # fork handlers are not needed for that and have crashed children.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+# LiteLLM, imported by tests that count tokens, would fetch its price map from the network.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import asyncio
 import secrets
@@ -252,3 +254,22 @@ def models_file(upstream) -> Path:
     from rest_support import write_catalogue
 
     return write_catalogue(Path(tempfile.mkdtemp(prefix="models-")) / "models.yaml", upstream)
+
+
+# ---- no silent skips ---------------------------------------------------------------------------
+
+# Tests that may skip, and why (README, "Tests"). Anything else that skips fails the run:
+# `make test` installs what the tests need (Node.js, npm, Chromium), so a skip means a broken setup.
+# CREDIT_TEST_ALLOW_SKIPS=1 lets a developer without root (no apt) run the rest.
+ALLOWED_SKIPS: dict[str, str] = {}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = [r.nodeid for r in (reporter.stats.get("skipped", []) if reporter else [])]
+    unexpected = [nodeid for nodeid in skipped if nodeid not in ALLOWED_SKIPS]
+    if unexpected and os.environ.get("CREDIT_TEST_ALLOW_SKIPS") != "1":
+        print(f"\n{len(unexpected)} test(s) skipped that must run (see ALLOWED_SKIPS in tests/conftest.py):")
+        for nodeid in unexpected[:20]:
+            print(f"  {nodeid}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
