@@ -5,13 +5,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_DEPS := clients/node/node_modules/.installed
 
-.PHONY: run test proto bench lint fmt clean node-deps chromium
+.PHONY: run test mutate proto bench lint fmt clean node-deps chromium
 
 run: $(STAMP)  ## embedded PostgreSQL, migrations, demo seed, authority on :50051, REST on :8084
 	$(BIN)/python -m credit_service up
 
-test: lint $(NODE_DEPS) chromium  ## lint, then every test, against a real PostgreSQL and real gRPC servers
+test: lint $(NODE_DEPS) chromium  ## lint, every test (real PostgreSQL, real gRPC servers), then 3 mutants of the day
 	$(BIN)/python -m pytest
+	$(BIN)/python -m mutation --rotate 3 --no-baseline
+
+mutate: $(STAMP)  ## the mutation gate: every deliberate breakage in mutation/mutants.py must fail its tests
+	$(BIN)/python -m mutation
 
 proto: $(STAMP)  ## regenerate credit/v1 (code and mypy stubs) from protos/
 	$(BIN)/python -m credit_service.protogen .

@@ -1,0 +1,1 @@
+"""The mutation gate: `make mutate` (see __main__.py)."""

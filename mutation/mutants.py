@@ -1,0 +1,115 @@
+"""The mutation gate's list: deliberate breakages of the money path, and the tests that must catch each.
+
+A mutant replaces exact text (which must occur exactly once) in a scratch copy of
+the checkout; the gate runs the named tests there and the mutant must make them
+fail. SQL mutants change the live definition of a function (the latest migration
+that defines it: a fresh test database is migrated from the copy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BATCH = "migrations/0009_one_account_lock_order.sql"  # credit_batch, credit_expire_holds
+SINGLE = "migrations/0007_hot_path_plans_use_keys.sql"  # credit_commit, credit_release
+RESERVE_OP = "migrations/0004_batched_hot_path.sql"  # credit_reserve_op
+FUNDING = "migrations/0002_hot_path.sql"  # credit_resolve_funding
+METERING = "inference_service/metering.py"
+CLIENT = "inference_service/authority_client.py"
+INTEGRITY = "tests/inference/test_billing_integrity.py"
+COMMIT_FAULTS = "tests/faults/test_commit_faults.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    what: str
+    path: str
+    edits: tuple[tuple[str, str], ...]  # (exact original text, replacement)
+    tests: tuple[str, ...]
+
+
+def mutant(name: str, what: str, path: str, original: str, replacement: str, *tests: str) -> Mutant:
+    return Mutant(name, what, path, ((original, replacement),), tests)
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    # ---- SQL: the hot path ----
+    Mutant("batch-no-for-update", "credit_batch reads accounts without FOR UPDATE", BATCH, (
+        ("WHERE x.org_id = a_org AND x.user_id = a_user FOR UPDATE;", "WHERE x.org_id = a_org AND x.user_id = a_user;"),
+        ("WHERE x.user_id = a_user FOR UPDATE;", "WHERE x.user_id = a_user;")),
+        ("tests/test_concurrent_reserves.py",)),
+    mutant("batch-replay-finalized", "credit_batch answers a repeated Commit 'finalized' instead of replaying it",
+           BATCH, """outcome := CASE WHEN res.status = 'committed' AND res.charged_mc = amounts[i]
+                                    THEN 'replay' ELSE 'finalized' END;""", "outcome := 'finalized';",
+           "tests/faults/test_authority_killed.py"),
+    mutant("batch-reserve-ignores-limit", "credit_batch grants a hold whatever is available", BATCH,
+           "ELSIF a_limit - a_used - a_held < amounts[i] THEN", "ELSIF a_limit - a_used - a_held < 0 THEN",
+           "tests/test_concurrent_reserves.py"),
+    mutant("batch-lock-order-reversed", "credit_batch locks accounts in the reverse of the global order", BATCH,
+           "ORDER BY lock_keys[o.i], o.i LOOP", "ORDER BY lock_keys[o.i] DESC, o.i LOOP",
+           "tests/test_lock_order.py"),
+    mutant("sweeper-never-expires", "the sweeper expires nothing within a day", BATCH,
+           "WHERE status = 'held' AND expires_at <= now()",
+           "WHERE status = 'held' AND expires_at <= now() - interval '1 day'", "tests/test_two_phase.py"),
+    mutant("commit-replay-finalized", "credit_commit answers a repeated Commit 'finalized'", SINGLE,
+           """outcome := CASE WHEN r.status = 'committed' AND r.charged_mc = p_amount_mc
+                        THEN 'replay' ELSE 'finalized' END;""", "outcome := 'finalized';",
+           "tests/test_two_phase.py"),
+    mutant("commit-skips-ledger", "credit_commit writes no ledger entry for the charge", SINGLE,
+           "    INSERT INTO ledger_entries (account, org_id, user_id, kind, delta_used_mc, delta_held_mc, "
+           "reservation_id)\n    VALUES (CASE WHEN r.funding_kind = 'org' THEN 'allocation' ELSE 'individual' END,\n"
+           "            r.org_id, r.user_id, 'charge', p_amount_mc, -v_hold_removed, r.reservation_id);", "",
+           "tests/test_two_phase.py", "tests/test_stateful.py"),
+    mutant("commit-never-late", "credit_commit never flags a late commit", SINGLE,
+           "late := r.status = 'expired' OR now() > r.expires_at;", "late := false;", "tests/test_two_phase.py"),
+    mutant("commit-never-overrun", "credit_commit never flags an overrun", SINGLE,
+           "overrun := p_amount_mc > r.amount_mc;", "overrun := false;", "tests/test_two_phase.py"),
+    mutant("release-keeps-hold", "credit_release leaves the hold on the account", SINGLE,
+           "PERFORM credit_apply_to_account(r.funding_kind, r.org_id, r.user_id, 0, -r.amount_mc);",
+           "PERFORM credit_apply_to_account(r.funding_kind, r.org_id, r.user_id, 0, 0);", "tests/test_two_phase.py"),
+    mutant("reserve-ignores-limit", "credit_reserve_op holds more than is available", RESERVE_OP,
+           "AND a.limit_mc - a.used_mc - a.held_mc >= p_amount_mc", "AND a.limit_mc - a.used_mc - a.held_mc >= 0",
+           "tests/test_stateful.py", "tests/test_two_phase.py"),
+    mutant("funding-skips-membership", "an explicit org funds any user, member or not", FUNDING,
+           """PERFORM 1 FROM org_members m WHERE m.org_id = p_org_id AND m.user_id = p_user_id;""",
+           """PERFORM 1 FROM organizations m WHERE m.org_id = p_org_id;""", "tests/test_funding_resolution.py"),
+    # ---- Python: money, auth ----
+    mutant("money-rounds-down", "provider cost is rounded down to the millicredit", "credit_service/money.py",
+           "to_integral_value(rounding=ROUND_CEILING))", 'to_integral_value(rounding="ROUND_FLOOR"))',
+           "tests/inference/test_provider_prices.py", "tests/inference/test_chat.py"),
+    mutant("role-check-skipped", "an RPC runs whatever the caller's roles", "credit_service/server.py",
+           "if not caller.roles.intersection(roles):", "if False:", "tests/test_auth.py"),
+    mutant("key-membership-unchecked", "an org-bound key works after its owner left the org",
+           "credit_service/storage.py",
+           "OR (m.role IS NOT NULL AND (k.kind = 'user' OR m.role = ANY($2::text[]))))", "OR $2::text[] IS NOT NULL)",
+           "tests/test_key_membership.py"),
+    mutant("grant-not-idempotent", "two grants with one reference race into the unique index",
+           "credit_service/storage.py", "ON CONFLICT (user_id, reference) DO NOTHING RETURNING grant_id",
+           "RETURNING grant_id", "tests/test_grant_idempotency.py"),
+    # ---- Python: the edge ----
+    mutant("edge-no-output-cap", "the provider is not sent the max_tokens the hold paid for", METERING,
+           'params["max_tokens"] = estimate.max_tokens', "pass", INTEGRITY),
+    mutant("edge-estimate-ignores-tools", "the worst case leaves tools and response_format out",
+           "inference_service/billing.py",
+           'for name in ("tools", "functions", "tool_choice", "response_format", "stop"):', "for name in ():",
+           INTEGRITY),
+    mutant("edge-strings-unchecked", "client strings reach metadata unchecked", "inference_service/schemas.py",
+           "    if _NOT_PRINTABLE.search(value):", "    if False:", INTEGRITY),
+    mutant("edge-cut-stream-ignores-tool-calls", "a cut stream is charged for text only", METERING,
+           'self.produced.extend(str(function.get(k) or "") for k in ("name", "arguments"))', "pass", INTEGRITY),
+    mutant("edge-stream-settle-unshielded", "a stream's final Commit runs in the response, cancellable", METERING,
+           "headers = await asyncio.shield(self.settle(cut=False))", "headers = await self._settle(cut=False)",
+           COMMIT_FAULTS),
+    mutant("edge-shared-idempotency-key", "a second request with one Idempotency-Key can take the first's hold",
+           METERING, 'metadata={**metadata, "attempt": uuid.uuid4().hex})', "metadata=metadata)", COMMIT_FAULTS),
+    mutant("edge-internal-is-final", "a Commit answered INTERNAL is dropped as refused", CLIENT,
+           "if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):",
+           "if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INTERNAL):",
+           COMMIT_FAULTS),
+    mutant("edge-skips-outbox", "a Commit the authority did not take is not kept in the outbox", CLIENT,
+           """        self.outbox.add(reservation_id, amount_mc, metadata)
+        log.warning("authority did not take""", """        log.warning("authority did not take""", COMMIT_FAULTS),
+    mutant("edge-no-commit-retry", "a failed Commit is not retried before the outbox", CLIENT,
+           "BACKOFF = (0.1, 0.3, 0.9)", "BACKOFF = ()", COMMIT_FAULTS),
+)
