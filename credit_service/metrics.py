@@ -19,6 +19,9 @@ HOLDS_OUTSTANDING = Gauge("credit_holds_outstanding", "Reservations currently he
 HELD_OUTSTANDING = Gauge("credit_held_millicredits", "Millicredits currently on hold.")
 DB_POOL_SIZE = Gauge("credit_db_pool_connections", "Connections in the database pool.")
 DB_POOL_IDLE = Gauge("credit_db_pool_idle_connections", "Idle connections in the database pool.")
+RESERVE_RETRIES = Counter("credit_reserve_retries_total",
+                          "Reserves run again because a concurrent Reserve with the same request_id won the race"
+                          " (the rerun replays it), by the path that lost: single or batch.", ["path"])
 BATCH_SIZE = Histogram("credit_hot_path_batch_size", "Operations per hot-path transaction.",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 

@@ -275,6 +275,7 @@ class Storage:
             reserved, status = row["amount_mc" if batched else "reserved_mc"], row["status"]
             if outcome != "retry":  # "retry": a concurrent Reserve with this request_id won the race
                 break
+            metrics.RESERVE_RETRIES.labels("batch" if batched else "single").inc()
         else:  # pragma: no cover - a duplicate that never settles
             raise FailedPrecondition(f"request_id {request_id!r} is being reserved concurrently; retry")
         _raise_resolution(outcome, user_id, org_id)
