@@ -74,6 +74,9 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant("funding-skips-membership", "an explicit org funds any user, member or not", FUNDING,
            """PERFORM 1 FROM org_members m WHERE m.org_id = p_org_id AND m.user_id = p_user_id;""",
            """PERFORM 1 FROM organizations m WHERE m.org_id = p_org_id;""", "tests/test_funding_resolution.py"),
+    mutant("reserve-no-retry", "a Reserve that lost a same-request_id race is not run again to replay",
+           "credit_service/storage.py", "for _ in range(5):", "for _ in range(1):",
+           "tests/test_concurrent_reserves.py"),
     # ---- Python: money, auth ----
     mutant("money-rounds-down", "provider cost is rounded down to the millicredit", "credit_service/money.py",
            "to_integral_value(rounding=ROUND_CEILING))", 'to_integral_value(rounding="ROUND_FLOOR"))',
