@@ -101,9 +101,9 @@ MUTANTS: tuple[Mutant, ...] = (
            "    if _NOT_PRINTABLE.search(value):", "    if False:", INTEGRITY),
     mutant("edge-cut-stream-ignores-tool-calls", "a cut stream is charged for text only", METERING,
            'self.produced.extend(str(function.get(k) or "") for k in ("name", "arguments"))', "pass", INTEGRITY),
-    mutant("edge-stream-settle-unshielded", "a stream's final Commit runs in the response, cancellable", METERING,
-           "headers = await asyncio.shield(self.settle(cut=False))", "headers = await self._settle(cut=False)",
-           COMMIT_FAULTS),
+    mutant("edge-left-stream-unsettled", "a stream the client leaves is not settled", METERING,
+           """            timer.cancel()
+            self.settle(cut=True)""", "            timer.cancel()", INTEGRITY),
     mutant("edge-shared-idempotency-key", "a second request with one Idempotency-Key can take the first's hold",
            METERING, 'metadata={**metadata, "attempt": uuid.uuid4().hex})', "metadata=metadata)", COMMIT_FAULTS),
     mutant("edge-internal-is-final", "a Commit answered INTERNAL is dropped as refused", CLIENT,
