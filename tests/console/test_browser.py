@@ -9,10 +9,13 @@ tests are skipped, except in CI (CI set), where that is a failure.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 import uuid
+from collections.abc import Collection
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -49,6 +52,16 @@ def shots(artifacts) -> Path:
     return folder
 
 
+FAILED_LOAD = re.compile(r"Failed to load resource: the server responded with a status of (\d{3}) ")
+# Requests the browser makes by itself (not the page, so not in Tab.refused): the console has no icon.
+BROWSER_OWN = [(404, "GET", "/favicon.ico")]
+
+
+def _path(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
 class Tab:
     """A page of the console, with what it logged and where it went."""
 
@@ -58,10 +71,14 @@ class Tab:
         self.page.set_default_timeout(15_000)
         self.base_url = base_url
         self.shots = shots
-        self.errors: list[str] = []
+        self.errors: list[tuple[str, str]] = []  # (message, the URL it is about)
+        self.refused: list[tuple[int, str, str]] = []  # (status, method, URL) of every 4xx/5xx answer
         self.foreign: list[str] = []
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("console", lambda m: self.errors.append((m.text, m.location.get("url", "")))
+                     if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append((str(e), "")))
+        self.page.on("response", lambda r: self.refused.append((r.status, r.request.method, r.url))
+                     if r.status >= 400 else None)
         self.page.on("request", lambda r: None if r.url.startswith((base_url, "blob:", "data:"))
                      else self.foreign.append(r.url))
 
@@ -84,10 +101,15 @@ class Tab:
     def shot(self, name: str) -> None:
         self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
 
-    def close(self) -> None:
+    def close(self, provoked: Collection[tuple[int, str, str]] = ()) -> None:
+        """`provoked`: the (status, method, path?query) error answers the test provokes on purpose, each
+        once. They, and nothing else, show up as failed resource loads; any other error fails the test."""
         self.context.close()
-        # 401/403 answers the tests provoke on purpose show up as failed resource loads.
-        unexpected = [e for e in self.errors if "status of 40" not in e]
+        answered = sorted((status, method, _path(url)) for status, method, url in self.refused)
+        assert answered == sorted(provoked), f"error answers {answered}, provoked {sorted(provoked)}"
+        expected = {(status, path) for status, _, path in [*provoked, *BROWSER_OWN]}
+        unexpected = [(text, url) for text, url in self.errors
+                      if not ((m := FAILED_LOAD.match(text)) and (int(m[1]), _path(url)) in expected)]
         assert not unexpected, f"browser errors: {unexpected}"
         assert not self.foreign, f"requests to other origins: {self.foreign}"
 
@@ -191,7 +213,7 @@ def test_admin_manages_the_pool_sees_usage_exports_csv_and_alerts(browser, shots
     page.click("#sign-out")
     page.wait_for_selector("#signin:not([hidden])")
     assert page.evaluate("sessionStorage.getItem('creditConsole.apiKey')") is None
-    tab.close()
+    tab.close(provoked=[(402, "POST", "/api/v1/console/org/allocations")])  # more than is unallocated
 
 
 def test_a_member_sees_only_themselves(browser, shots, console_inference, org: Org, admin):
@@ -226,7 +248,8 @@ def test_a_member_sees_only_themselves(browser, shots, console_inference, org: O
         return [org.status, set.status, usage.status]; }""", org.other)
     assert statuses == [403, 403, 403]
     assert members(admin, org.org_id)[org.other].allocation_millicredits == 50_000
-    tab.close()
+    tab.close(provoked=[(403, "GET", "/api/v1/console/org"), (403, "POST", "/api/v1/console/org/allocations"),
+                        (403, "GET", f"/api/v1/console/usage/records?user_id={org.other}")])
 
 
 def test_keyboard_only_navigation(browser, shots, console_inference, org: Org):

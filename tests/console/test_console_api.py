@@ -118,7 +118,7 @@ def test_a_member_sees_only_their_own_usage_and_keys(console_inference, org: Org
 
 def test_admin_sees_the_pool_and_sets_allocations_with_clear_errors(console_inference, org: Org, admin):
     view = get(console_inference, org.keys["owner"], "/org").json()
-    assert view["org"] | {} == view["org"]
+    assert view["org"]["org_id"] == org.org_id, "the pool shown is the caller's own organization's"
     o = view["org"]
     assert (o["pool_total"], o["allocated"], o["unallocated"], o["used"], o["held"]) == \
         ("1000.000", "450.000", "550.000", "0.000", "0.000")

@@ -51,7 +51,7 @@ def _used(spend, user_id):
     return spend.GetBalance(authority_pb2.GetBalanceRequest(user_id=user_id)).used_millicredits
 
 
-def test_no_key_reaches_another_tenants_credits_balance_or_usage(inference, tenants, spend):
+def test_no_key_reaches_another_tenants_credits_balance_or_usage(inference, tenants, spend, admin):
     users, orgs, keys = tenants["users"], tenants["orgs"], tenants["keys"]
     own = {"a_owner": ("a_owner", "A"), "a_member_bound": ("a_member", "A"), "a_service": ("a_owner", "A"),
            "b_member": ("b_member", "B"), "solo": ("solo", None)}
@@ -89,13 +89,18 @@ def test_no_key_reaches_another_tenants_credits_balance_or_usage(inference, tena
                 refused += 1
     assert refused >= 20
 
-    # Each key's usage lists only its own user's rows.
+    # Each key's usage lists exactly its own user's rows in its own org (or individual ones), as the
+    # authority records who was charged.
+    owners = {r.reservation_id: (r.user_id, r.org_id) for who in users.values()
+              for r in admin.QueryUsage(admin_pb2.QueryUsageRequest(user_id=who, limit=1000)).records}
     for key_name, key in keys.items():
-        me = users[own[key_name][0]]
+        me, my_org = users[own[key_name][0]], orgs.get(own[key_name][1] or "", "")
         rows = httpx.get(f"{inference.url}/api/v1/usage", headers={"Authorization": f"Bearer {key}"}).json()
         assert rows["data"], key_name
-        reservation_ids = [r["reservation_id"] for r in rows["data"]]
-        assert all(rid for rid in reservation_ids)
+        listed = {r["reservation_id"]: owners.get(r["reservation_id"]) for r in rows["data"]}
+        assert set(listed.values()) == {(me, my_org)}, (key_name, listed)
+        assert set(listed) == {rid for rid, owner in owners.items() if owner == (me, my_org)}, key_name
+        assert {r["funding_source"] for r in rows["data"]} == {f"org:{my_org}" if my_org else "individual"}
         balance = httpx.get(f"{inference.url}/api/v1/credits/balance",
                             headers={"Authorization": f"Bearer {key}"}).json()
         assert balance["user_id"] == me
