@@ -1,23 +1,35 @@
-"""Hypothesis-generated requests for every RPC, built from the proto descriptors:
-never UNKNOWN or INTERNAL, and no row written when a request is rejected."""
+"""Hypothesis-generated requests for every RPC, built from the proto descriptors.
+
+Most requests start valid and name rows this test created (users, orgs, members, reservations,
+keys, thresholds) and have one field mutated, so the hot path answers OK, not only
+INVALID_ARGUMENT; the rest are random messages whose ids are real ones mixed with made-up ones.
+Never UNKNOWN or INTERNAL; a rejected request writes no row; and after the run the client's view
+and the database agree both ways (every Commit acknowledged is the one charge of its reservation,
+every reservation charged was acknowledged, every Release acknowledged left nothing charged) and the
+invariants hold."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import grpc
-from conftest import Stub
+from conftest import Stub, World
 from google.protobuf import descriptor, struct_pb2, timestamp_pb2
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-from invariants import row_counts
+from invariants import row_counts, violations
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
 
 FD = descriptor.FieldDescriptor
 INT64 = (-(2**63), 2**63 - 1)
 INT32 = (-(2**31), 2**31 - 1)
+HOT_PATH = ("Check", "Reserve", "Commit", "Release", "GetBalance")
 
 TEXT = st.one_of(
     st.sampled_from(["", "demo-user", "demo-org", "x'; DROP TABLE users; --", "ck_0123456789abcdef",
@@ -39,46 +51,6 @@ STRUCT = st.dictionaries(st.text(max_size=10), st.recursive(JSON_LEAF, lambda in
                                                             max_leaves=5), max_size=4)
 
 
-def message_strategy(message_cls):
-    fields = {}
-    for field in message_cls.DESCRIPTOR.fields:
-        if field.type == FD.TYPE_STRING:
-            fields[field.name] = TEXT
-        elif field.type in (FD.TYPE_INT64, FD.TYPE_SINT64):
-            fields[field.name] = integers(INT64)
-        elif field.type == FD.TYPE_INT32:
-            fields[field.name] = integers(INT32)
-        elif field.type == FD.TYPE_ENUM:
-            fields[field.name] = st.integers(-3, 8)
-        elif field.type == FD.TYPE_BOOL:
-            fields[field.name] = st.booleans()
-        elif field.message_type is struct_pb2.Struct.DESCRIPTOR:
-            fields[field.name] = STRUCT
-        elif field.message_type is timestamp_pb2.Timestamp.DESCRIPTOR:
-            fields[field.name] = st.builds(timestamp_pb2.Timestamp, seconds=st.integers(0, 4_000_000_000))
-
-    @st.composite
-    def build(draw):
-        message = message_cls()
-        for name, strategy in fields.items():
-            if not draw(st.booleans()):
-                continue
-            value = draw(strategy)
-            target = getattr(message, name)
-            if isinstance(target, struct_pb2.Struct):
-                try:
-                    target.update(value)
-                except (ValueError, TypeError):
-                    pass
-            elif isinstance(target, timestamp_pb2.Timestamp):
-                target.CopyFrom(value)
-            else:
-                setattr(message, name, value)
-        return message
-
-    return build()
-
-
 def rpcs(service_descriptor, module):
     found = []
     for method in service_descriptor.methods:
@@ -90,41 +62,267 @@ def rpcs(service_descriptor, module):
 
 AUTHORITY_RPCS = rpcs(authority_pb2.DESCRIPTOR.services_by_name["CreditAuthority"], authority_pb2)
 ADMIN_RPCS = rpcs(admin_pb2.DESCRIPTOR.services_by_name["CreditAdmin"], admin_pb2)
-CALLS = st.one_of(
-    *[st.tuples(st.just(("authority", name)), message_strategy(cls)) for name, cls in AUTHORITY_RPCS],
-    *[st.tuples(st.just(("admin", name)), message_strategy(cls)) for name, cls in ADMIN_RPCS])
+# How often each hot-path RPC is drawn, relative to each admin RPC (Reserve and Commit most: a Commit needs a
+# hold to finalize, and a Release takes one away).
+HOT_PATH_WEIGHTS = {"Check": 2, "Reserve": 5, "Commit": 4, "Release": 2, "GetBalance": 2}
+CALLS = [("authority", name, cls) for name, cls in AUTHORITY_RPCS for _ in range(HOT_PATH_WEIGHTS[name])] + \
+        [("admin", name, cls) for name, cls in ADMIN_RPCS]
+
+
+@dataclass
+class Rows:
+    """Rows this test created, and what the fuzz learned from OK answers (ids to name in later requests)."""
+
+    users: list[str]
+    orgs: list[str]
+    funded: list[tuple[str, str]]  # (user, org) that can pay: members with an allocation; ("individual", "")
+    memberships: list[tuple[str, str]]  # (user, org) of every member
+    held: dict[str, int] = field(default_factory=dict)  # reservations reserved OK and not finalized by us
+    finalized: list[str] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)  # key id -> secret
+    thresholds: list[int] = field(default_factory=list)
+
+    def reservation_ids(self) -> list[str]:
+        return list(self.held) + self.finalized
+
+
+def fuzz_value(field_descriptor) -> st.SearchStrategy[Any]:
+    """Any value of the field's wire type."""
+    if field_descriptor.type == FD.TYPE_STRING:
+        return TEXT
+    if field_descriptor.type in (FD.TYPE_INT64, FD.TYPE_SINT64):
+        return integers(INT64)
+    if field_descriptor.type == FD.TYPE_INT32:
+        return integers(INT32)
+    if field_descriptor.type == FD.TYPE_ENUM:
+        return st.integers(-3, 8)
+    if field_descriptor.type == FD.TYPE_BOOL:
+        return st.booleans()
+    if field_descriptor.message_type is struct_pb2.Struct.DESCRIPTOR:
+        return STRUCT
+    return st.builds(timestamp_pb2.Timestamp, seconds=st.integers(0, 4_000_000_000))
+
+
+# Hypothesis replays and shrinks by the sequence of choices it made, so what a test draws must not depend on
+# state outside it (the rows learned so far): ids are drawn as an index into the rows of the moment.
+INDEX = st.integers(0, 2**20)
+
+
+def pick(draw, pool: list[Any], default: Any) -> Any:
+    index = draw(INDEX)
+    return pool[index % len(pool)] if pool else default
+
+
+def valid_values(rpc: str, rows: Rows, draw) -> dict[str, Any]:
+    """Values the authority should accept, naming rows the test created (callables: drawn only when used)."""
+    funded, membership = pick(draw, rows.funded, None), pick(draw, rows.memberships, None)
+    user, org = funded if rpc in HOT_PATH else membership  # admin RPCs name an org
+    fresh = uuid.uuid4().hex
+    # A held reservation when there is one, else one already finalized, else an id no row has.
+    held, finalized = pick(draw, sorted(rows.held), None), pick(draw, rows.finalized, str(uuid.uuid4()))
+    reservation = held or finalized
+    hold = rows.held.get(reservation, 10_000)
+    return {
+        "user_id": f"fz-user-{fresh[:12]}" if rpc == "CreateUser" else user,
+        "org_id": f"fz-org-{fresh[:12]}" if rpc == "CreateOrganization" else org,
+        # A Commit charges 0 … twice its hold (above the hold is an overrun, still charged).
+        "amount_millicredits": lambda: hold * draw(st.integers(0, 200)) // 100 if rpc == "Commit"
+        else draw(st.integers(1, 20_000)),
+        "allocation_millicredits": lambda: draw(st.integers(0, 400_000)),
+        "ttl_seconds": lambda: draw(st.sampled_from([0, 60, 600])),
+        "request_id": fresh, "reference": fresh, "purchase_reference": fresh, "reservation_id": reservation,
+        "key_id": lambda: pick(draw, sorted(rows.keys), "ck_0123456789abcdef"),
+        "secret": lambda: pick(draw, sorted(rows.keys.values()), "nope") if rpc == "VerifyApiKey" else "s" * 24,
+        "threshold_id": lambda: pick(draw, rows.thresholds, 1),
+        "url": "http://127.0.0.1:9/hooks/fuzz", "service_type": "llm_inference", "service_name": "fuzz-model",
+        "reason": "fuzz", "name": "Fuzz", "display_name": "Fuzz", "email": "fuzz@example.com",
+        "allocated_by": "fuzz", "purchase_amount": "1.00", "purchase_currency": "USD", "limit": 20,
+        "role": admin_pb2.MEMBER_ROLE_MEMBER, "kind": 1, "value": 5_000, "metadata": {"source": "fuzz", "n": 1},
+    }
+
+
+def set_field(message, field_descriptor, value) -> None:
+    target = getattr(message, field_descriptor.name)
+    if isinstance(target, struct_pb2.Struct):
+        try:
+            target.update(value)
+        except (ValueError, TypeError):
+            pass
+    elif isinstance(target, timestamp_pb2.Timestamp):
+        target.CopyFrom(value)
+    else:
+        setattr(message, field_descriptor.name, value)
+
+
+def real_or_fuzz(draw, name: str, rows: Rows, strategy: st.SearchStrategy[Any]) -> Any:
+    """For id fields, often one of the rows' real ids; otherwise anything of the field's type."""
+    real = {"user_id": rows.users, "org_id": rows.orgs, "reservation_id": rows.reservation_ids(),
+            "request_id": rows.request_ids, "key_id": list(rows.keys), "secret": list(rows.keys.values()),
+            "threshold_id": rows.thresholds}.get(name) or []
+    use_real, value = draw(st.booleans()), draw(strategy)
+    return pick(draw, real, value) if use_real else value
+
+
+@st.composite
+def request_for(draw, rpc: str, request_cls, rows: Rows):
+    """A valid request (3 in 10), one with one field mutated (5 in 10), or a random message naming real ids.
+    (Hypothesis favours the simplest choice, 0: here, the valid request.)"""
+    message = request_cls()
+    fields = list(request_cls.DESCRIPTOR.fields)
+    mode = draw(st.integers(0, 9))
+    if mode >= 8:
+        for f in fields:
+            if draw(st.booleans()):
+                set_field(message, f, real_or_fuzz(draw, f.name, rows, fuzz_value(f)))
+        note(f"random {rpc}")
+        return message
+    valid = valid_values(rpc, rows, draw)
+    for f in fields:
+        if f.name in valid:
+            value = valid[f.name]
+            set_field(message, f, value() if callable(value) else value)
+    if mode < 3:
+        note(f"valid {rpc}")
+        return message
+    mutated = draw(st.sampled_from(fields))
+    message.ClearField(mutated.name)
+    if draw(st.integers(0, 4)):
+        set_field(message, mutated, real_or_fuzz(draw, mutated.name, rows, fuzz_value(mutated)))
+    note(f"{rpc}: {mutated.name} mutated")
+    return message
+
+
+async def rows_now(conn: asyncpg.Connection) -> dict[str, int]:
+    """Row counts, less the sweeper's expiries (a hold reserved OK with a short TTL may expire at any time)."""
+    counts = await row_counts(conn)
+    counts["ledger_entries"] -= await conn.fetchval("SELECT count(*) FROM ledger_entries WHERE kind = 'expiry'")
+    return counts
 
 
 def test_every_rpc_is_covered():
-    assert {n for n, _ in AUTHORITY_RPCS} == {"Check", "Reserve", "Commit", "Release", "GetBalance"}
+    assert {n for n, _ in AUTHORITY_RPCS} == set(HOT_PATH)
     assert len(ADMIN_RPCS) >= 14
 
 
-def test_generated_requests_never_fail_unknown_or_internal_and_rejections_write_nothing(channel, tokens,
-                                                                                        database_url):
+def make_rows(world: World) -> Rows:
+    orgs = [world.org(2_000_000) for _ in range(3)]
+    users = [world.user() for _ in range(6)]
+    funded = []
+    for i, user in enumerate(users[:4]):
+        org = orgs[i % 2]
+        world.member(org, user, 300_000, default=i == 0)
+        funded += [(user, org), (user, "")]  # "" resolves to the user's default (or first) org
+    world.member(orgs[2], users[0], 200_000)  # a second org for one user
+    funded.append((users[0], orgs[2]))
+    solo = world.user(individual_mc=500_000)
+    funded.append((solo, ""))
+    memberships = [p for p in funded if p[1]] + [(users[4], orgs[2])]
+    world.member(orgs[2], users[4])  # a member without an allocation
+    return Rows(users=users + [solo], orgs=orgs, funded=funded, memberships=memberships)
+
+
+def test_generated_requests_reach_the_hot_path_never_fail_unknown_or_internal_and_rejections_write_nothing(
+        channel, tokens, database_url, world):
     stubs = {"authority": Stub(authority_pb2_grpc.CreditAuthorityStub(channel), tokens.spend),
              "admin": Stub(admin_pb2_grpc.CreditAdminStub(channel), tokens.admin)}
+    rows = make_rows(world)
     loop = asyncio.new_event_loop()
     conn = loop.run_until_complete(asyncpg.connect(database_url))
-    seen = {}
+    seen: Counter[tuple[str, str]] = Counter()
+    reserved: set[str] = set()  # every reservation id a Reserve answered OK
+    acknowledged: dict[str, int] = {}  # reservation id -> charge a Commit answered OK
+    released: set[str] = set()
+    reserve_request_ids: list[str] = []
 
-    @given(call=CALLS)
-    @settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-    def fuzz(call):
-        (service, name), request = call
-        before = loop.run_until_complete(row_counts(conn))
+    def learn(name: str, request, response) -> None:
+        """Keeps what an OK answer created, so later requests can name it."""
+        if name == "Reserve":
+            rid = response.reservation_id
+            reserved.add(rid)
+            rows.request_ids.append(request.request_id)
+            if rid not in acknowledged and rid not in released:
+                rows.held[rid] = response.reserved_millicredits
+        elif name == "Commit":
+            rid = request.reservation_id
+            assert acknowledged.setdefault(rid, response.charged_millicredits) == response.charged_millicredits, \
+                f"Commit of {rid} acknowledged twice with different charges"
+            rows.held.pop(rid, None)
+            rows.finalized.append(rid)
+        elif name == "Release":
+            released.add(request.reservation_id)
+            rows.held.pop(request.reservation_id, None)
+            rows.finalized.append(request.reservation_id)
+        elif name == "CreateUser":
+            rows.users.append(response.user_id)
+        elif name == "CreateOrganization":
+            rows.orgs.append(response.org_id)
+        elif name == "CreateApiKey":
+            rows.keys[response.key.key_id] = response.secret
+        elif name == "CreateAlertThreshold":
+            rows.thresholds.append(response.threshold.threshold_id)
+        elif name == "RemoveMember":
+            # (the individual's pair stays: no RemoveMember can take it away)
+            rows.funded = [p for p in rows.funded if p[0] != request.user_id or p[1] not in ("", request.org_id)]
+            rows.memberships = [p for p in rows.memberships if p != (request.user_id, request.org_id)] \
+                or [(request.user_id, request.org_id)]  # (then AddMember may bring it back)
+        elif name == "AddMember":
+            rows.memberships.append((request.user_id, request.org_id))
+
+    @given(data=st.data())
+    @settings(max_examples=600, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def fuzz(data):
+        service, name, request_cls = data.draw(st.sampled_from(CALLS), label="rpc")
+        request = data.draw(request_for(name, request_cls, rows), label="request")
+        if name == "Reserve":
+            reserve_request_ids.append(request.request_id)
+        before = loop.run_until_complete(rows_now(conn))
         try:
-            getattr(stubs[service], name)(request)
-            seen.setdefault(name, set()).add("OK")
+            response = getattr(stubs[service], name)(request)
         except grpc.RpcError as error:
             assert error.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), \
                 f"{name}({request}) → {error.code()} {error.details()}"
-            seen.setdefault(name, set()).add(error.code().name)
-            assert loop.run_until_complete(row_counts(conn)) == before, f"rejected {name} wrote rows"
+            seen[name, error.code().name] += 1
+            assert loop.run_until_complete(rows_now(conn)) == before, f"rejected {name}({request}) wrote rows"
+            return
+        seen[name, "OK"] += 1
+        learn(name, request, response)
 
     try:
         fuzz()
+        db = loop.run_until_complete(conn.fetch(
+            """SELECT r.reservation_id::text AS id, r.status, r.charged_mc, u.credits_used
+                 FROM reservations r LEFT JOIN usage_attribution u USING (reservation_id)
+                WHERE r.caller = 'platform' AND r.request_id = ANY($1::text[])""",
+            [rid for rid in reserve_request_ids if "\x00" not in rid]))
+        found = loop.run_until_complete(violations(conn))
     finally:
         loop.run_until_complete(conn.close())
         loop.close()
-    assert len(seen) >= 15, f"too few RPCs exercised: {sorted(seen)}"
+
+    table = {}
+    for (name, code), n in sorted(seen.items()):
+        table.setdefault(name, []).append(f"{code}: {n}")
+    lines = "\n".join(f"  {name:<22} {', '.join(codes)}" for name, codes in table.items())
+    print(f"\ngRPC fuzz, {sum(seen.values())} calls, statuses by RPC:\n{lines}")
+    print(f"reserved OK: {len(reserved)}, commits acknowledged: {len(acknowledged)} "
+          f"({sum(acknowledged.values())} mc), releases acknowledged: {len(released)}, "
+          f"reservations in the database: {len(db)}")
+    assert len(table) >= 15, f"too few RPCs exercised: {sorted(table)}"
+    for name in HOT_PATH:
+        assert seen[name, "OK"] > 0, f"{name} never answered OK: {table.get(name)}"
+
+    # The client's view and the database agree, both ways.
+    in_db = {r["id"]: r for r in db}
+    wrong = [f"reserved OK but not in the database: {rid}" for rid in reserved - set(in_db)]
+    wrong += [f"in the database, never reserved OK: {rid}" for rid in set(in_db) - reserved]
+    for rid, row in in_db.items():
+        if (row["status"] == "committed") != (rid in acknowledged):
+            wrong.append(f"{rid}: {row['status']} in the database, Commit acknowledged: {rid in acknowledged}")
+        elif rid in acknowledged and not (row["charged_mc"] == row["credits_used"] == acknowledged[rid]):
+            wrong.append(f"{rid}: acknowledged {acknowledged[rid]}, charged {row['charged_mc']}, "
+                         f"attributed {row['credits_used']}")
+        elif rid in released and row["status"] not in ("released", "expired"):
+            wrong.append(f"{rid}: Release acknowledged, {row['status']} in the database")
+    assert not wrong, f"{len(wrong)} disagreements, e.g. {wrong[:5]}"
+    assert not found, f"invariants violated: {found}"
