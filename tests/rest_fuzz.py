@@ -51,6 +51,9 @@ class Request:
     def __repr__(self) -> str:
         return f"Request({self.mutation})"
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # how Hypothesis prints a falsifying example
+        printer.text(repr(self))
+
     def part(self, name: str) -> Any:
         return {"body": self.body, "query": self.query, "headers": self.headers, "path": self.path}[name]
 

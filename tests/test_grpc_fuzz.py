@@ -64,7 +64,7 @@ AUTHORITY_RPCS = rpcs(authority_pb2.DESCRIPTOR.services_by_name["CreditAuthority
 ADMIN_RPCS = rpcs(admin_pb2.DESCRIPTOR.services_by_name["CreditAdmin"], admin_pb2)
 # How often each hot-path RPC is drawn, relative to each admin RPC (Reserve and Commit most: a Commit needs a
 # hold to finalize, and a Release takes one away).
-HOT_PATH_WEIGHTS = {"Check": 2, "Reserve": 5, "Commit": 4, "Release": 2, "GetBalance": 2}
+HOT_PATH_WEIGHTS = {"Check": 2, "Reserve": 5, "Commit": 4, "Release": 3, "GetBalance": 2}
 CALLS = [("authority", name, cls) for name, cls in AUTHORITY_RPCS for _ in range(HOT_PATH_WEIGHTS[name])] + \
         [("admin", name, cls) for name, cls in ADMIN_RPCS]
 
@@ -119,9 +119,10 @@ def valid_values(rpc: str, rows: Rows, draw) -> dict[str, Any]:
     funded, membership = pick(draw, rows.funded, None), pick(draw, rows.memberships, None)
     user, org = funded if rpc in HOT_PATH else membership  # admin RPCs name an org
     fresh = uuid.uuid4().hex
-    # A held reservation when there is one, else one already finalized, else an id no row has.
+    # Mostly a held reservation (when there is one), else one already finalized (a replay, a Release after a
+    # Commit: answers the contract fixes too), else an id no row has.
     held, finalized = pick(draw, sorted(rows.held), None), pick(draw, rows.finalized, str(uuid.uuid4()))
-    reservation = held or finalized
+    reservation = held if draw(st.integers(0, 3)) < 3 and held else finalized
     hold = rows.held.get(reservation, 10_000)
     return {
         "user_id": f"fz-user-{fresh[:12]}" if rpc == "CreateUser" else user,
@@ -270,7 +271,7 @@ def test_generated_requests_reach_the_hot_path_never_fail_unknown_or_internal_an
             rows.memberships.append((request.user_id, request.org_id))
 
     @given(data=st.data())
-    @settings(max_examples=600, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=1000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     def fuzz(data):
         service, name, request_cls = data.draw(st.sampled_from(CALLS), label="rpc")
         request = data.draw(request_for(name, request_cls, rows), label="request")

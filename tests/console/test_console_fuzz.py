@@ -53,7 +53,8 @@ def test_the_console_admin_api_fuzzed_as_an_owner(console_inference, org: Org, w
         org_id=org.org_id, user_id=user, kind=admin_pb2.ALERT_THRESHOLD_KIND_PERCENT, value=1)).threshold.threshold_id
         for user in (org.member, org.other, "") for _ in range(10)]
     members = itertools.cycle([org.member, org.other, org.admin_user])
-    allocations = itertools.cycle(["60", "75.5", 80, "120", 0.5, "100"])
+    # Amounts with fractions of a credit, so every acknowledged change also checks the parsing of millicredits.
+    allocations = itertools.cycle(["60.5", "75.25", 80.125, "120.001", 0.5, "100"])
     owner_headers = {"OpenAI-Organization": org.org_id}
     edges_org = {("headers", "OpenAI-Organization"): [org.org_id, "", "no-such-org", org.org_id.upper(), "x" * 129]}
     usage_edges = {("query", "start"): ["2020-01-01", "1970-01-01T00:00:00Z", "9999-01-01", "2020-13-01"],
@@ -87,8 +88,8 @@ def test_the_console_admin_api_fuzzed_as_an_owner(console_inference, org: Org, w
               "allocation": ["0", 0, "0.001", "12.5", 99.999, 1, "0.0001", "1e3", -1, "999999999999.999", 10**13,
                              True, "1,5"]}),
         post("top-ups", f"{API}/org/top-ups",
-             lambda: {"credits": "5", "purchase_reference": f"po-{uuid.uuid4().hex[:12]}", "purchase_amount": "5.00",
-                      "purchase_currency": "USD"},
+             lambda: {"credits": "5.125", "purchase_reference": f"po-{uuid.uuid4().hex[:12]}",
+                      "purchase_amount": "5.00", "purchase_currency": "USD"},
              {"credits": ["0.001", 1, 2.5, "1000000000000", "0", "-1", "1e2", "5.0001"],
               "purchase_reference": ["po-fixed-1", "", " ", "x" * 128, "x" * 129, "\u2028"],
               "purchase_amount": ["", "99.00", "1.23456", "-1", "abc"], "purchase_currency": ["", "EUR", "x" * 300]}),
@@ -170,8 +171,9 @@ def test_the_console_admin_api_fuzzed_as_an_owner(console_inference, org: Org, w
         acknowledged.setdefault(body["purchase_reference"].strip(), credits_mc(body["credits"]))
     stored = {r["purchase_reference"]: r["amount_mc"] for r in top_ups
               if r["purchase_reference"] not in initial_top_ups}
-    if stored != acknowledged:
-        wrong.append(f"top-ups acknowledged {acknowledged} but stored {stored}")
+    wrong += [f"top-up {reference}: acknowledged {acknowledged.get(reference)} mc, stored {stored.get(reference)}"
+              for reference in sorted(acknowledged.keys() | stored.keys())
+              if acknowledged.get(reference) != stored.get(reference)]
     if pool_total != initial_total + sum(acknowledged.values()):
         wrong.append(f"pool total {pool_total}, expected {initial_total} + {sum(acknowledged.values())}")
     # Allocations: each answer is what was asked, and each member's limit is what the last answer said.
