@@ -13,18 +13,21 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import grpc
-from conftest import Stub, World
+import pytest
+from conftest import AuthorityProcess, Stub, World
 from google.protobuf import descriptor, struct_pb2, timestamp_pb2
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from invariants import row_counts, violations
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
+from credit_service.migrate import migrate
 
 FD = descriptor.FieldDescriptor
 INT64 = (-(2**63), 2**63 - 1)
@@ -326,4 +329,107 @@ def test_generated_requests_reach_the_hot_path_never_fail_unknown_or_internal_an
         elif rid in released and row["status"] not in ("released", "expired"):
             wrong.append(f"{rid}: Release acknowledged, {row['status']} in the database")
     assert not wrong, f"{len(wrong)} disagreements, e.g. {wrong[:5]}"
+    assert not found, f"invariants violated: {found}"
+
+
+# ---- totals past the BIGINT range ----------------------------------------------------------------------------
+
+BIGINT_MAX = 2**63 - 1
+MAX_AMOUNT = 10**15  # the largest top-up, grant or Commit amount the contract allows
+
+
+async def near_the_bigint_maximum(conn: asyncpg.Connection, org_id: str, user_id: str) -> None:
+    """Pool total and individual limit within one maximal amount of the BIGINT maximum, each with its ledger
+    entry (the state 9,224 maximal top-ups or grants would reach; made in SQL for speed)."""
+    near = BIGINT_MAX - MAX_AMOUNT + 1
+    async with conn.transaction():
+        total = await conn.fetchval("SELECT total_mc FROM org_pools WHERE org_id = $1", org_id)
+        await conn.execute("UPDATE org_pools SET total_mc = $2 WHERE org_id = $1", org_id, near)
+        await conn.execute("""INSERT INTO ledger_entries (account, org_id, kind, delta_limit_mc, note)
+                              VALUES ('pool', $1, 'top_up', $2, 'test: near the BIGINT maximum')""",
+                           org_id, near - total)
+        limit = await conn.fetchval("SELECT limit_mc FROM individual_balances WHERE user_id = $1", user_id)
+        await conn.execute("UPDATE individual_balances SET limit_mc = $2 WHERE user_id = $1", user_id, near)
+        await conn.execute("""INSERT INTO ledger_entries (account, user_id, kind, delta_limit_mc, note)
+                              VALUES ('individual', $1, 'grant', $2, 'test: near the BIGINT maximum')""",
+                           user_id, near - limit)
+
+
+@pytest.fixture
+def own_authority(database_url, tokens):
+    """An authority on a database of its own: the totals this test makes would overflow the session's usage sums
+    (a QueryUsage over every user sums credits_used into a BIGINT)."""
+    name = f"credit_bigint_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> str:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')  # a name made above, not input
+        finally:
+            await conn.close()
+        url = database_url.rsplit("/", 1)[0] + "/" + name
+        await migrate(url)
+        return url
+
+    url = asyncio.run(create())
+    process = AuthorityProcess(url, tokens).start()
+    yield process
+    process.stop()
+
+
+def test_totals_past_the_bigint_range_are_refused_not_internal(own_authority, tokens):
+    """Every amount below is in range (1 … 10^15), but the account's total would pass 2^63 − 1: the authority
+    must refuse with a status a caller can act on and write nothing, never INTERNAL (PostgreSQL's 22003).
+    Found from the fuzzers' edge amounts (10^15): the total of an account has no bound of its own."""
+    channel = grpc.insecure_channel(own_authority.addr)
+    admin = Stub(admin_pb2_grpc.CreditAdminStub(channel), tokens.admin)
+    spend = Stub(authority_pb2_grpc.CreditAuthorityStub(channel), tokens.spend)
+    world = World(admin)
+    org_id, user_id = world.org(1_000), world.user(individual_mc=1_000)
+    loop = asyncio.new_event_loop()
+    conn = loop.run_until_complete(asyncpg.connect(own_authority.database_url))
+    answers: dict[str, str] = {}
+    try:
+        loop.run_until_complete(near_the_bigint_maximum(conn, org_id, user_id))
+        calls = {
+            "TopUpPool": lambda: admin.TopUpPool(admin_pb2.TopUpPoolRequest(
+                org_id=org_id, amount_millicredits=MAX_AMOUNT, purchase_reference=uuid.uuid4().hex)),
+            "GrantIndividualCredits": lambda: admin.GrantIndividualCredits(admin_pb2.GrantIndividualCreditsRequest(
+                user_id=user_id, amount_millicredits=MAX_AMOUNT, reason="test", reference=uuid.uuid4().hex)),
+        }
+        for name, call in calls.items():
+            before = loop.run_until_complete(rows_now(conn))
+            try:
+                call()
+                answers[name] = "OK"
+            except grpc.RpcError as error:
+                answers[name] = f"{error.code().name}: {error.details()}"
+                assert loop.run_until_complete(rows_now(conn)) == before, f"a refused {name} wrote rows"
+
+        # Commit: each charge above its hold is charged in full, so 9,224 overruns of 10^15 on holds of 1
+        # millicredit pass the BIGINT maximum of the account's used credits.
+        spender = world.user(individual_mc=10_000)
+        with ThreadPoolExecutor(8) as pool:
+            holds = list(pool.map(lambda _: spend.Reserve(authority_pb2.ReserveRequest(
+                request_id=uuid.uuid4().hex, user_id=spender, amount_millicredits=1)).reservation_id,
+                range(BIGINT_MAX // MAX_AMOUNT + 1)))
+
+            def commit(reservation_id: str) -> str:
+                try:
+                    spend.Commit(authority_pb2.CommitRequest(reservation_id=reservation_id,
+                                                             amount_millicredits=MAX_AMOUNT))
+                    return "OK"
+                except grpc.RpcError as error:
+                    return f"{error.code().name}: {error.details()}"
+
+            commits = Counter(pool.map(commit, holds))
+        answers["Commit"] = ", ".join(f"{answer} ×{n}" for answer, n in commits.items() if answer != "OK")
+        found = loop.run_until_complete(violations(conn))
+    finally:
+        loop.run_until_complete(conn.close())
+        loop.close()
+        channel.close()
+    print(f"\nanswers past the BIGINT maximum: {answers}")
+    internal = {name: answer for name, answer in answers.items() if "INTERNAL" in answer or "UNKNOWN" in answer}
+    assert not internal, f"totals past 2^63 - 1 answered INTERNAL/UNKNOWN: {internal}"
     assert not found, f"invariants violated: {found}"
