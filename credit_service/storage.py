@@ -132,6 +132,15 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     after every call, is skipped."""
 
 
+# The largest total an account may reach (pool total, allocation or balance limit, used credits):
+# 2^62 − 1 millicredits, so that limit − used − held stays inside BIGINT (migrations/0010).
+MAX_ACCOUNT_TOTAL_MC = 2**62 - 1
+
+
+def _past_largest_total(what: str) -> FailedPrecondition:
+    return FailedPrecondition(f"{what} would pass the largest account total ({MAX_ACCOUNT_TOTAL_MC} millicredits)")
+
+
 def hash_secret(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
@@ -296,6 +305,8 @@ class Storage:
         outcome = row["outcome"]
         if outcome == "not_found":
             raise NotFound(f"reservation {reservation_id} not found")
+        if outcome == "out_of_range":
+            raise _past_largest_total(f"the used credits of reservation {reservation_id}'s account")
         if outcome == "finalized":
             raise FailedPrecondition(
                 f"reservation {reservation_id} is already finalized"
@@ -427,8 +438,12 @@ class Storage:
                     raise AlreadyExists(
                         f"purchase_reference {purchase_reference!r} was already used with another amount")
             else:
-                await conn.execute("UPDATE org_pools SET total_mc = total_mc + $2 WHERE org_id = $1",
-                                   org_id, amount_mc)
+                updated = await conn.execute(
+                    """UPDATE org_pools SET total_mc = total_mc + $2
+                       WHERE org_id = $1 AND total_mc <= $3::bigint - $2::bigint""",
+                    org_id, amount_mc, MAX_ACCOUNT_TOTAL_MC)
+                if updated == "UPDATE 0":
+                    raise _past_largest_total(f"the pool of {org_id!r}")
                 await conn.execute(
                     """INSERT INTO ledger_entries (account, org_id, kind, delta_limit_mc, note)
                        VALUES ('pool', $1, 'top_up', $2, $3)""", org_id, amount_mc, purchase_reference)
@@ -485,11 +500,14 @@ class Storage:
                 if previous != amount_mc:
                     raise AlreadyExists(f"grant reference {reference!r} was already used with another amount")
                 return await self._individual(conn, user_id)
-            await conn.execute(
+            granted = await conn.fetchval(
                 """INSERT INTO individual_balances (user_id, limit_mc) VALUES ($1, $2)
                    ON CONFLICT (user_id) DO UPDATE
-                   SET limit_mc = individual_balances.limit_mc + $2, updated_at = now()""",
-                user_id, amount_mc)
+                   SET limit_mc = individual_balances.limit_mc + $2, updated_at = now()
+                   WHERE individual_balances.limit_mc <= $3::bigint - $2::bigint RETURNING user_id""",
+                user_id, amount_mc, MAX_ACCOUNT_TOTAL_MC)
+            if granted is None:
+                raise _past_largest_total(f"the individual balance of {user_id!r}")
             await conn.execute(
                 """INSERT INTO ledger_entries (account, user_id, kind, delta_limit_mc, note)
                    VALUES ('individual', $1, 'grant', $2, $3)""", user_id, amount_mc, reason)
