@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,7 +45,17 @@ def scratch_copy() -> Path:
     return target
 
 
+def latest_definition(function: str, tree: Path) -> str:
+    """The last migration that (re)defines `function`: the one a fresh database runs."""
+    pattern = re.compile(rf"CREATE (OR REPLACE )?FUNCTION {re.escape(function)}\(")
+    defining = [p for p in sorted((tree / "migrations").glob("*.sql")) if pattern.search(p.read_text())]
+    return str(defining[-1].relative_to(tree)) if defining else ""
+
+
 def apply(mutant: Mutant, tree: Path) -> None:
+    if mutant.function and latest_definition(mutant.function, tree) != mutant.path:
+        raise LookupError(f"{mutant.path} no longer holds the live {mutant.function} "
+                          f"(latest: {latest_definition(mutant.function, tree) or 'none'}): the mutant is stale")
     path = tree / mutant.path
     text = path.read_text()
     for original, replacement in mutant.edits:

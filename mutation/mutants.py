@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BATCH = "migrations/0009_one_account_lock_order.sql"  # credit_batch, credit_expire_holds
-SINGLE = "migrations/0007_hot_path_plans_use_keys.sql"  # credit_commit, credit_release
+BATCH = "migrations/0010_largest_account_total.sql"  # credit_batch, credit_commit
+SWEEPER = "migrations/0009_one_account_lock_order.sql"  # credit_expire_holds
+SINGLE = BATCH  # credit_commit
+RELEASE = "migrations/0007_hot_path_plans_use_keys.sql"  # credit_release
 RESERVE_OP = "migrations/0004_batched_hot_path.sql"  # credit_reserve_op
 FUNDING = "migrations/0002_hot_path.sql"  # credit_resolve_funding
 METERING = "inference_service/metering.py"
@@ -27,10 +29,12 @@ class Mutant:
     path: str
     edits: tuple[tuple[str, str], ...]  # (exact original text, replacement)
     tests: tuple[str, ...]
+    function: str = ""  # for SQL: the function changed; the gate checks `path` is its latest definition
 
 
-def mutant(name: str, what: str, path: str, original: str, replacement: str, *tests: str) -> Mutant:
-    return Mutant(name, what, path, ((original, replacement),), tests)
+def mutant(name: str, what: str, path: str, original: str, replacement: str, *tests: str,
+           function: str = "") -> Mutant:
+    return Mutant(name, what, path, ((original, replacement),), tests, function)
 
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -38,42 +42,47 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("batch-no-for-update", "credit_batch reads accounts without FOR UPDATE", BATCH, (
         ("WHERE x.org_id = a_org AND x.user_id = a_user FOR UPDATE;", "WHERE x.org_id = a_org AND x.user_id = a_user;"),
         ("WHERE x.user_id = a_user FOR UPDATE;", "WHERE x.user_id = a_user;")),
-        ("tests/test_concurrent_reserves.py",)),
+        ("tests/test_concurrent_reserves.py",), "credit_batch"),
     mutant("batch-replay-finalized", "credit_batch answers a repeated Commit 'finalized' instead of replaying it",
            BATCH, """outcome := CASE WHEN res.status = 'committed' AND res.charged_mc = amounts[i]
                                     THEN 'replay' ELSE 'finalized' END;""", "outcome := 'finalized';",
-           "tests/faults/test_authority_killed.py"),
+           "tests/faults/test_authority_killed.py", function="credit_batch"),
     mutant("batch-reserve-ignores-limit", "credit_batch grants a hold whatever is available", BATCH,
            "ELSIF a_limit - a_used - a_held < amounts[i] THEN", "ELSIF a_limit - a_used - a_held < 0 THEN",
-           "tests/test_concurrent_reserves.py"),
+           "tests/test_concurrent_reserves.py", function="credit_batch"),
     mutant("batch-lock-order-reversed", "credit_batch locks accounts in the reverse of the global order", BATCH,
            "ORDER BY lock_keys[o.i], o.i LOOP", "ORDER BY lock_keys[o.i] DESC, o.i LOOP",
-           "tests/test_lock_order.py"),
-    mutant("sweeper-never-expires", "the sweeper expires nothing within a day", BATCH,
+           "tests/test_lock_order.py", function="credit_batch"),
+    mutant("sweeper-never-expires", "the sweeper expires nothing within a day", SWEEPER,
            "WHERE status = 'held' AND expires_at <= now()",
-           "WHERE status = 'held' AND expires_at <= now() - interval '1 day'", "tests/test_two_phase.py"),
+           "WHERE status = 'held' AND expires_at <= now() - interval '1 day'", "tests/test_two_phase.py",
+           function="credit_expire_holds"),
     mutant("commit-replay-finalized", "credit_commit answers a repeated Commit 'finalized'", SINGLE,
            """outcome := CASE WHEN r.status = 'committed' AND r.charged_mc = p_amount_mc
                         THEN 'replay' ELSE 'finalized' END;""", "outcome := 'finalized';",
-           "tests/test_two_phase.py"),
+           "tests/test_two_phase.py", function="credit_commit"),
     mutant("commit-skips-ledger", "credit_commit writes no ledger entry for the charge", SINGLE,
            "    INSERT INTO ledger_entries (account, org_id, user_id, kind, delta_used_mc, delta_held_mc, "
            "reservation_id)\n    VALUES (CASE WHEN r.funding_kind = 'org' THEN 'allocation' ELSE 'individual' END,\n"
            "            r.org_id, r.user_id, 'charge', p_amount_mc, -v_hold_removed, r.reservation_id);", "",
-           "tests/test_two_phase.py", "tests/test_stateful.py"),
+           "tests/test_two_phase.py", "tests/test_stateful.py", function="credit_commit"),
     mutant("commit-never-late", "credit_commit never flags a late commit", SINGLE,
-           "late := r.status = 'expired' OR now() > r.expires_at;", "late := false;", "tests/test_two_phase.py"),
+           "late := r.status = 'expired' OR now() > r.expires_at;", "late := false;", "tests/test_two_phase.py",
+           function="credit_commit"),
     mutant("commit-never-overrun", "credit_commit never flags an overrun", SINGLE,
-           "overrun := p_amount_mc > r.amount_mc;", "overrun := false;", "tests/test_two_phase.py"),
-    mutant("release-keeps-hold", "credit_release leaves the hold on the account", SINGLE,
+           "overrun := p_amount_mc > r.amount_mc;", "overrun := false;", "tests/test_two_phase.py",
+           function="credit_commit"),
+    mutant("release-keeps-hold", "credit_release leaves the hold on the account", RELEASE,
            "PERFORM credit_apply_to_account(r.funding_kind, r.org_id, r.user_id, 0, -r.amount_mc);",
-           "PERFORM credit_apply_to_account(r.funding_kind, r.org_id, r.user_id, 0, 0);", "tests/test_two_phase.py"),
+           "PERFORM credit_apply_to_account(r.funding_kind, r.org_id, r.user_id, 0, 0);", "tests/test_two_phase.py",
+           function="credit_release"),
     mutant("reserve-ignores-limit", "credit_reserve_op holds more than is available", RESERVE_OP,
            "AND a.limit_mc - a.used_mc - a.held_mc >= p_amount_mc", "AND a.limit_mc - a.used_mc - a.held_mc >= 0",
-           "tests/test_stateful.py", "tests/test_two_phase.py"),
+           "tests/test_stateful.py", "tests/test_two_phase.py", function="credit_reserve_op"),
     mutant("funding-skips-membership", "an explicit org funds any user, member or not", FUNDING,
            """PERFORM 1 FROM org_members m WHERE m.org_id = p_org_id AND m.user_id = p_user_id;""",
-           """PERFORM 1 FROM organizations m WHERE m.org_id = p_org_id;""", "tests/test_funding_resolution.py"),
+           """PERFORM 1 FROM organizations m WHERE m.org_id = p_org_id;""", "tests/test_funding_resolution.py",
+           function="credit_resolve_funding"),
     mutant("reserve-no-retry", "a Reserve that lost a same-request_id race is not run again to replay",
            "credit_service/storage.py", "for _ in range(5):", "for _ in range(1):",
            "tests/test_concurrent_reserves.py"),
