@@ -7,11 +7,15 @@ from __future__ import annotations
 
 
 class CreditError(Exception):
-    """Base of every domain error; `message` is safe to show to callers."""
+    """Base of every domain error; `message` is safe to show to callers. An outcome a caller must
+    tell apart from others of the same status carries a `reason` (google.rpc.ErrorInfo.reason, with
+    `details` as its metadata), so that no caller parses the message."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, reason: str = "", details: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
+        self.reason = reason
+        self.details = details or {}
 
 
 class InvalidArgument(CreditError):
@@ -37,6 +41,12 @@ class AlreadyExists(CreditError):
 
 class FailedPrecondition(CreditError):
     pass
+
+
+# ErrorInfo reasons (besides INSUFFICIENT_CREDITS): one per outcome a caller acts on differently.
+ROLE_REQUIRED = "ROLE_REQUIRED"  # PERMISSION_DENIED: the token lacks the role the RPC needs
+ALLOCATION_BELOW_COMMITTED = "ALLOCATION_BELOW_COMMITTED"  # FAILED_PRECONDITION: below used + held
+ACCOUNT_TOTAL_LIMIT = "ACCOUNT_TOTAL_LIMIT"  # FAILED_PRECONDITION: a total would pass 2^62 − 1 mc
 
 
 class Unavailable(CreditError):

@@ -39,6 +39,7 @@ from .auth import Caller, Role, TokenAuthenticator
 from .authority import CreditAuthority, UsageQuery
 from .embedded_db import ensure_database
 from .errors import (
+    ROLE_REQUIRED,
     AlreadyExists,
     CreditError,
     FailedPrecondition,
@@ -93,6 +94,8 @@ def status_for(error: CreditError) -> grpc.Status:
             reason="INSUFFICIENT_CREDITS", domain=ERROR_DOMAIN,
             metadata={"available": str(error.available), "requested": str(error.requested),
                       "funding": error.funding})
+    elif error.reason:
+        detail = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.details)
     return _rich_status(code, error.message, detail)
 
 
@@ -117,7 +120,10 @@ def rpc(*roles: Role) -> Callable:
                 assert caller is not None  # abort() raised otherwise
                 if not caller.roles.intersection(roles):
                     code = grpc.StatusCode.PERMISSION_DENIED
-                    await context.abort(code, f"{name} requires the {' or '.join(r.value for r in roles)} role")
+                    needed = " or ".join(r.value for r in roles)
+                    denied = status_for(PermissionDenied(f"{name} requires the {needed} role", ROLE_REQUIRED,
+                                                         {"rpc": name, "roles": needed}))
+                    await context.abort(denied.code, denied.details, denied.trailing_metadata)
                 try:
                     return await method(self, request, caller)
                 except CreditError as error:

@@ -20,6 +20,8 @@ import asyncpg
 
 from . import metrics
 from .errors import (
+    ACCOUNT_TOTAL_LIMIT,
+    ALLOCATION_BELOW_COMMITTED,
     AlreadyExists,
     FailedPrecondition,
     InsufficientCredits,
@@ -138,7 +140,8 @@ MAX_ACCOUNT_TOTAL_MC = 2**62 - 1
 
 
 def _past_largest_total(what: str) -> FailedPrecondition:
-    return FailedPrecondition(f"{what} would pass the largest account total ({MAX_ACCOUNT_TOTAL_MC} millicredits)")
+    return FailedPrecondition(f"{what} would pass the largest account total ({MAX_ACCOUNT_TOTAL_MC} millicredits)",
+                              ACCOUNT_TOTAL_LIMIT, {"limit": str(MAX_ACCOUNT_TOTAL_MC)})
 
 
 def hash_secret(secret: str) -> bytes:
@@ -474,7 +477,9 @@ class Storage:
             committed = (alloc["used_mc"] + alloc["held_mc"]) if alloc else 0
             if allocation_mc < committed:
                 raise FailedPrecondition(
-                    f"allocation {allocation_mc} is below what {user_id!r} already used or holds ({committed})")
+                    f"allocation {allocation_mc} is below what {user_id!r} already used or holds ({committed})",
+                    ALLOCATION_BELOW_COMMITTED,
+                    {"allocation": str(allocation_mc), "committed": str(committed), "user_id": user_id})
             unallocated = pool["total_mc"] - pool["allocated_mc"]
             delta = allocation_mc - current
             if delta > unallocated:

@@ -44,7 +44,8 @@ def funding_label(funding: types_pb2.Funding) -> str:
     return f"org:{funding.org_id}" if funding.kind == types_pb2.Funding.ORG else "individual"
 
 
-def _error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    """The authority's google.rpc.ErrorInfo on an error, if it sent one."""
     status = rpc_status.from_call(error)
     for detail in status.details if status else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -59,7 +60,7 @@ def to_api_error(error: grpc.aio.AioRpcError) -> errors.ApiError:
     if code in RETRYABLE:
         return errors.unavailable()
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        info = _error_info(error)
+        info = error_info(error)
         meta = dict(info.metadata) if info else {}
         available = int(meta.get("available", "0"))
         requested = int(meta.get("requested", "0"))

@@ -33,15 +33,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from google.protobuf.json_format import MessageToDict
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from credit.v1 import admin_pb2, types_pb2
+from credit_service.errors import ALLOCATION_BELOW_COMMITTED, ROLE_REQUIRED
 from credit_service.money import MAX_MILLICREDITS, format_credits, parse_credits
 
 from . import errors
-from .authority_client import funding_label, to_api_error
+from .authority_client import error_info, funding_label, to_api_error
 
 STATIC_DIR = Path(__file__).resolve().parent / "console_static"
 ADMIN_ROLES = ("owner", "admin")
@@ -144,23 +143,14 @@ def _client_request_id(reserve_id: str) -> str:
     return client_id if sep and key_id.startswith("ck_") else reserve_id
 
 
-def _error_info(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return dict(info.metadata)
-    return {}
-
-
 def _console_error(method: str, error: grpc.aio.AioRpcError) -> errors.ApiError:
     code, details = error.code(), error.details() or ""
-    if code == grpc.StatusCode.PERMISSION_DENIED and "requires the" in details:
+    info = error_info(error)
+    reason, meta = (info.reason, dict(info.metadata)) if info else ("", {})
+    if reason == ROLE_REQUIRED:
         return errors.forbidden("The inference service's authority token lacks the admin role, so the console "
                                 "cannot make changes; give that token spend+read+admin.")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and method == "SetAllocation":
-        meta = _error_info(error)
         return errors.ApiError(
             402, f"Not enough unallocated credits in the pool: this change needs "
                  f"{format_credits(int(meta.get('requested', '0')))} more credits, only "
@@ -168,13 +158,12 @@ def _console_error(method: str, error: grpc.aio.AioRpcError) -> errors.ApiError:
                  "another allocation first.", "insufficient_credits", "insufficient_unallocated_credits",
             extra={"unallocated": format_credits(int(meta.get("available", "0"))),
                    "requested": format_credits(int(meta.get("requested", "0")))})
+    if reason == ALLOCATION_BELOW_COMMITTED:
+        return errors.conflict(
+            f"An allocation of {format_credits(int(meta['allocation']))} credits is below what {meta['user_id']} "
+            f"already used or holds ({format_credits(int(meta['committed']))} credits).", "failed_precondition")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
-        message = details
-        match = re.match(r"allocation (\d+) is below what '?([^']*)'? already used or holds \((\d+)\)", details)
-        if match:
-            message = (f"An allocation of {format_credits(int(match.group(1)))} credits is below what "
-                       f"{match.group(2)} already used or holds ({format_credits(int(match.group(3)))} credits).")
-        return errors.conflict(message, "failed_precondition")
+        return errors.conflict(details, "failed_precondition")
     if code == grpc.StatusCode.ALREADY_EXISTS:
         return errors.conflict(details or "already exists", "already_exists")
     return to_api_error(error)

@@ -58,6 +58,9 @@ async def test_lowering_an_allocation_below_used_plus_held_fails(world, spend, a
     spend.Reserve(reserve_request(user, 1_000, org))
     error = _code(lambda: world.allocate(org, user, 2_999))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(error)  # callers act on the reason and its figures, never on the message
+    assert info is not None and info.reason == "ALLOCATION_BELOW_COMMITTED"
+    assert dict(info.metadata) == {"allocation": "2999", "committed": "3000", "user_id": user}
     member = world.allocate(org, user, 3_000)
     assert (member.allocation_millicredits, member.available_millicredits) == (3_000, 0)
     got = admin.GetOrganization(admin_pb2.GetOrganizationRequest(org_id=org))

@@ -7,7 +7,7 @@ import pytest
 from conftest import Stub
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from helpers import reserve_request
+from helpers import error_info, reserve_request
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
 
@@ -36,6 +36,11 @@ def test_spend_token_calling_credit_admin_is_permission_denied(channel, tokens, 
         == grpc.StatusCode.PERMISSION_DENIED
     assert _code(lambda: admin.TopUpPool(admin_pb2.TopUpPoolRequest(
         org_id="x", amount_millicredits=1, purchase_reference="p"))) == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as raised:
+        admin.SetAllocation(admin_pb2.SetAllocationRequest(org_id="x", user_id="y"))
+    info = error_info(raised.value)  # told apart from "not a member" without parsing the message
+    assert info is not None and info.reason == "ROLE_REQUIRED"
+    assert dict(info.metadata) == {"rpc": "SetAllocation", "roles": "admin"}
 
 
 def test_read_token_cannot_spend_but_can_read(channel, tokens, world):
