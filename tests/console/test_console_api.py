@@ -320,3 +320,16 @@ def test_balance_in_me_follows_spending(console_inference, org: Org, kind, spend
     balance = get(console_inference, org.keys[kind], "/me").json()["balance"]
     assert balance["held"] == "1.500"
     spend.Release(authority_pb2.ReleaseRequest(reservation_id=hold.reservation_id))
+
+
+def test_a_console_whose_token_lacks_the_admin_role_says_so(console_authority, tokens, models_file, org: Org):
+    """The authority's ROLE_REQUIRED reason (not its message) tells the console what is wrong."""
+    from rest_support import InferenceProcess
+
+    spend_only = InferenceProcess(console_authority, tokens.spend, models_file).start()  # spend+read
+    try:
+        refused = post(spend_only, org.keys["owner"], "/org/allocations", {"user_id": org.member, "allocation": "1"})
+    finally:
+        spend_only.stop()
+    assert refused.status_code == 403, refused.text
+    assert "lacks the admin role" in refused.json()["error"]["message"]
