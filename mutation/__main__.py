@@ -46,8 +46,12 @@ def scratch_copy() -> Path:
 
 
 def latest_definition(function: str, tree: Path) -> str:
-    """The last migration that (re)defines `function`: the one a fresh database runs."""
+    """The file holding the live `function`: migrations/functions/<function>.sql, which the runner applies
+    after the numbered history, when it exists; else the last numbered migration that (re)defines it."""
     pattern = re.compile(rf"CREATE (OR REPLACE )?FUNCTION {re.escape(function)}\(")
+    current = tree / "migrations" / "functions" / f"{function}.sql"
+    if current.is_file() and pattern.search(current.read_text()):
+        return str(current.relative_to(tree))
     defining = [p for p in sorted((tree / "migrations").glob("*.sql")) if pattern.search(p.read_text())]
     return str(defining[-1].relative_to(tree)) if defining else ""
 

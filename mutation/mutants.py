@@ -2,20 +2,21 @@
 
 A mutant replaces exact text (which must occur exactly once) in a scratch copy of
 the checkout; the gate runs the named tests there and the mutant must make them
-fail. SQL mutants change the live definition of a function (the latest migration
-that defines it: a fresh test database is migrated from the copy).
+fail. SQL mutants change the live definition of a function (its file in
+migrations/functions/, which the runner applies after the numbered history: a
+fresh test database is migrated from the copy).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-BATCH = "migrations/0010_largest_account_total.sql"  # credit_batch, credit_commit
-SWEEPER = "migrations/0009_one_account_lock_order.sql"  # credit_expire_holds
-SINGLE = BATCH  # credit_commit
-RELEASE = "migrations/0007_hot_path_plans_use_keys.sql"  # credit_release
-RESERVE_OP = "migrations/0004_batched_hot_path.sql"  # credit_reserve_op
-FUNDING = "migrations/0002_hot_path.sql"  # credit_resolve_funding
+BATCH = "migrations/functions/credit_batch.sql"
+SWEEPER = "migrations/functions/credit_expire_holds.sql"
+SINGLE = "migrations/functions/credit_commit.sql"
+RELEASE = "migrations/functions/credit_release.sql"
+RESERVE_OP = "migrations/functions/credit_reserve_op.sql"
+FUNDING = "migrations/functions/credit_resolve_funding.sql"
 METERING = "inference_service/metering.py"
 CLIENT = "inference_service/authority_client.py"
 INTEGRITY = "tests/inference/test_billing_integrity.py"
@@ -29,7 +30,7 @@ class Mutant:
     path: str
     edits: tuple[tuple[str, str], ...]  # (exact original text, replacement)
     tests: tuple[str, ...]
-    function: str = ""  # for SQL: the function changed; the gate checks `path` is its latest definition
+    function: str = ""  # for SQL: the function changed; the gate checks `path` is its live definition
 
 
 def mutant(name: str, what: str, path: str, original: str, replacement: str, *tests: str,
