@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
+# The installable Python client (clients/python) ships its own copy of the hot-path stubs, so that it
+# needs no file of the server's package: these files, with `from credit.v1 import` made relative.
+CLIENT_STUBS = Path("clients", "python", "credit_client", "_proto")
+CLIENT_FILES = ("authority_pb2.py", "authority_pb2.pyi", "authority_pb2_grpc.py", "authority_pb2_grpc.pyi",
+                "types_pb2.py", "types_pb2.pyi")
 
 
 def generate(out_dir: Path) -> None:
@@ -30,5 +36,17 @@ def generate(out_dir: Path) -> None:
         raise RuntimeError("protoc failed")
 
 
+def generate_client(out_dir: Path) -> None:
+    """Writes the client's copy of the stubs (CLIENT_FILES) into out_dir."""
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(Path(tmp))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in CLIENT_FILES:
+            text = (Path(tmp) / "credit" / "v1" / name).read_text()
+            (out_dir / name).write_text(text.replace("from credit.v1 import ", "from . import "))
+
+
 if __name__ == "__main__":
-    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT)
+    root = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT
+    generate(root)
+    generate_client(root / CLIENT_STUBS)

@@ -1,4 +1,4 @@
-"""credit_service.client against the live authority: one block bills one call."""
+"""credit_client (the Python client, clients/python) against the live authority: one block bills one call."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from conftest import free_port
 from invariants import assert_invariants
 
-from credit_service.client import (
+from credit_client import (
     AlreadyExists,
     AlreadyFinalized,
     AuthorityUnavailable,
