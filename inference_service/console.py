@@ -41,6 +41,7 @@ from credit_service.money import MAX_MILLICREDITS, format_credits, parse_credits
 
 from . import errors
 from .authority_client import error_info, funding_label, to_api_error
+from .service import client_request_id, credits_fields
 
 STATIC_DIR = Path(__file__).resolve().parent / "console_static"
 ADMIN_ROLES = ("owner", "admin")
@@ -108,10 +109,6 @@ class ThresholdBody(_Body):
 
 # ---- helpers -------------------------------------------------------------
 
-def _credits_fields(prefix: str, millicredits: int) -> dict[str, Any]:
-    return {prefix: format_credits(millicredits), f"{prefix}_millicredits": millicredits}
-
-
 def _millicredits(field: str, value: Any, *, allow_zero: bool) -> int:
     text = str(value).strip() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
     if isinstance(value, float) and value.is_integer():
@@ -135,12 +132,6 @@ def _require_id(field: str, value: str) -> str:
 
 def _ts(value) -> str | None:
     return value.ToDatetime(timezone.utc).isoformat() if value is not None and value.ByteSize() else None
-
-
-def _client_request_id(reserve_id: str) -> str:
-    """The id the client saw: the inference service reserves as "<key id>:<client id>"."""
-    key_id, sep, client_id = reserve_id.partition(":")
-    return client_id if sep and key_id.startswith("ck_") else reserve_id
 
 
 def _console_error(method: str, error: grpc.aio.AioRpcError) -> errors.ApiError:
@@ -210,17 +201,17 @@ class Viewer:
 
 def _member_dict(m: admin_pb2.Member) -> dict[str, Any]:
     return {"user_id": m.user_id, "role": _ROLE_NAMES.get(m.role, "member"), "is_default": m.is_default,
-            **_credits_fields("allocation", m.allocation_millicredits), **_credits_fields("used", m.used_millicredits),
-            **_credits_fields("held", m.held_millicredits),
-            **_credits_fields("remaining", m.available_millicredits), "joined_at": _ts(m.joined_at)}
+            **credits_fields("allocation", m.allocation_millicredits), **credits_fields("used", m.used_millicredits),
+            **credits_fields("held", m.held_millicredits),
+            **credits_fields("remaining", m.available_millicredits), "joined_at": _ts(m.joined_at)}
 
 
 def _org_dict(o: admin_pb2.Organization) -> dict[str, Any]:
-    return {"org_id": o.org_id, "name": o.name, **_credits_fields("pool_total", o.pool_total_millicredits),
-            **_credits_fields("allocated", o.allocated_millicredits),
-            **_credits_fields("unallocated", o.unallocated_millicredits),
-            **_credits_fields("used", o.used_millicredits), **_credits_fields("held", o.held_millicredits),
-            **_credits_fields("remaining", o.pool_total_millicredits - o.used_millicredits)}
+    return {"org_id": o.org_id, "name": o.name, **credits_fields("pool_total", o.pool_total_millicredits),
+            **credits_fields("allocated", o.allocated_millicredits),
+            **credits_fields("unallocated", o.unallocated_millicredits),
+            **credits_fields("used", o.used_millicredits), **credits_fields("held", o.held_millicredits),
+            **credits_fields("remaining", o.pool_total_millicredits - o.used_millicredits)}
 
 
 def _key_dict(k: admin_pb2.ApiKey) -> dict[str, Any]:
@@ -234,10 +225,10 @@ def _record_dict(r: admin_pb2.UsageRecord) -> dict[str, Any]:
     for name in ("prompt_tokens", "completion_tokens", "total_tokens", "estimate_millicredits", "latency_ms"):
         if isinstance(metadata.get(name), float) and metadata[name].is_integer():
             metadata[name] = int(metadata[name])
-    return {"created_at": _ts(r.created_at), "request_id": _client_request_id(r.request_id),
+    return {"created_at": _ts(r.created_at), "request_id": client_request_id(r.request_id),
             "reservation_id": r.reservation_id, "user_id": r.user_id, "org_id": r.org_id,
             "funding_source": f"org:{r.org_id}" if r.org_id else "individual", "model": r.service_name,
-            "service_type": r.service_type, **_credits_fields("credits", r.credits_used_millicredits),
+            "service_type": r.service_type, **credits_fields("credits", r.credits_used_millicredits),
             "overrun": r.overrun, "late": r.late, "metadata": metadata}
 
 
@@ -279,8 +270,8 @@ def _threshold_dict(t: admin_pb2.AlertThreshold) -> dict[str, Any]:
     kind = _KIND_NAMES.get(t.kind, "absolute")
     return {"threshold_id": t.threshold_id, "scope": "allocation" if t.user_id else "pool", "user_id": t.user_id,
             "kind": kind, "value": format_credits(t.value) if kind == "absolute" else t.value,
-            "state": _STATE_NAMES.get(t.state, "armed"), **_credits_fields("threshold", t.threshold_millicredits),
-            **_credits_fields("remaining", t.remaining_millicredits), "created_at": _ts(t.created_at),
+            "state": _STATE_NAMES.get(t.state, "armed"), **credits_fields("threshold", t.threshold_millicredits),
+            **credits_fields("remaining", t.remaining_millicredits), "created_at": _ts(t.created_at),
             "changed_at": _ts(t.changed_at)}
 
 
@@ -288,8 +279,8 @@ def _event_dict(e: admin_pb2.AlertEvent) -> dict[str, Any]:
     kind = _KIND_NAMES.get(e.kind, "absolute")
     return {"event_id": e.event_id, "threshold_id": e.threshold_id, "scope": "allocation" if e.user_id else "pool",
             "user_id": e.user_id, "kind": kind, "value": format_credits(e.value) if kind == "absolute" else e.value,
-            **_credits_fields("threshold", e.threshold_millicredits), **_credits_fields("limit", e.limit_millicredits),
-            **_credits_fields("remaining", e.remaining_millicredits),
+            **credits_fields("threshold", e.threshold_millicredits), **credits_fields("limit", e.limit_millicredits),
+            **credits_fields("remaining", e.remaining_millicredits),
             "status": _STATUS_NAMES.get(e.status, "pending"), "attempts": e.attempts, "last_error": e.last_error,
             "created_at": _ts(e.created_at), "delivered_at": _ts(e.delivered_at),
             "next_attempt_at": _ts(e.next_attempt_at),
@@ -358,10 +349,10 @@ def console_router(service) -> APIRouter:
         return {"user_id": who.user_id, "key_id": who.key_id, "org_id": who.org_id, "org_name": org_name,
                 "role": who.role, "view": who.view,
                 "balance": {"funding_source": funding_label(balance.funding),
-                            **_credits_fields("limit", balance.limit_millicredits),
-                            **_credits_fields("used", balance.used_millicredits),
-                            **_credits_fields("held", balance.held_millicredits),
-                            **_credits_fields("available", balance.available_millicredits)}}
+                            **credits_fields("limit", balance.limit_millicredits),
+                            **credits_fields("used", balance.used_millicredits),
+                            **credits_fields("held", balance.held_millicredits),
+                            **credits_fields("available", balance.available_millicredits)}}
 
     # ---- the org (owner/admin) ----
 
@@ -472,10 +463,10 @@ def console_router(service) -> APIRouter:
         results = await asyncio.gather(*(query(who, user_id, start, end, g, 10_000) for g in groups.values()))
         summary: dict[str, Any] = {}
         for name, result in zip(groups, results, strict=True):
-            rows = [{"key": g.key, "requests": g.requests, **_credits_fields("credits", g.credits_used_millicredits)}
+            rows = [{"key": g.key, "requests": g.requests, **credits_fields("credits", g.credits_used_millicredits)}
                     for g in result.groups]
             summary[name] = sorted(rows, key=lambda g: g["key"]) if name == "by_day" else rows
-        return {"total_requests": results[0].total_requests, **_credits_fields("total", results[0].total_millicredits),
+        return {"total_requests": results[0].total_requests, **credits_fields("total", results[0].total_millicredits),
                 **summary}
 
     @router.get("/api/v1/console/usage/records", tags=tags, responses=reads)
@@ -486,7 +477,7 @@ def console_router(service) -> APIRouter:
         """Recent usage rows, newest first, with request ids and metadata."""
         result = await query(who, user_id, start, end, admin_pb2.USAGE_GROUP_BY_UNSPECIFIED, limit)
         return {"data": [_record_dict(r) for r in result.records], "total_requests": result.total_requests,
-                **_credits_fields("total", result.total_millicredits)}
+                **credits_fields("total", result.total_millicredits)}
 
     @router.get("/api/v1/console/usage/export.csv", tags=tags, responses=reads,
                 response_class=Response)

@@ -1,0 +1,1 @@
+"""The REST routes: llm (the billed OpenAI-compatible endpoints) and credits (balance, usage)."""

@@ -1,0 +1,190 @@
+"""What the REST routes share: settings, catalogue, pricing, the authority client and the meter,
+who is calling (API key, organization header) and who pays for a request."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from credit_service import logs
+from credit_service.money import format_credits
+
+from . import catalogue, errors
+from .authority_client import ApiKey, AuthorityClient, Tls
+from .billing import Pricing
+from .metering import Billing, Meter
+from .outbox import CommitOutbox
+from .schemas import ChatCompletionRequest, ImageGenerationRequest
+from .settings import Settings
+
+_CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,100}")
+_USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+@dataclass(frozen=True)
+class Caller:
+    key: ApiKey
+    org_header: str
+
+
+class AuthFailures:
+    """Failed key checks per client address in a sliding window: past the limit, 429."""
+
+    def __init__(self, limit: int, window: float):
+        self._limit = limit
+        self._window = window
+        self._seen: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        times = self._seen.setdefault(client, deque())
+        while times and times[0] <= now - self._window:
+            times.popleft()
+        return times
+
+    def record(self, client: str) -> None:
+        now = time.monotonic()
+        self._recent(client, now).append(now)
+        if len(self._seen) > 100_000:  # bound memory under a spray of addresses
+            self._seen = {c: t for c, t in self._seen.items() if t and t[-1] > now - self._window}
+
+    def blocked_for(self, client: str) -> int:
+        """Seconds until this client may try again; 0 when not blocked."""
+        if client not in self._seen:
+            return 0
+        now = time.monotonic()
+        times = self._recent(client, now)
+        if len(times) < self._limit:
+            return 0
+        return max(int(times[-self._limit] + self._window - now) + 1, 1)
+
+
+class InferenceService:
+    """Holds what the routes share: settings, catalogue, pricing, the authority client."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.models = catalogue.load(settings.models_file)
+        self.pricing = Pricing(settings.credits_per_usd, settings.markup, settings.max_output_tokens)
+        self._client: AuthorityClient | None = None
+        self._meter: Meter | None = None
+        self.background: set[asyncio.Task] = set()
+        self.failures = AuthFailures(settings.auth_failure_limit, settings.auth_failure_window_seconds)
+
+    async def start(self) -> None:
+        outbox = CommitOutbox(self.settings.outbox_path)
+        tls = Tls(self.settings.authority_tls_ca_file, self.settings.authority_tls_cert_file,
+                  self.settings.authority_tls_key_file)
+        self._client = AuthorityClient(self.settings.authority_addr, self.settings.service_token,
+                                      timeout=self.settings.authority_timeout_seconds,
+                                      key_cache_seconds=self.settings.key_cache_seconds, outbox=outbox, tls=tls)
+        self._meter = Meter(self._client, self.pricing, self.settings)
+        self.spawn(self.client.run_outbox(self.settings.outbox_replay_seconds))
+
+    @property
+    def client(self) -> AuthorityClient:
+        if self._client is None:
+            raise RuntimeError("the service has not started")
+        return self._client
+
+    @property
+    def meter(self) -> Meter:
+        if self._meter is None:
+            raise RuntimeError("the service has not started")
+        return self._meter
+
+    async def stop(self) -> None:
+        if self._meter is not None:  # settlements in progress finish (or reach the outbox) first
+            await self._meter.drain(timeout=10)
+        for task in self.background:
+            task.cancel()
+        if self._client:
+            await self._client.close()
+            self._client.outbox.close()
+
+    def spawn(self, coro, name: str = "task") -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    def model(self, name: str, mode: str) -> catalogue.ModelEntry:
+        entry = self.models.get(name)
+        if entry is None or entry.mode != mode:
+            raise errors.not_found(f"The model '{name}' does not exist or is not available here.",
+                                   "model_not_found")
+        return entry
+
+    # ---- who pays --------------------------------------------------------
+
+    async def authenticate(self, request: Request) -> Caller:
+        client = request.client.host if request.client else "unknown"
+        retry_after = self.failures.blocked_for(client)
+        if retry_after:
+            raise errors.ApiError(429, "Too many failed authentication attempts from this address; slow down.",
+                                  "rate_limit_error", "too_many_auth_failures",
+                                  headers={"Retry-After": str(retry_after)})
+        header = request.headers.get("authorization", "")
+        scheme, _, secret = header.partition(" ")
+        secret = secret.strip()
+        key = None
+        if scheme.lower() == "bearer" and secret and len(secret) <= 256:
+            key = await self.client.verify_key(secret)
+        if key is None:
+            self.failures.record(client)
+            raise errors.unauthorized()
+        org_header = request.headers.get("openai-organization", "").strip()
+        if org_header and not _USER_ID.fullmatch(org_header):
+            raise errors.bad_request("OpenAI-Organization must be an organization id", "invalid_organization")
+        return Caller(key, org_header)
+
+    def billing(self, caller: Caller, request: Request, body_user: str | None) -> Billing:
+        key = caller.key
+        org = key.org_id
+        if caller.org_header:
+            if key.org_id and caller.org_header != key.org_id:
+                raise errors.forbidden(f"This API key belongs to organization '{key.org_id}'; "
+                                       f"it cannot spend in '{caller.org_header}'.")
+            org = caller.org_header
+        client_id = request.headers.get("idempotency-key") or request.headers.get("x-request-id")
+        if client_id is not None and not _CLIENT_REQUEST_ID.fullmatch(client_id):
+            raise errors.bad_request("Idempotency-Key / X-Request-Id must be 1-100 printable ASCII characters "
+                                     "without spaces", "invalid_request_id")
+        request_id = client_id or f"req_{uuid.uuid4().hex}"
+        request.state.request_id = request_id
+        logs.request_id.set(request_id)  # sent to the authority as gRPC metadata, logged by both
+        user_id = key.user_id
+        if key.is_service and body_user:
+            # An org service key may act for members of its own organization; the
+            # authority refuses (403) anyone who is not a member of that org.
+            if not _USER_ID.fullmatch(body_user):
+                raise errors.bad_request("'user' must be a user id when sent with a service key", "invalid_user")
+            user_id, org = body_user, key.org_id
+        return Billing(user_id, org, body_user, request_id, f"{key.key_id}:{request_id}")
+
+    async def chat(self, caller: Caller, body: ChatCompletionRequest,
+                   request: Request) -> JSONResponse | StreamingResponse:
+        entry = self.model(body.model, "chat")
+        return await self.meter.chat(entry, body, self.billing(caller, request, body.user))
+
+    async def images(self, caller: Caller, body: ImageGenerationRequest, request: Request) -> JSONResponse:
+        entry = self.model(body.model, "image_generation")
+        return await self.meter.images(entry, body, self.billing(caller, request, body.user))
+
+
+def client_request_id(reserve_id: str) -> str:
+    """The id the client saw: Reserve request ids are "<key id>:<client id>"."""
+    key_id, sep, client_id = reserve_id.partition(":")
+    return client_id if sep and key_id.startswith("ck_") else reserve_id
+
+
+def credits_fields(prefix: str, millicredits: int) -> dict[str, Any]:
+    """A credits amount as REST shows it: the decimal string and the integer millicredits."""
+    return {prefix: format_credits(millicredits), f"{prefix}_millicredits": millicredits}
