@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
 import subprocess
 import sys
 
@@ -24,7 +23,7 @@ from .demo import ensure_tokens, seed
 from .embedded_db import ensure_database
 from .migrate import migrate
 from .server import serve
-from .settings import Settings
+from .settings import Settings, child_environment
 from .storage import Storage
 
 
@@ -62,10 +61,11 @@ async def _up(settings: Settings) -> None:
 
 def _start_inference(env: dict[str, str], settings: Settings) -> subprocess.Popen | None:
     """The REST service next to the authority (INFERENCE_ENABLED=0 to skip)."""
-    if os.environ.get("INFERENCE_ENABLED", "1") in ("0", "false", "no"):
+    if not settings.start_inference:
         return None
-    child_env = {**os.environ, "CREDIT_SERVICE_TOKEN": env["CREDIT_SERVICE_TOKEN"],
-                 "CREDIT_AUTHORITY_ADDR": env["CREDIT_AUTHORITY_ADDR"], "CREDIT_DATA_DIR": str(settings.data_dir)}
+    child_env = child_environment(CREDIT_SERVICE_TOKEN=env["CREDIT_SERVICE_TOKEN"],
+                                  CREDIT_AUTHORITY_ADDR=env["CREDIT_AUTHORITY_ADDR"],
+                                  CREDIT_DATA_DIR=str(settings.data_dir))
     return subprocess.Popen([sys.executable, "-m", "inference_service"], env=child_env)
 
 

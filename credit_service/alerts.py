@@ -26,17 +26,16 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import random
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from .money import format_credits
+from .settings import AlertSettings
 from .storage import Storage
 
 log = logging.getLogger("credit_service.alerts")
@@ -44,33 +43,6 @@ log = logging.getLogger("credit_service.alerts")
 CHANNEL = "credit_alerts"
 SIGNATURE_HEADER = "X-Credit-Signature"
 EVENT_TYPE = "credit.low_balance"
-
-
-@dataclass(frozen=True)
-class AlertSettings:
-    enabled: bool = True
-    retry_base_seconds: float = 1.0
-    retry_max_seconds: float = 300.0
-    max_attempts: int = 8
-    timeout_seconds: float = 5.0
-    poll_seconds: float = 5.0  # safety net: look even without a notification
-    lease_seconds: float = 60.0  # an alert being sent is skipped by other replicas this long
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> AlertSettings:
-        env = dict(os.environ if env is None else env)
-
-        def get(name: str, default: str) -> str:
-            return env.get(name, "").strip() or default
-
-        return cls(
-            enabled=get("CREDIT_ALERTS_ENABLED", "1") not in ("0", "false", "no"),
-            retry_base_seconds=float(get("CREDIT_ALERT_RETRY_BASE_SECONDS", "1")),
-            retry_max_seconds=float(get("CREDIT_ALERT_RETRY_MAX_SECONDS", "300")),
-            max_attempts=int(get("CREDIT_ALERT_MAX_ATTEMPTS", "8")),
-            timeout_seconds=float(get("CREDIT_ALERT_TIMEOUT_SECONDS", "5")),
-            poll_seconds=float(get("CREDIT_ALERT_POLL_SECONDS", "5")),
-        )
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -229,10 +201,8 @@ class AlertWorker:
 _running: set[asyncio.Task] = set()
 
 
-def start_alert_worker(database_url: str, storage: Storage,
-                       settings: AlertSettings | None = None) -> asyncio.Task | None:
+def start_alert_worker(database_url: str, storage: Storage, settings: AlertSettings) -> asyncio.Task | None:
     """Starts the worker on the running loop (serve() calls this); None when CREDIT_ALERTS_ENABLED=0."""
-    settings = settings or AlertSettings.from_env()
     if not settings.enabled:
         return None
     task = asyncio.get_running_loop().create_task(AlertWorker(database_url, storage, settings).run(),

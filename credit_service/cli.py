@@ -8,10 +8,8 @@ unset it falls back to the values `make run` wrote to .data/demo.env.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from datetime import datetime, timezone
-from pathlib import Path
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -20,7 +18,7 @@ from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_gr
 
 from .demo import read_env_file
 from .money import format_credits, parse_credits
-from .settings import PROJECT_ROOT
+from .settings import LOCAL_AUTHORITY_ADDR, AdminCliSettings
 
 ROLES = {"owner": admin_pb2.MEMBER_ROLE_OWNER, "admin": admin_pb2.MEMBER_ROLE_ADMIN,
          "member": admin_pb2.MEMBER_ROLE_MEMBER}
@@ -215,10 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    demo = read_env_file(Path(os.environ.get("CREDIT_DATA_DIR") or PROJECT_ROOT / ".data") / "demo.env")
-    addr = args.addr or os.environ.get("CREDIT_AUTHORITY_ADDR") or demo.get("CREDIT_AUTHORITY_ADDR") \
-        or "127.0.0.1:50051"
-    token = os.environ.get("CREDIT_ADMIN_TOKEN") or demo.get("CREDIT_ADMIN_TOKEN", "")
+    settings = AdminCliSettings.from_env()
+    demo = read_env_file(settings.data_dir / "demo.env")
+    addr = args.addr or settings.authority_addr or demo.get("CREDIT_AUTHORITY_ADDR") or LOCAL_AUTHORITY_ADDR
+    token = settings.admin_token or demo.get("CREDIT_ADMIN_TOKEN", "")
     if not token:
         print("error: set CREDIT_ADMIN_TOKEN (make run writes one to .data/demo.env)", file=sys.stderr)
         return 2

@@ -537,7 +537,7 @@ async def serve(settings: Settings) -> None:
                                     batch_max=settings.batch_max, batch_in_flight=settings.batch_in_flight)
     server, port, sweeper = await start_server(settings, storage, auth)
     sweep_task = asyncio.create_task(sweeper.run())
-    start_alert_worker(database_url, storage)  # issue 7: low-balance webhooks (credit_service/alerts.py)
+    start_alert_worker(database_url, storage, settings.alerts)  # low-balance webhooks (credit_service/alerts.py)
     metrics.serve(settings.metrics_port)
     host = settings.listen_addr.rsplit(":", 1)[0]
     transport = "mTLS" if settings.tls_client_ca_file else "TLS" if settings.tls_cert_file else "plaintext"

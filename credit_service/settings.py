@@ -1,79 +1,138 @@
-"""Every setting of the credit authority, read from the environment once at start.
+"""Every setting, read from the environment once at start.
 
-The README's configuration table documents each variable; nothing deeper in
-the code reads the environment.
+This module is the only reader of the environment in the product
+(tests/test_self_contained.py checks it); inference_service/settings.py
+declares the REST service's settings with the same helpers. A setting is a
+dataclass field declared with `setting(VARIABLE, default)`: its default is
+written there and nowhere else, and `from_env()` reads every variable of the
+class. A variable that is unset or blank means the default; a value is taken
+without surrounding whitespace and converted to the default's type. A yes/no
+setting changes only on an explicit opposite: `0`, `false` or `no` turn off
+one that defaults to on, `1`, `true` or `yes` turn on one that defaults to off.
+
+The README's configuration table documents each variable.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Self
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = PROJECT_ROOT / ".data"  # CREDIT_DATA_DIR's default, for every process of the checkout
+LOCAL_AUTHORITY_ADDR = "127.0.0.1:50051"  # where clients on this machine find the authority by default
+
+_OFF = ("0", "false", "no")
+_ON = ("1", "true", "yes")
 
 
-def _int(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "")
-    return int(raw) if raw.strip() else default
+def setting(variable: str, default: Any, parse: Callable[[str], Any] | None = None) -> Any:
+    """A field read from environment variable `variable`; `parse` converts a value when the
+    default's type cannot (the default is None)."""
+    return field(default=default, metadata={"env": variable, "parse": parse})
 
 
-def _float(env: dict[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "")
-    return float(raw) if raw.strip() else default
+def group(settings_class: type) -> Any:
+    """A field holding a nested settings class, read from the same environment."""
+    return field(default_factory=settings_class, metadata={"group": settings_class})
+
+
+def _convert(declared: Any, raw: str) -> Any:
+    parse = declared.metadata["parse"]
+    if parse is not None:
+        return parse(raw)
+    default = declared.default
+    if isinstance(default, bool):
+        return raw not in _OFF if default else raw in _ON
+    return type(default)(raw)
+
+
+def read_environment(settings_class: type, env: Mapping[str, str] | None = None) -> Any:
+    """An instance of `settings_class` from `env` (default: this process's environment)."""
+    source: Mapping[str, str] = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for declared in fields(settings_class):
+        if "group" in declared.metadata:
+            values[declared.name] = read_environment(declared.metadata["group"], source)
+        elif "env" in declared.metadata:
+            raw = source.get(declared.metadata["env"], "").strip()
+            if raw:
+                values[declared.name] = _convert(declared, raw)
+        elif declared.default is MISSING and declared.default_factory is MISSING:
+            raise TypeError(f"{settings_class.__name__}.{declared.name} has no variable and no default")
+    return settings_class(**values)
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """The environment for a child process: this process's, with `overrides`."""
+    return {**os.environ, **overrides}
+
+
+class FromEnvironment:
+    """Gives a settings dataclass `from_env()`."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        result: Self = read_environment(cls, env)
+        return result
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Configuration of one authority process."""
+class AlertSettings(FromEnvironment):
+    """Delivery of low-balance alerts (credit_service/alerts.py)."""
 
-    database_url: str = ""  # empty: embedded PostgreSQL under data_dir
-    data_dir: Path = PROJECT_ROOT / ".data"
-    embedded_pg_port: int = 54329
-    listen_addr: str = "0.0.0.0:50051"
-    db_pool_min: int = 2
-    db_pool_max: int = 10
-    default_ttl_seconds: int = 600
-    max_ttl_seconds: int = 3600
-    batch_max: int = 256  # operations per hot-path transaction; 1 turns batching off
-    batch_in_flight: int = 1  # hot-path batches in the database at once, per process
-    sweep_interval_seconds: float = 1.0
-    sweep_batch: int = 1000
-    auth_tokens: str = ""  # "name:token:role+role,…"
-    auth_tokens_file: str = ""  # same format, one entry a line
-    migrate_on_start: bool = True
-    metrics_port: int = 9464  # Prometheus endpoint; 0 = off
-    access_log: bool = True  # one JSON line per RPC (method, code, ms, request id)
-    reuse_port: bool = False  # several authority processes may share one port (kernel balances connections)
-    tls_cert_file: str = ""  # server certificate (PEM): TLS on when set
-    tls_key_file: str = ""
-    tls_client_ca_file: str = ""  # CA of client certificates: mutual TLS when set
-    extra: dict[str, str] = field(default_factory=dict)
+    enabled: bool = setting("CREDIT_ALERTS_ENABLED", True)
+    retry_base_seconds: float = setting("CREDIT_ALERT_RETRY_BASE_SECONDS", 1.0)
+    retry_max_seconds: float = setting("CREDIT_ALERT_RETRY_MAX_SECONDS", 300.0)
+    max_attempts: int = setting("CREDIT_ALERT_MAX_ATTEMPTS", 8)
+    timeout_seconds: float = setting("CREDIT_ALERT_TIMEOUT_SECONDS", 5.0)
+    poll_seconds: float = setting("CREDIT_ALERT_POLL_SECONDS", 5.0)  # safety net: look even without a notification
+    lease_seconds: float = 60.0  # an alert being sent is skipped by other replicas this long (not configurable)
 
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if env is None else env)
-        data_dir = Path(env.get("CREDIT_DATA_DIR", "") or PROJECT_ROOT / ".data")
-        return cls(
-            database_url=env.get("DATABASE_URL", ""),
-            data_dir=data_dir,
-            embedded_pg_port=_int(env, "CREDIT_EMBEDDED_PG_PORT", 54329),
-            listen_addr=env.get("CREDIT_LISTEN_ADDR", "") or "0.0.0.0:50051",
-            db_pool_min=_int(env, "CREDIT_DB_POOL_MIN", 2),
-            db_pool_max=_int(env, "CREDIT_DB_POOL_MAX", 10),
-            default_ttl_seconds=_int(env, "CREDIT_DEFAULT_TTL_SECONDS", 600),
-            max_ttl_seconds=_int(env, "CREDIT_MAX_TTL_SECONDS", 3600),
-            batch_max=_int(env, "CREDIT_BATCH_MAX", 256),
-            batch_in_flight=_int(env, "CREDIT_BATCH_IN_FLIGHT", 1),
-            sweep_interval_seconds=_float(env, "CREDIT_SWEEP_INTERVAL_SECONDS", 1.0),
-            sweep_batch=_int(env, "CREDIT_SWEEP_BATCH", 1000),
-            auth_tokens=env.get("CREDIT_AUTH_TOKENS", ""),
-            auth_tokens_file=env.get("CREDIT_AUTH_TOKENS_FILE", ""),
-            migrate_on_start=env.get("CREDIT_MIGRATE_ON_START", "1") not in ("0", "false", "no"),
-            reuse_port=env.get("CREDIT_REUSE_PORT", "0") in ("1", "true", "yes"),
-            metrics_port=_int(env, "CREDIT_METRICS_PORT", 9464),
-            access_log=env.get("CREDIT_ACCESS_LOG", "1") not in ("0", "false", "no"),
-            tls_cert_file=env.get("CREDIT_TLS_CERT_FILE", ""),
-            tls_key_file=env.get("CREDIT_TLS_KEY_FILE", ""),
-            tls_client_ca_file=env.get("CREDIT_TLS_CLIENT_CA_FILE", ""),
-        )
+
+@dataclass(frozen=True)
+class Settings(FromEnvironment):
+    """Configuration of one authority process (`python -m credit_service serve | migrate | up`)."""
+
+    database_url: str = setting("DATABASE_URL", "")  # empty: embedded PostgreSQL under data_dir
+    data_dir: Path = setting("CREDIT_DATA_DIR", DATA_DIR)
+    embedded_pg_port: int = setting("CREDIT_EMBEDDED_PG_PORT", 54329)
+    listen_addr: str = setting("CREDIT_LISTEN_ADDR", "0.0.0.0:50051")
+    db_pool_min: int = setting("CREDIT_DB_POOL_MIN", 2)
+    db_pool_max: int = setting("CREDIT_DB_POOL_MAX", 10)
+    default_ttl_seconds: int = setting("CREDIT_DEFAULT_TTL_SECONDS", 600)
+    max_ttl_seconds: int = setting("CREDIT_MAX_TTL_SECONDS", 3600)
+    # operations per hot-path transaction; 1 turns batching off
+    batch_max: int = setting("CREDIT_BATCH_MAX", 256)
+    # hot-path batches in the database at once, per process
+    batch_in_flight: int = setting("CREDIT_BATCH_IN_FLIGHT", 1)
+    sweep_interval_seconds: float = setting("CREDIT_SWEEP_INTERVAL_SECONDS", 1.0)
+    sweep_batch: int = setting("CREDIT_SWEEP_BATCH", 1000)
+    auth_tokens: str = setting("CREDIT_AUTH_TOKENS", "")  # "name:token:role+role,…"
+    auth_tokens_file: str = setting("CREDIT_AUTH_TOKENS_FILE", "")  # same format, one entry a line
+    migrate_on_start: bool = setting("CREDIT_MIGRATE_ON_START", True)
+    metrics_port: int = setting("CREDIT_METRICS_PORT", 9464)  # Prometheus endpoint; 0 = off
+    # one JSON line per RPC (method, code, ms, request id)
+    access_log: bool = setting("CREDIT_ACCESS_LOG", True)
+    # several authority processes may share one port (kernel balances connections)
+    reuse_port: bool = setting("CREDIT_REUSE_PORT", False)
+    tls_cert_file: str = setting("CREDIT_TLS_CERT_FILE", "")  # server certificate (PEM): TLS on when set
+    tls_key_file: str = setting("CREDIT_TLS_KEY_FILE", "")
+    # CA of client certificates: mutual TLS when set
+    tls_client_ca_file: str = setting("CREDIT_TLS_CLIENT_CA_FILE", "")
+    # `up` (make run) starts the inference service next to the authority
+    start_inference: bool = setting("INFERENCE_ENABLED", True)
+    alerts: AlertSettings = group(AlertSettings)
+
+
+@dataclass(frozen=True)
+class AdminCliSettings(FromEnvironment):
+    """What `creditctl` reads; an empty address or token falls back to the demo environment
+    that `make run` wrote under data_dir, then (the address) to LOCAL_AUTHORITY_ADDR."""
+
+    data_dir: Path = setting("CREDIT_DATA_DIR", DATA_DIR)
+    authority_addr: str = setting("CREDIT_AUTHORITY_ADDR", "")
+    admin_token: str = setting("CREDIT_ADMIN_TOKEN", "")
