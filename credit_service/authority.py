@@ -1,9 +1,9 @@
 """The credit authority's domain: validates every request, applies the rules of
-DESIGN.md and delegates the atomic work to storage.
+the contract (docs/contract.md) and delegates the atomic work to storage.
 
 No wire format and no SQL here: the gRPC layer hands in plain values, the
 storage layer runs the statements. Funding resolution and the conditional
-hold live in PostgreSQL so they are atomic (see migrations/0002_hot_path.sql).
+hold live in PostgreSQL so they are atomic (see migrations/functions/).
 """
 
 from __future__ import annotations

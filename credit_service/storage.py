@@ -1,8 +1,9 @@
 """PostgreSQL storage of the credit authority: every SQL statement lives here.
 
-The hot path calls the server-side functions of migrations/0002_hot_path.sql
-(one round trip each); administration runs short explicit transactions that
-lock the pool row before an allocation row. All statements are parameterized.
+The hot path calls the server-side functions of migrations/functions/
+(credit_reserve_op, credit_commit, credit_release alone; credit_batch for a
+batch; one round trip each); administration runs short explicit transactions
+that lock the pool row before an allocation row. All statements are parameterized.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ USAGE_GROUP_SQL = {
 class HotPathBatcher:
     """Group commit for the hot path: Reserve, Commit and Release calls that arrive
     while earlier batches are in the database share the next transaction
-    (credit_batch() in migrations/0004). An idle system sends batches of one, so
+    (credit_batch() in migrations/functions/). An idle system sends batches of one, so
     nothing waits for a timer; a busy account pays one row lock, one WAL flush and
     one round trip per batch. Every caller is answered only after its batch committed.
     """
