@@ -217,6 +217,11 @@ class AuthorityClient:
         # A replay answering our own retry is our hold (still held); anything else is an earlier request.
         return hold, hold.replayed and (attempt == 0 or hold.status != "held")
 
+    async def admin(self, method: str, request: Any) -> Any:
+        """Calls CreditAdmin.<method> (the console's management calls); raises the authority's
+        AioRpcError for the caller to map (the console tells outcomes apart by ErrorInfo reason)."""
+        return await getattr(self._admin, method)(request, metadata=self._md, timeout=self._timeout)
+
     async def balance(self, user_id: str, org_id: str) -> authority_pb2.GetBalanceResponse:
         return await self._call(self._authority.GetBalance,
                                 authority_pb2.GetBalanceRequest(user_id=user_id, org_id=org_id))

@@ -300,9 +300,8 @@ def console_router(service) -> APIRouter:
     router = APIRouter()
 
     async def admin_rpc(method: str, request: Any) -> Any:
-        client = service.client
         try:
-            return await getattr(client._admin, method)(request, metadata=client._metadata, timeout=client._timeout)
+            return await service.client.admin(method, request)
         except grpc.aio.AioRpcError as error:
             raise _console_error(method, error) from None
 
