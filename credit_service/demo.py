@@ -1,4 +1,4 @@
-"""The zero-setup demo of DESIGN.md: tokens, demo-org, demo-user, solo-user and
+"""The zero-setup demo (README, "What `make run` gives you"): tokens, demo-org, demo-user, solo-user and
 their API keys, written shell-style to .data/demo.env. Safe to run again:
 everything is created only when missing and keys are reused while valid.
 """

@@ -1,4 +1,4 @@
-"""Domain errors of the credit authority, one per row of DESIGN.md's error table.
+"""Domain errors of the credit authority, one per row of the error table in docs/contract.md.
 
 Storage and domain code raise these; the gRPC layer maps them to statuses.
 """

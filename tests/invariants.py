@@ -1,4 +1,4 @@
-"""The invariants of DESIGN.md, checked against the database itself."""
+"""The invariants of docs/contract.md, checked against the database itself."""
 
 from __future__ import annotations
 

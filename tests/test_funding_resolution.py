@@ -1,4 +1,4 @@
-"""Funding resolution exactly as DESIGN.md: explicit org, default org, first org, individual."""
+"""Funding resolution exactly as docs/contract.md: explicit org, default org, first org, individual."""
 
 from __future__ import annotations
 

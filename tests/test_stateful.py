@@ -1,6 +1,6 @@
 """Random sequences of top-ups, allocations, grants, reserves, commits, releases
 and expiries; after every step the authority agrees with a simple model and
-every invariant of DESIGN.md holds in the database."""
+every invariant of docs/contract.md holds in the database."""
 
 from __future__ import annotations
 
