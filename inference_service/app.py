@@ -15,8 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import errors, metrics
-from .console import console_router
+from . import console, errors, metrics
 from .edge import Edge
 from .quiet_litellm import skip_unobserved_success_logging
 from .routes import credits, llm
@@ -74,5 +73,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz():
         return {"status": "ok", "models": len(service.models)}
 
-    app.include_router(console_router(service))  # the org console (/console, /api/v1/console)
+    app.include_router(console.router)  # the org console (/console, /api/v1/console)
     return app
