@@ -15,10 +15,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import console, errors, metrics
+from . import errors, metrics
 from .edge import Edge
 from .quiet_litellm import skip_unobserved_success_logging
-from .routes import credits, llm
+from .routes import console, credits, llm
 from .service import InferenceService
 from .settings import Settings
 

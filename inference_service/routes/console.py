@@ -1,0 +1,309 @@
+"""The org console's routes: its REST API under /api/v1/console/ and its static pages under /console/.
+
+Module-level routes; the service comes from app state, and the `viewer` dependency carries the
+signed-in key's user, their role and the authority client. What the console shows and who may
+do what: inference_service/console.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from credit.v1 import admin_pb2, types_pb2
+
+from .. import errors
+from ..authority_client import funding_label
+from ..console import (
+    KEY_ID,
+    KIND_ENUMS,
+    ROLE_NAMES,
+    STATIC_DIR,
+    STATIC_HEADERS,
+    AllocationBody,
+    KeyBody,
+    ThresholdBody,
+    TopUpBody,
+    Viewer,
+    WebhookBody,
+    admin_rpc,
+    csv_of_records,
+    event_dict,
+    key_dict,
+    member_dict,
+    millicredits,
+    org_dict,
+    record_dict,
+    require_id,
+    threshold_dict,
+    time_range,
+    webhook_dict,
+)
+from ..service import credits_fields
+
+
+async def viewer(request: Request) -> Viewer:
+    """The signed-in key's user and their role in the org shown (a dependency of every console route)."""
+    service = request.app.state.service
+    caller = await service.authenticate(request)
+    key = caller.key
+    if key.is_service:
+        raise errors.forbidden("Sign in to the console with a user API key, not an org service key.")
+    org_id = key.org_id
+    if caller.org_header:
+        if key.org_id and caller.org_header != key.org_id:
+            raise errors.forbidden(f"This API key belongs to organization '{key.org_id}'.")
+        org_id = caller.org_header
+    if not org_id:
+        balance = await service.client.balance(key.user_id, "")
+        if balance.funding.kind == types_pb2.Funding.ORG:
+            org_id = balance.funding.org_id
+    if not org_id:
+        return Viewer(key.user_id, key.key_id, "", "individual", client=service.client)
+    members = (await admin_rpc(service.client, "ListMembers", admin_pb2.ListMembersRequest(org_id=org_id))).members
+    me = next((m for m in members if m.user_id == key.user_id), None)
+    if me is None:
+        raise errors.forbidden(f"You are not a member of organization '{org_id}'.")
+    return Viewer(key.user_id, key.key_id, org_id, ROLE_NAMES.get(me.role, "member"), tuple(members),
+                  client=service.client)
+
+DOCUMENTED: dict[int | str, dict[str, Any]] = {code: {"description": text} for code, text in (
+    (400, "bad request"), (401, "missing or invalid API key"), (402, "not enough credits (pool or allocation)"),
+    (403, "not allowed for this role / organization"), (404, "not found"), (409, "conflict"),
+    (413, "body too large"), (415, "not JSON"), (429, "too many failed authentication attempts"),
+    (503, "credit authority unavailable"))}
+READS: dict[int | str, dict[str, Any]] = {code: DOCUMENTED[code] for code in (400, 401, 403, 404, 429, 503)}
+WRITES = DOCUMENTED
+TAGS: list[str | Enum] = ["console"]
+router = APIRouter()
+
+# ---- who am I ----
+
+@router.get("/api/v1/console/me", tags=TAGS, responses=READS)
+async def me(who: Viewer = Depends(viewer)):
+    """The signed-in key's user, their role and view, and their own balance."""
+    balance = await who.authority.balance(who.user_id, who.org_id)
+    org_name = ""
+    if who.org_id:
+        org_name = (await who.admin("GetOrganization", admin_pb2.GetOrganizationRequest(org_id=who.org_id))).name
+    return {"user_id": who.user_id, "key_id": who.key_id, "org_id": who.org_id, "org_name": org_name,
+            "role": who.role, "view": who.view,
+            "balance": {"funding_source": funding_label(balance.funding),
+                        **credits_fields("limit", balance.limit_millicredits),
+                        **credits_fields("used", balance.used_millicredits),
+                        **credits_fields("held", balance.held_millicredits),
+                        **credits_fields("available", balance.available_millicredits)}}
+
+# ---- the org (owner/admin) ----
+
+@router.get("/api/v1/console/org", tags=TAGS, responses=READS)
+async def organization(who: Viewer = Depends(viewer)):
+    """Pool total, allocated, unallocated, used and held; members with allocation, used and remaining."""
+    who.require_admin()
+    org = await who.admin("GetOrganization", admin_pb2.GetOrganizationRequest(org_id=who.org_id))
+    return {"org": org_dict(org), "members": [member_dict(m) for m in who.members]}
+
+@router.post("/api/v1/console/org/allocations", tags=TAGS, responses=WRITES)
+async def set_allocation(body: AllocationBody, who: Viewer = Depends(viewer)):
+    """Sets a member's allocation (their cap inside the pool)."""
+    who.require_admin()
+    require_id("user_id", body.user_id)
+    if body.user_id not in who.member_ids():
+        raise errors.not_found(f"'{body.user_id}' is not a member of '{who.org_id}'.")
+    amount = millicredits("allocation", body.allocation, allow_zero=True)
+    member = await who.admin("SetAllocation", admin_pb2.SetAllocationRequest(
+        org_id=who.org_id, user_id=body.user_id, allocation_millicredits=amount,
+        allocated_by=f"console:{who.user_id}"))
+    return member_dict(member)
+
+@router.post("/api/v1/console/org/top-ups", tags=TAGS, responses=WRITES)
+async def top_up(body: TopUpBody, who: Viewer = Depends(viewer)):
+    """Adds purchased credits to the pool, recorded under a purchase reference (idempotent per reference)."""
+    who.require_admin()
+    amount = millicredits("credits", body.credits, allow_zero=False)
+    reference = body.purchase_reference.strip()
+    if not reference or len(reference) > 128 or not reference.isprintable():
+        raise errors.bad_request("purchase_reference is required: 1-128 printable characters (the invoice or "
+                                 "payment id)", "invalid_purchase_reference")
+    org = await who.admin("TopUpPool", admin_pb2.TopUpPoolRequest(
+        org_id=who.org_id, amount_millicredits=amount, purchase_reference=reference,
+        purchase_amount=body.purchase_amount.strip(), purchase_currency=body.purchase_currency.strip()))
+    return org_dict(org)
+
+# ---- API keys ----
+
+async def visible_keys(who: Viewer) -> list[admin_pb2.ApiKey]:
+    own = (await who.admin("ListApiKeys", admin_pb2.ListApiKeysRequest(user_id=who.user_id))).keys
+    if not who.is_admin:
+        return list(own)
+    org_keys = (await who.admin("ListApiKeys", admin_pb2.ListApiKeysRequest(org_id=who.org_id))).keys
+    seen = {k.key_id: k for k in (*org_keys, *own)}
+    return sorted(seen.values(), key=lambda k: (-k.created_at.seconds, k.key_id))
+
+@router.get("/api/v1/console/keys", tags=TAGS, responses=READS)
+async def list_keys(who: Viewer = Depends(viewer)):
+    """API keys: admins see the org's keys and their own; everyone else their own."""
+    return {"data": [key_dict(k) for k in await visible_keys(who)]}
+
+@router.post("/api/v1/console/keys", tags=TAGS, responses=WRITES)
+async def create_key(body: KeyBody, who: Viewer = Depends(viewer)):
+    """Creates a user key (bound to the org for members); the secret is shown once."""
+    user_id = body.user_id or who.user_id
+    require_id("user_id", user_id)
+    if user_id != who.user_id:
+        who.require_admin()
+        if user_id not in who.member_ids():
+            raise errors.not_found(f"'{user_id}' is not a member of '{who.org_id}'.")
+    name = body.name.strip()
+    if len(name) > 256 or not name.isprintable():
+        raise errors.bad_request("name must be at most 256 printable characters", "invalid_name")
+    created = await who.admin("CreateApiKey", admin_pb2.CreateApiKeyRequest(
+        user_id=user_id, org_id=who.org_id, kind=admin_pb2.API_KEY_KIND_USER, name=name or "console key"))
+    return {**key_dict(created.key), "secret": created.secret}
+
+@router.delete("/api/v1/console/keys/{key_id}", tags=TAGS, responses=WRITES)
+async def revoke_key(key_id: str = PathParam(description="key to revoke, e.g. ck_0123456789abcdef"),
+                     who: Viewer = Depends(viewer)):
+    """Revokes a key: admins any key of the org (or their own), others their own."""
+    if not KEY_ID.fullmatch(key_id):
+        raise errors.bad_request("key_id must look like ck_0123456789abcdef", "invalid_key_id")
+    if key_id not in {k.key_id for k in await visible_keys(who)}:
+        raise errors.not_found(f"No key '{key_id}' that you may revoke.")
+    return key_dict(await who.admin("RevokeApiKey", admin_pb2.RevokeApiKeyRequest(key_id=key_id)))
+
+# ---- usage ----
+
+async def query(who: Viewer, user_id: str | None, start, end, group_by: admin_pb2.UsageGroupBy.ValueType,
+                limit: int):
+    org_id, user = who.usage_scope(user_id)
+    request = admin_pb2.QueryUsageRequest(org_id=org_id, user_id=user, group_by=group_by, limit=limit)
+    start, end = time_range(start, end)
+    if start is not None:
+        request.start_time.FromDatetime(start)
+    if end is not None:
+        request.end_time.FromDatetime(end)
+    return await who.admin("QueryUsage", request)
+
+def start_param():
+    return Query(None, description="from this time (ISO date or date-time, UTC), inclusive")
+
+def end_param():
+    return Query(None, description="until this time, exclusive")
+
+def user_param():
+    return Query(None, description="only this member (admins; others may only name themselves)")
+
+@router.get("/api/v1/console/usage/summary", tags=TAGS, responses=READS)
+async def usage_summary(who: Viewer = Depends(viewer), start: datetime | None = start_param(),
+                        end: datetime | None = end_param(),
+                        user_id: str | None = user_param()):
+    """Credits by day, model, member and service type over a time range."""
+    groups = {"by_day": admin_pb2.USAGE_GROUP_BY_DAY, "by_model": admin_pb2.USAGE_GROUP_BY_MODEL,
+              "by_user": admin_pb2.USAGE_GROUP_BY_USER, "by_service_type": admin_pb2.USAGE_GROUP_BY_SERVICE_TYPE}
+    results = await asyncio.gather(*(query(who, user_id, start, end, g, 10_000) for g in groups.values()))
+    summary: dict[str, Any] = {}
+    for name, result in zip(groups, results, strict=True):
+        rows = [{"key": g.key, "requests": g.requests, **credits_fields("credits", g.credits_used_millicredits)}
+                for g in result.groups]
+        summary[name] = sorted(rows, key=lambda g: g["key"]) if name == "by_day" else rows
+    return {"total_requests": results[0].total_requests, **credits_fields("total", results[0].total_millicredits),
+            **summary}
+
+@router.get("/api/v1/console/usage/records", tags=TAGS, responses=READS)
+async def usage_records(who: Viewer = Depends(viewer), start: datetime | None = start_param(),
+                        end: datetime | None = end_param(),
+                        user_id: str | None = user_param(),
+                        limit: int = Query(100, ge=1, le=1000)):
+    """Recent usage rows, newest first, with request ids and metadata."""
+    result = await query(who, user_id, start, end, admin_pb2.USAGE_GROUP_BY_UNSPECIFIED, limit)
+    return {"data": [record_dict(r) for r in result.records], "total_requests": result.total_requests,
+            **credits_fields("total", result.total_millicredits)}
+
+@router.get("/api/v1/console/usage/export.csv", tags=TAGS, responses=READS,
+            response_class=Response)
+async def usage_csv(who: Viewer = Depends(viewer), start: datetime | None = start_param(),
+                    end: datetime | None = end_param(), user_id: str | None = user_param(),
+                    limit: int = Query(10_000, ge=1, le=10_000)):
+    """The same rows as /usage/records as CSV (newest first)."""
+    result = await query(who, user_id, start, end, admin_pb2.USAGE_GROUP_BY_UNSPECIFIED, limit)
+    name = f"usage-{who.org_id or who.user_id}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.csv"
+    return Response(csv_of_records([record_dict(r) for r in result.records]), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+# ---- alerts ----
+
+@router.get("/api/v1/console/alerts", tags=TAGS, responses=READS)
+async def alerts(who: Viewer = Depends(viewer), limit: int = Query(50, ge=1, le=1000)):
+    """Thresholds with their state and the alerts sent: admins the org's, members their allocation's."""
+    if not who.org_id:
+        return {"webhook": None, "thresholds": [], "events": []}
+    user = "" if who.is_admin else who.user_id
+    thresholds, events = await asyncio.gather(
+        who.admin("ListAlertThresholds", admin_pb2.ListAlertThresholdsRequest(org_id=who.org_id, user_id=user)),
+        who.admin("ListAlertEvents", admin_pb2.ListAlertEventsRequest(org_id=who.org_id, user_id=user,
+                                                                      limit=limit)))
+    webhook = None
+    if who.is_admin:
+        webhook = webhook_dict((await who.admin("GetAlertWebhook", admin_pb2.GetAlertWebhookRequest(
+            org_id=who.org_id))).webhook)
+    return {"webhook": webhook, "thresholds": [threshold_dict(t) for t in thresholds.thresholds],
+            "events": [event_dict(e) for e in events.events]}
+
+@router.post("/api/v1/console/alerts/webhook", tags=TAGS, responses=WRITES)
+async def set_webhook(body: WebhookBody, who: Viewer = Depends(viewer)):
+    """Sets where the org's alerts are POSTed and the secret that signs them (empty url removes it)."""
+    who.require_admin()
+    result = await who.admin("SetAlertWebhook", admin_pb2.SetAlertWebhookRequest(
+        org_id=who.org_id, url=body.url.strip(), secret=body.secret))
+    return webhook_dict(result.webhook)
+
+@router.post("/api/v1/console/alerts/thresholds", tags=TAGS, responses=WRITES)
+async def create_threshold(body: ThresholdBody, who: Viewer = Depends(viewer)):
+    """Adds a low-balance threshold on the pool or on a member's allocation."""
+    who.require_admin()
+    if body.user_id:
+        require_id("user_id", body.user_id)
+        if body.user_id not in who.member_ids():
+            raise errors.not_found(f"'{body.user_id}' is not a member of '{who.org_id}'.")
+    if body.kind == "absolute":
+        value = millicredits("value", body.value, allow_zero=True)
+    elif body.kind == "percent":
+        text = str(body.value).strip()
+        if isinstance(body.value, bool) or not re.fullmatch(r"\d{1,3}(\.0+)?", text) or float(text) > 100:
+            raise errors.bad_request("a percent threshold is a whole number from 0 to 100", "invalid_percent")
+        value = int(float(text))
+    else:
+        raise errors.bad_request("kind must be 'absolute' (credits) or 'percent'", "invalid_kind")
+    result = await who.admin("CreateAlertThreshold", admin_pb2.CreateAlertThresholdRequest(
+        org_id=who.org_id, user_id=body.user_id, kind=KIND_ENUMS[body.kind], value=value))
+    return threshold_dict(result.threshold)
+
+@router.delete("/api/v1/console/alerts/thresholds/{threshold_id}", tags=TAGS, responses=WRITES)
+async def delete_threshold(threshold_id: int = PathParam(ge=1, le=2**63 - 1), who: Viewer = Depends(viewer)):
+    """Removes a threshold."""
+    who.require_admin()
+    await who.admin("DeleteAlertThreshold", admin_pb2.DeleteAlertThresholdRequest(
+        org_id=who.org_id, threshold_id=threshold_id))
+    return {"deleted": True, "threshold_id": threshold_id}
+
+# ---- the pages ----
+
+@router.get("/console", include_in_schema=False)
+async def console_root():
+    return RedirectResponse("/console/", status_code=308)
+
+@router.get("/console/{path:path}", include_in_schema=False)
+async def console_static(path: str):
+    root = STATIC_DIR.resolve()
+    target = (root / (path or "index.html")).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise errors.not_found(f"No console file '{path}'.")
+    return FileResponse(target, headers=STATIC_HEADERS)
+
