@@ -1,154 +1,30 @@
-"""gRPC transport of the credit authority: servicers, auth per RPC, error
-mapping (with google.rpc details), health checking, reflection, the expiry
-sweeper and a graceful serve() loop.
-"""
+"""The two services, credit.v1.CreditAuthority and credit.v1.CreditAdmin, and the conversion of
+their messages to and from the domain's values."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import logging
 import math
-import signal
-import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-import asyncpg
-import grpc
-import uvloop
-from google.protobuf import any_pb2, struct_pb2, timestamp_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from grpc_status import rpc_status
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc, types_pb2
 
-from . import logs, metrics
-from .alert_messages import (
+from .. import metrics
+from ..alert_messages import (
     alert_event_message,
     alert_kind_name,
     alert_threshold_message,
     alert_webhook_message,
 )
-from .alerts import start_alert_worker
-from .auth import Caller, Role, TokenAuthenticator
-from .authority import CreditAuthority, UsageQuery
-from .embedded_db import ensure_database
-from .errors import (
-    ROLE_REQUIRED,
-    AlreadyExists,
-    CreditError,
-    FailedPrecondition,
-    InsufficientCredits,
+from ..auth import Caller, Role
+from ..authority import UsageQuery
+from ..errors import (
     InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unavailable,
 )
-from .migrate import migrate
-from .settings import Settings
-from .storage import ApiKeyRow, Balance, MemberRow, OrgSummary, Storage
-
-log = logging.getLogger("credit_service")
-
-ERROR_DOMAIN = "credit.v1"
-MAX_MESSAGE_BYTES = 1024 * 1024
-
-# Raised by asyncpg or the socket when PostgreSQL cannot be reached: fail closed.
-DATABASE_DOWN = (OSError, ConnectionError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
-                 asyncpg.InterfaceError, asyncpg.CannotConnectNowError, asyncpg.OperatorInterventionError,
-                 asyncpg.InsufficientResourcesError, asyncpg.exceptions._base.InternalClientError)
-
-_STATUS = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    InsufficientCredits: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-}
-
-
-def _rich_status(code: grpc.StatusCode, message: str, detail: Any | None = None) -> grpc.Status:
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
-    if detail is not None:
-        packed = any_pb2.Any()
-        packed.Pack(detail)
-        status.details.append(packed)
-    return rpc_status.to_status(status)
-
-
-def status_for(error: CreditError) -> grpc.Status:
-    code = _STATUS.get(type(error), grpc.StatusCode.INTERNAL)
-    detail: Any = None
-    if isinstance(error, InvalidArgument):
-        detail = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)])
-    elif isinstance(error, InsufficientCredits):
-        detail = error_details_pb2.ErrorInfo(
-            reason="INSUFFICIENT_CREDITS", domain=ERROR_DOMAIN,
-            metadata={"available": str(error.available), "requested": str(error.requested),
-                      "funding": error.funding})
-    elif error.reason:
-        detail = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.details)
-    return _rich_status(code, error.message, detail)
-
-
-def rpc(*roles: Role) -> Callable:
-    """Authenticates the caller, checks one of `roles`, maps errors to statuses,
-    and records the call (metrics; a JSON access-log line with the request id)."""
-
-    def decorate(method: Callable[..., Awaitable[Any]]) -> Callable:
-        name = method.__name__
-
-        @functools.wraps(method)
-        async def handler(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            metadata = dict(context.invocation_metadata() or ())
-            logs.request_id.set(metadata.get("x-request-id"))
-            code = grpc.StatusCode.OK
-            try:
-                caller = self.auth.authenticate(metadata.get("authorization"))
-                if caller is None:
-                    code = grpc.StatusCode.UNAUTHENTICATED
-                    await context.abort(code, "missing or invalid bearer token")
-                assert caller is not None  # abort() raised otherwise
-                if not caller.roles.intersection(roles):
-                    code = grpc.StatusCode.PERMISSION_DENIED
-                    needed = " or ".join(r.value for r in roles)
-                    denied = status_for(PermissionDenied(f"{name} requires the {needed} role", ROLE_REQUIRED,
-                                                         {"rpc": name, "roles": needed}))
-                    await context.abort(denied.code, denied.details, denied.trailing_metadata)
-                try:
-                    return await method(self, request, caller)
-                except CreditError as error:
-                    status = status_for(error)
-                except DATABASE_DOWN as error:
-                    log.warning("database unavailable in %s: %s", name, type(error).__name__)
-                    status = _rich_status(grpc.StatusCode.UNAVAILABLE, "credit database unavailable; retry")
-                except asyncpg.PostgresError as error:
-                    log.exception("database error in %s", name)
-                    status = _rich_status(grpc.StatusCode.INTERNAL, f"database error {error.sqlstate}")
-                except Exception:
-                    log.exception("unexpected error in %s", name)
-                    status = _rich_status(grpc.StatusCode.INTERNAL, "internal error")
-                code = status.code
-                await context.abort(status.code, status.details, status.trailing_metadata)
-            finally:
-                elapsed = time.perf_counter() - started
-                metrics.RPC_REQUESTS.labels(name, code.name).inc()
-                metrics.RPC_LATENCY.labels(name).observe(elapsed)
-                if self.access_log:
-                    logs.access(msg="rpc", rpc=name, code=code.name, ms=round(elapsed * 1000, 2))
-
-        return handler
-
-    return decorate
+from ..storage import ApiKeyRow, Balance, MemberRow, OrgSummary
+from .rpc import Servicer, rpc
 
 
 def _value(value: struct_pb2.Value) -> Any:
@@ -201,14 +77,7 @@ def _funding(kind: str, org_id: str | None) -> types_pb2.Funding:
     return types_pb2.Funding(kind=types_pb2.Funding.INDIVIDUAL)
 
 
-class _Servicer:
-    def __init__(self, authority: CreditAuthority, auth: TokenAuthenticator, access_log: bool = True):
-        self.authority = authority
-        self.auth = auth
-        self.access_log = access_log
-
-
-class AuthorityServicer(_Servicer, authority_pb2_grpc.CreditAuthorityServicer):
+class AuthorityServicer(Servicer, authority_pb2_grpc.CreditAuthorityServicer):
     """credit.v1.CreditAuthority: the hot path."""
 
     @rpc(Role.SPEND)
@@ -309,7 +178,7 @@ def _usage_record(row: dict) -> admin_pb2.UsageRecord:
         created_at=_timestamp(row["created_at"]))
 
 
-class AdminServicer(_Servicer, admin_pb2_grpc.CreditAdminServicer):
+class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
     """credit.v1.CreditAdmin: everything that is not the hot path."""
 
     @rpc(Role.ADMIN)
@@ -447,114 +316,3 @@ class AdminServicer(_Servicer, admin_pb2_grpc.CreditAdminServicer):
         return admin_pb2.ListAlertEventsResponse(events=[alert_event_message(r) for r in rows])
 
 
-class Sweeper:
-    """Releases expired holds every interval; reports database health."""
-
-    def __init__(self, authority: CreditAuthority, storage: Storage, health_servicer: health.aio.HealthServicer,
-                 interval: float, batch: int):
-        self._authority = authority
-        self._storage = storage
-        self._health = health_servicer
-        self._interval = interval
-        self._batch = batch
-        self.expired_total = 0
-
-    async def run(self) -> None:
-        while True:
-            try:
-                while (count := await self._authority.expire_holds(self._batch)) > 0:
-                    self.expired_total += count
-                    metrics.EXPIRED.inc(count)
-                    log.info("sweeper released %d expired holds", count)
-                    if count < self._batch:
-                        break
-                metrics.SWEEPS.inc()
-                holds, held = await self._storage.outstanding_holds()
-                metrics.HOLDS_OUTSTANDING.set(holds)
-                metrics.HELD_OUTSTANDING.set(held)
-                size, idle = self._storage.pool_stats()
-                metrics.DB_POOL_SIZE.set(size)
-                metrics.DB_POOL_IDLE.set(idle)
-                await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-            except DATABASE_DOWN:
-                await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-            except Exception:  # keep sweeping whatever one pass hit
-                log.exception("sweeper pass failed")
-            await asyncio.sleep(self._interval)
-
-    async def _set_health(self, status: int) -> None:
-        for service in ("", "credit.v1.CreditAuthority", "credit.v1.CreditAdmin"):
-            await self._health.set(service, status)
-
-
-def _bind(server: grpc.aio.Server, settings: Settings) -> int:
-    """Plaintext, TLS (certificate and key set) or mutual TLS (client CA set too)."""
-    if not settings.tls_cert_file:
-        if settings.tls_client_ca_file:
-            raise ValueError("CREDIT_TLS_CLIENT_CA_FILE needs CREDIT_TLS_CERT_FILE and CREDIT_TLS_KEY_FILE")
-        return server.add_insecure_port(settings.listen_addr)
-    key = Path(settings.tls_key_file).read_bytes()
-    cert = Path(settings.tls_cert_file).read_bytes()
-    client_ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
-    credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
-                                              require_client_auth=client_ca is not None)
-    return server.add_secure_port(settings.listen_addr, credentials)
-
-
-async def start_server(settings: Settings, storage: Storage,
-                       auth: TokenAuthenticator) -> tuple[grpc.aio.Server, int, Sweeper]:
-    authority = CreditAuthority(storage, default_ttl_seconds=settings.default_ttl_seconds,
-                                max_ttl_seconds=settings.max_ttl_seconds)
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                      ("grpc.so_reuseport", 1 if settings.reuse_port else 0)])
-    authority_pb2_grpc.add_CreditAuthorityServicer_to_server(AuthorityServicer(authority, auth, settings.access_log),
-                                                             server)
-    admin_pb2_grpc.add_CreditAdminServicer_to_server(AdminServicer(authority, auth, settings.access_log), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (authority_pb2.DESCRIPTOR.services_by_name["CreditAuthority"].full_name,
-             admin_pb2.DESCRIPTOR.services_by_name["CreditAdmin"].full_name,
-             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server)
-    port = _bind(server, settings)
-    if port == 0:
-        raise RuntimeError(f"could not bind {settings.listen_addr}")
-    await server.start()
-    sweeper = Sweeper(authority, storage, health_servicer, settings.sweep_interval_seconds, settings.sweep_batch)
-    return server, port, sweeper
-
-
-async def serve(settings: Settings) -> None:
-    """Runs one authority process until SIGTERM/SIGINT."""
-    auth = TokenAuthenticator.from_settings(settings.auth_tokens, settings.auth_tokens_file)
-    database_url = ensure_database(settings.database_url, settings.data_dir, settings.embedded_pg_port)
-    if settings.migrate_on_start:
-        applied = await migrate(database_url)
-        if applied:
-            log.info("applied migrations: %s", ", ".join(applied))
-    storage = await Storage.connect(database_url, settings.db_pool_min, settings.db_pool_max,
-                                    batch_max=settings.batch_max, batch_in_flight=settings.batch_in_flight)
-    server, port, sweeper = await start_server(settings, storage, auth)
-    sweep_task = asyncio.create_task(sweeper.run())
-    start_alert_worker(database_url, storage, settings.alerts)  # low-balance webhooks (credit_service/alerts.py)
-    metrics.serve(settings.metrics_port)
-    host = settings.listen_addr.rsplit(":", 1)[0]
-    transport = "mTLS" if settings.tls_client_ca_file else "TLS" if settings.tls_cert_file else "plaintext"
-    print(f"credit authority listening on {host}:{port} ({transport})", flush=True)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down: draining in-flight calls")
-    await server.stop(grace=5)
-    sweep_task.cancel()
-    await storage.close()
-    logs.flush_access()
-
-
-def main() -> None:
-    logs.configure()
-    uvloop.run(serve(Settings.from_env()))

@@ -1,0 +1,6 @@
+"""gRPC transport of the credit authority: rpc.py (auth per RPC, error mapping), servicers.py (the two
+services and message conversion), serve.py (sweeper, health, reflection, the serve() loop)."""
+
+from .serve import main, serve, start_server
+
+__all__ = ["main", "serve", "start_server"]

@@ -1,0 +1,141 @@
+"""The gRPC layer's rules for every RPC: authenticate the bearer token, check the role, map domain
+errors to statuses with google.rpc details (ErrorInfo, BadRequest), fail closed when the database
+is down, and record the call (metrics, access log)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from .. import logs, metrics
+from ..auth import Role, TokenAuthenticator
+from ..authority import CreditAuthority
+from ..errors import (
+    ROLE_REQUIRED,
+    AlreadyExists,
+    CreditError,
+    FailedPrecondition,
+    InsufficientCredits,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+
+log = logging.getLogger("credit_service")
+
+ERROR_DOMAIN = "credit.v1"
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+# Raised by asyncpg or the socket when PostgreSQL cannot be reached: fail closed.
+DATABASE_DOWN = (OSError, ConnectionError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
+                 asyncpg.InterfaceError, asyncpg.CannotConnectNowError, asyncpg.OperatorInterventionError,
+                 asyncpg.InsufficientResourcesError, asyncpg.exceptions._base.InternalClientError)
+
+_STATUS = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    InsufficientCredits: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def _rich_status(code: grpc.StatusCode, message: str, detail: Any | None = None) -> grpc.Status:
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
+    if detail is not None:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return rpc_status.to_status(status)
+
+
+def status_for(error: CreditError) -> grpc.Status:
+    code = _STATUS.get(type(error), grpc.StatusCode.INTERNAL)
+    detail: Any = None
+    if isinstance(error, InvalidArgument):
+        detail = error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)])
+    elif isinstance(error, InsufficientCredits):
+        detail = error_details_pb2.ErrorInfo(
+            reason="INSUFFICIENT_CREDITS", domain=ERROR_DOMAIN,
+            metadata={"available": str(error.available), "requested": str(error.requested),
+                      "funding": error.funding})
+    elif error.reason:
+        detail = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.details)
+    return _rich_status(code, error.message, detail)
+
+
+def rpc(*roles: Role) -> Callable:
+    """Authenticates the caller, checks one of `roles`, maps errors to statuses,
+    and records the call (metrics; a JSON access-log line with the request id)."""
+
+    def decorate(method: Callable[..., Awaitable[Any]]) -> Callable:
+        name = method.__name__
+
+        @functools.wraps(method)
+        async def handler(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            metadata = dict(context.invocation_metadata() or ())
+            logs.request_id.set(metadata.get("x-request-id"))
+            code = grpc.StatusCode.OK
+            try:
+                caller = self.auth.authenticate(metadata.get("authorization"))
+                if caller is None:
+                    code = grpc.StatusCode.UNAUTHENTICATED
+                    await context.abort(code, "missing or invalid bearer token")
+                assert caller is not None  # abort() raised otherwise
+                if not caller.roles.intersection(roles):
+                    code = grpc.StatusCode.PERMISSION_DENIED
+                    needed = " or ".join(r.value for r in roles)
+                    denied = status_for(PermissionDenied(f"{name} requires the {needed} role", ROLE_REQUIRED,
+                                                         {"rpc": name, "roles": needed}))
+                    await context.abort(denied.code, denied.details, denied.trailing_metadata)
+                try:
+                    return await method(self, request, caller)
+                except CreditError as error:
+                    status = status_for(error)
+                except DATABASE_DOWN as error:
+                    log.warning("database unavailable in %s: %s", name, type(error).__name__)
+                    status = _rich_status(grpc.StatusCode.UNAVAILABLE, "credit database unavailable; retry")
+                except asyncpg.PostgresError as error:
+                    log.exception("database error in %s", name)
+                    status = _rich_status(grpc.StatusCode.INTERNAL, f"database error {error.sqlstate}")
+                except Exception:
+                    log.exception("unexpected error in %s", name)
+                    status = _rich_status(grpc.StatusCode.INTERNAL, "internal error")
+                code = status.code
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            finally:
+                elapsed = time.perf_counter() - started
+                metrics.RPC_REQUESTS.labels(name, code.name).inc()
+                metrics.RPC_LATENCY.labels(name).observe(elapsed)
+                if self.access_log:
+                    logs.access(msg="rpc", rpc=name, code=code.name, ms=round(elapsed * 1000, 2))
+
+        return handler
+
+    return decorate
+
+
+class Servicer:
+    """What every servicer holds: the domain, the token authenticator, whether to write access logs."""
+
+    def __init__(self, authority: CreditAuthority, auth: TokenAuthenticator, access_log: bool = True):
+        self.authority = authority
+        self.auth = auth
+        self.access_log = access_log
+
+

@@ -1,0 +1,141 @@
+"""Serving: the expiry sweeper, health checking, reflection, TLS binding and the graceful serve() loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
+
+from .. import logs, metrics
+from ..alerts import start_alert_worker
+from ..auth import TokenAuthenticator
+from ..authority import CreditAuthority
+from ..embedded_db import ensure_database
+from ..migrate import migrate
+from ..settings import Settings
+from ..storage import Storage
+from .rpc import DATABASE_DOWN, MAX_MESSAGE_BYTES
+from .servicers import AdminServicer, AuthorityServicer
+
+log = logging.getLogger("credit_service")
+
+
+class Sweeper:
+    """Releases expired holds every interval; reports database health."""
+
+    def __init__(self, authority: CreditAuthority, storage: Storage, health_servicer: health.aio.HealthServicer,
+                 interval: float, batch: int):
+        self._authority = authority
+        self._storage = storage
+        self._health = health_servicer
+        self._interval = interval
+        self._batch = batch
+        self.expired_total = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                while (count := await self._authority.expire_holds(self._batch)) > 0:
+                    self.expired_total += count
+                    metrics.EXPIRED.inc(count)
+                    log.info("sweeper released %d expired holds", count)
+                    if count < self._batch:
+                        break
+                metrics.SWEEPS.inc()
+                holds, held = await self._storage.outstanding_holds()
+                metrics.HOLDS_OUTSTANDING.set(holds)
+                metrics.HELD_OUTSTANDING.set(held)
+                size, idle = self._storage.pool_stats()
+                metrics.DB_POOL_SIZE.set(size)
+                metrics.DB_POOL_IDLE.set(idle)
+                await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            except DATABASE_DOWN:
+                await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            except Exception:  # keep sweeping whatever one pass hit
+                log.exception("sweeper pass failed")
+            await asyncio.sleep(self._interval)
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", "credit.v1.CreditAuthority", "credit.v1.CreditAdmin"):
+            await self._health.set(service, status)
+
+
+def _bind(server: grpc.aio.Server, settings: Settings) -> int:
+    """Plaintext, TLS (certificate and key set) or mutual TLS (client CA set too)."""
+    if not settings.tls_cert_file:
+        if settings.tls_client_ca_file:
+            raise ValueError("CREDIT_TLS_CLIENT_CA_FILE needs CREDIT_TLS_CERT_FILE and CREDIT_TLS_KEY_FILE")
+        return server.add_insecure_port(settings.listen_addr)
+    key = Path(settings.tls_key_file).read_bytes()
+    cert = Path(settings.tls_cert_file).read_bytes()
+    client_ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                              require_client_auth=client_ca is not None)
+    return server.add_secure_port(settings.listen_addr, credentials)
+
+
+async def start_server(settings: Settings, storage: Storage,
+                       auth: TokenAuthenticator) -> tuple[grpc.aio.Server, int, Sweeper]:
+    authority = CreditAuthority(storage, default_ttl_seconds=settings.default_ttl_seconds,
+                                max_ttl_seconds=settings.max_ttl_seconds)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                      ("grpc.so_reuseport", 1 if settings.reuse_port else 0)])
+    authority_pb2_grpc.add_CreditAuthorityServicer_to_server(AuthorityServicer(authority, auth, settings.access_log),
+                                                             server)
+    admin_pb2_grpc.add_CreditAdminServicer_to_server(AdminServicer(authority, auth, settings.access_log), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (authority_pb2.DESCRIPTOR.services_by_name["CreditAuthority"].full_name,
+             admin_pb2.DESCRIPTOR.services_by_name["CreditAdmin"].full_name,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    port = _bind(server, settings)
+    if port == 0:
+        raise RuntimeError(f"could not bind {settings.listen_addr}")
+    await server.start()
+    sweeper = Sweeper(authority, storage, health_servicer, settings.sweep_interval_seconds, settings.sweep_batch)
+    return server, port, sweeper
+
+
+async def serve(settings: Settings) -> None:
+    """Runs one authority process until SIGTERM/SIGINT."""
+    auth = TokenAuthenticator.from_settings(settings.auth_tokens, settings.auth_tokens_file)
+    database_url = ensure_database(settings.database_url, settings.data_dir, settings.embedded_pg_port)
+    if settings.migrate_on_start:
+        applied = await migrate(database_url)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+    storage = await Storage.connect(database_url, settings.db_pool_min, settings.db_pool_max,
+                                    batch_max=settings.batch_max, batch_in_flight=settings.batch_in_flight)
+    server, port, sweeper = await start_server(settings, storage, auth)
+    sweep_task = asyncio.create_task(sweeper.run())
+    start_alert_worker(database_url, storage, settings.alerts)  # low-balance webhooks (credit_service/alerts.py)
+    metrics.serve(settings.metrics_port)
+    host = settings.listen_addr.rsplit(":", 1)[0]
+    transport = "mTLS" if settings.tls_client_ca_file else "TLS" if settings.tls_cert_file else "plaintext"
+    print(f"credit authority listening on {host}:{port} ({transport})", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining in-flight calls")
+    await server.stop(grace=5)
+    sweep_task.cancel()
+    await storage.close()
+    logs.flush_access()
+
+
+def main() -> None:
+    logs.configure()
+    uvloop.run(serve(Settings.from_env()))
