@@ -91,7 +91,7 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant("money-rounds-down", "provider cost is rounded down to the millicredit", "credit_service/money.py",
            "to_integral_value(rounding=ROUND_CEILING))", 'to_integral_value(rounding="ROUND_FLOOR"))',
            "tests/inference/test_provider_prices.py", "tests/inference/test_chat.py"),
-    mutant("role-check-skipped", "an RPC runs whatever the caller's roles", "credit_service/server.py",
+    mutant("role-check-skipped", "an RPC runs whatever the caller's roles", "credit_service/server/rpc.py",
            "if not caller.roles.intersection(roles):", "if False:", "tests/test_auth.py"),
     mutant("key-membership-unchecked", "an org-bound key works after its owner left the org",
            "credit_service/storage.py",
