@@ -24,7 +24,9 @@ from inference_service.settings import Settings as InferenceSettings
 THIS = Path(__file__).resolve().relative_to(ROOT).as_posix()
 
 # Documents and directories of the workspace this project was built in, which a clone does not have.
-OUTSIDE_NAMES = ("../shared", "/work/shared", "shared/" + "DESIGN", "DESIGN" + ".md", "STYLE" + ".md", "seed/")
+# Spelled in pieces so that this file does not itself name them.
+OUTSIDE_NAMES = (".." + "/shared", "/work/" + "shared", "shared/" + "DESIGN", "DESIGN" + ".md", "STYLE" + ".md",
+                 "seed" + "/")
 
 # Applied migrations are immutable (the runner refuses an edited one): their comments stay as written.
 IMMUTABLE = {"migrations/0002_hot_path.sql": {"DESIGN" + ".md"}}
