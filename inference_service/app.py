@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics():
         metrics.OUTBOX_PENDING.set(service.client.outbox.count())
+        metrics.OUTBOX_REFUSED.set(service.client.outbox.refused_count())
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
@@ -27,6 +27,8 @@ from . import errors
 from .outbox import CommitOutbox
 
 log = logging.getLogger("inference_service")
+
+Detail = TypeVar("Detail", error_details_pb2.ErrorInfo, error_details_pb2.BadRequest)
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 BACKOFF = (0.1, 0.3, 0.9)  # seconds between retries of one call
@@ -44,15 +46,20 @@ def funding_label(funding: types_pb2.Funding) -> str:
     return f"org:{funding.org_id}" if funding.kind == types_pb2.Funding.ORG else "individual"
 
 
-def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
-    """The authority's google.rpc.ErrorInfo on an error, if it sent one."""
+def _detail(error: grpc.aio.AioRpcError, message_type: type[Detail]) -> Detail | None:
+    """The first google.rpc detail of this type on an error, if the authority sent one."""
     status = rpc_status.from_call(error)
     for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
+        if detail.Is(message_type.DESCRIPTOR):
+            message = message_type()
+            detail.Unpack(message)
+            return message
     return None
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    """The authority's google.rpc.ErrorInfo on an error, if it sent one."""
+    return _detail(error, error_details_pb2.ErrorInfo)
 
 
 def to_api_error(error: grpc.aio.AioRpcError) -> errors.ApiError:
@@ -85,14 +92,8 @@ def to_api_error(error: grpc.aio.AioRpcError) -> errors.ApiError:
 
 
 def _bad_request_fields(error: grpc.aio.AioRpcError) -> set[str]:
-    status = rpc_status.from_call(error)
-    fields: set[str] = set()
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields.update(v.field for v in bad.field_violations)
-    return fields
+    bad = _detail(error, error_details_pb2.BadRequest)
+    return {v.field for v in bad.field_violations} if bad else set()
 
 
 def commit_verdict(error: grpc.aio.AioRpcError, metadata: dict[str, Any]) -> str:

@@ -13,3 +13,4 @@ RESERVED = Counter("inference_reserved_millicredits_total", "Worst-case estimate
 COMMITTED = Counter("inference_committed_millicredits_total", "Millicredits charged, by model.", ["model"])
 RELEASED = Counter("inference_released_total", "Holds released after a failed call, by model.", ["model"])
 OUTBOX_PENDING = Gauge("inference_outbox_pending", "Commits waiting in the outbox for the authority.")
+OUTBOX_REFUSED = Gauge("inference_outbox_refused", "Commits the authority refused for good, kept for an operator.")

@@ -75,7 +75,7 @@ class InferenceService:
         self.pricing = Pricing(settings.credits_per_usd, settings.markup, settings.max_output_tokens)
         self._client: AuthorityClient | None = None
         self._meter: Meter | None = None
-        self.background: set[asyncio.Task] = set()
+        self._outbox_replay: asyncio.Task | None = None  # settlements are the meter's tasks
         self.failures = AuthFailures(settings.auth_failure_limit, settings.auth_failure_window_seconds)
 
     async def start(self) -> None:
@@ -86,7 +86,8 @@ class InferenceService:
                                       timeout=self.settings.authority_timeout_seconds,
                                       key_cache_seconds=self.settings.key_cache_seconds, outbox=outbox, tls=tls)
         self._meter = Meter(self._client, self.pricing, self.settings)
-        self.spawn(self.client.run_outbox(self.settings.outbox_replay_seconds))
+        self._outbox_replay = asyncio.get_running_loop().create_task(
+            self._client.run_outbox(self.settings.outbox_replay_seconds), name="outbox-replay")
 
     @property
     def client(self) -> AuthorityClient:
@@ -103,17 +104,11 @@ class InferenceService:
     async def stop(self) -> None:
         if self._meter is not None:  # settlements in progress finish (or reach the outbox) first
             await self._meter.drain(timeout=10)
-        for task in self.background:
-            task.cancel()
+        if self._outbox_replay is not None:
+            self._outbox_replay.cancel()
         if self._client:
             await self._client.close()
             self._client.outbox.close()
-
-    def spawn(self, coro, name: str = "task") -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-        return task
 
     def model(self, name: str, mode: str) -> catalogue.ModelEntry:
         entry = self.models.get(name)

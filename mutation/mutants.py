@@ -123,6 +123,9 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant("edge-skips-outbox", "a Commit the authority did not take is not kept in the outbox", CLIENT,
            """        self.outbox.add(reservation_id, amount_mc, metadata)
         log.warning("authority did not take""", """        log.warning("authority did not take""", COMMIT_FAULTS),
+    mutant("edge-refused-commit-dropped", "a Commit the authority refused for good is not kept", CLIENT,
+           "        self.outbox.refused(reservation_id, amount_mc, metadata, error.code().name, "
+           'error.details() or "")', "        pass", COMMIT_FAULTS),
     mutant("edge-no-commit-retry", "a failed Commit is not retried before the outbox", CLIENT,
            "BACKOFF = (0.1, 0.3, 0.9)", "BACKOFF = ()", COMMIT_FAULTS),
 )

@@ -140,3 +140,17 @@ async def test_a_second_request_with_one_idempotency_key_never_shares_the_first_
     assert upstream.calls["up-delay"] == before + 1, "the model was called twice for one hold"
     [row] = await committed(db, user_id, 1)
     assert row["status"] == "committed"
+
+
+async def test_a_commit_refused_for_good_is_kept_for_an_operator_not_dropped(rest, proxy, payer, db):
+    """NOT_FOUND is the authority's final answer for a reservation: not retried, but kept and counted."""
+    user_id, key = payer
+    proxy.script[COMMIT].append(Step(grpc.StatusCode.NOT_FOUND))
+    response = await chat(rest, key)
+    assert response.status_code == 200, response.text  # the model was called: the client gets its answer
+    async with httpx.AsyncClient(timeout=10) as client:
+        exposed = (await client.get(f"{rest.url}/metrics")).text
+    assert "inference_outbox_refused 1.0" in exposed
+    assert "inference_outbox_pending 0.0" in exposed
+    [row] = await rows(db, user_id)
+    assert row["status"] == "held", "a refused Commit is not resent by itself"
