@@ -20,6 +20,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc, types_pb2
+from credit_client.retry import RETRYABLE, RetryPolicy
 from credit_service import logs
 from credit_service.money import format_credits
 
@@ -30,8 +31,8 @@ log = logging.getLogger("inference_service")
 
 Detail = TypeVar("Detail", error_details_pb2.ErrorInfo, error_details_pb2.BadRequest)
 
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-BACKOFF = (0.1, 0.3, 0.9)  # seconds between retries of one call
+# Reserve, Release and Commit: 4 tries, waiting 0.1, 0.3 and 0.9 seconds between them.
+RETRY = RetryPolicy(attempts=4, initial_backoff=0.1, max_backoff=0.9, multiplier=3, jitter=False)
 
 
 @dataclass(frozen=True)
@@ -190,19 +191,6 @@ class AuthorityClient:
         self._key_cache[digest] = (now + self._key_cache_seconds, key)
         return key
 
-    async def _retrying(self, method, request) -> tuple[Any, int]:
-        """Calls, retrying UNAVAILABLE / DEADLINE_EXCEEDED with the same request after each
-        backoff (Reserve, Commit and Release are idempotent). Returns (response, attempt);
-        raises the last error when it is not retryable or the backoffs are spent."""
-        for attempt, delay in enumerate((*BACKOFF, None)):
-            try:
-                return await method(request, metadata=self._md, timeout=self._timeout), attempt
-            except grpc.aio.AioRpcError as error:
-                if error.code() not in RETRYABLE or delay is None:
-                    raise
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable: the last attempt returns or raises")
-
     async def reserve(self, **fields: Any) -> tuple[authority_pb2.ReserveResponse, bool]:
         """Reserves, retrying a lost answer with the same request_id (idempotent).
 
@@ -212,7 +200,8 @@ class AuthorityClient:
         metadata = fields.pop("metadata", {})
         request = authority_pb2.ReserveRequest(metadata=to_struct(metadata), **fields)
         try:
-            hold, attempt = await self._retrying(self._authority.Reserve, request)
+            hold, attempt = await RETRY.call(self._authority.Reserve, request, metadata=self._md,
+                                             timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             raise to_api_error(error) from None
         # A replay answering our own retry is our hold (still held); anything else is an earlier request.
@@ -234,7 +223,7 @@ class AuthorityClient:
         """Best effort: a hold that cannot be released now expires by itself."""
         request = authority_pb2.ReleaseRequest(reservation_id=reservation_id, reason=reason[:256])
         try:
-            await self._retrying(self._authority.Release, request)
+            await RETRY.call(self._authority.Release, request, metadata=self._md, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             log.warning("release of %s failed (%s); its TTL will free it", reservation_id, error.code().name)
 
@@ -247,7 +236,7 @@ class AuthorityClient:
         reservation the authority refuses for good is kept in the outbox's refused table.
         """
         try:
-            for delay in (*BACKOFF, None):
+            for delay in (*RETRY.delays(), None):  # its own loop: a Commit ends only on a final answer
                 try:
                     return await self._authority.Commit(_commit_request(reservation_id, amount_mc, metadata),
                                                         metadata=self._md, timeout=self._timeout)

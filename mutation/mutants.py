@@ -127,5 +127,5 @@ MUTANTS: tuple[Mutant, ...] = (
            "        self.outbox.refused(reservation_id, amount_mc, metadata, error.code().name, "
            'error.details() or "")', "        pass", COMMIT_FAULTS),
     mutant("edge-no-commit-retry", "a failed Commit is not retried before the outbox", CLIENT,
-           "BACKOFF = (0.1, 0.3, 0.9)", "BACKOFF = ()", COMMIT_FAULTS),
+           "RETRY = RetryPolicy(attempts=4,", "RETRY = RetryPolicy(attempts=1,", COMMIT_FAULTS),
 )

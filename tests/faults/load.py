@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from credit.v1 import authority_pb2, authority_pb2_grpc
+from credit_client import RETRYABLE
 
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 Problems = dict[str, list[str]]
 
 

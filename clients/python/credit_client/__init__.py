@@ -23,10 +23,11 @@ Billing one call is one block::
   worst-case estimate is the safe charge (the authority never undercharges).
   Call ``hold.release(reason)`` inside the block to void the hold instead
   (e.g. the answer came from a cache).
-* UNAVAILABLE and DEADLINE_EXCEEDED are retried with exponential backoff and
-  jitter. Retrying is safe: Reserve is idempotent per ``request_id`` (the same
-  id is sent on every attempt), Commit and Release are idempotent per
-  reservation. Other failures raise at once.
+* UNAVAILABLE and DEADLINE_EXCEEDED (``RETRYABLE``) are retried with
+  exponential backoff and jitter (:class:`RetryPolicy`). Retrying is safe:
+  Reserve is idempotent per ``request_id`` (the same id is sent on every
+  attempt), Commit and Release are idempotent per reservation. Other failures
+  raise at once.
 * Errors are :class:`CreditClientError` subclasses, one per row of the
   authority's error table; :class:`InsufficientCredits` carries ``available``,
   ``requested`` and ``funding`` from the ``google.rpc.ErrorInfo`` detail.
@@ -58,10 +59,11 @@ from .errors import (
     Unauthenticated,
     error_from_rpc,
 )
+from .retry import RETRYABLE, RetryPolicy
 
 __all__ = [
-    "AlreadyExists", "AlreadyFinalized", "AuthorityUnavailable", "Balance", "Charge", "CheckResult",
+    "RETRYABLE", "AlreadyExists", "AlreadyFinalized", "AuthorityUnavailable", "Balance", "Charge", "CheckResult",
     "CommitFailed", "CreditClient", "CreditClientError", "FailedPrecondition", "Funding", "Hold",
-    "InsufficientCredits", "InvalidArgument", "NotFound", "PermissionDenied", "Reservation", "Unauthenticated",
-    "error_from_rpc",
+    "InsufficientCredits", "InvalidArgument", "NotFound", "PermissionDenied", "Reservation", "RetryPolicy",
+    "Unauthenticated", "error_from_rpc",
 ]

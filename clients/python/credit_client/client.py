@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import random
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, TypeVar
@@ -18,7 +16,8 @@ import grpc
 from google.protobuf import struct_pb2
 
 from ._proto import authority_pb2, authority_pb2_grpc, types_pb2
-from .errors import RETRYABLE, AlreadyFinalized, CommitFailed, CreditClientError, error_from_rpc
+from .errors import AlreadyFinalized, CommitFailed, CreditClientError, error_from_rpc
+from .retry import RetryPolicy
 
 log = logging.getLogger("credit_client")
 
@@ -108,6 +107,7 @@ class CreditClient:
     timeout: deadline of each attempt, in seconds.
     attempts: tries per call for UNAVAILABLE/DEADLINE_EXCEEDED (1 = no retry).
     initial_backoff/max_backoff: exponential backoff between tries (full jitter), in seconds.
+    The three make :attr:`retry`, the call's :class:`~credit_client.retry.RetryPolicy`.
     """
 
     def __init__(self, address: str = "", token: str = "", *, credentials: grpc.ChannelCredentials | None = None,
@@ -118,8 +118,7 @@ class CreditClient:
             raise ValueError("token is required (a bearer token with the spend role)")
         if channel is None and not address:
             raise ValueError("address (host:port) or channel is required")
-        if attempts < 1:
-            raise ValueError("attempts must be at least 1")
+        self.retry = RetryPolicy(attempts, initial_backoff, max_backoff)
         self._owns_channel = channel is None
         if channel is None:
             options = options or [("grpc.keepalive_time_ms", 30_000), ("grpc.initial_reconnect_backoff_ms", 200),
@@ -130,9 +129,30 @@ class CreditClient:
         self._stub = authority_pb2_grpc.CreditAuthorityStub(channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
         self.timeout = timeout
-        self.attempts = attempts
-        self.initial_backoff = initial_backoff
-        self.max_backoff = max_backoff
+
+    @property
+    def attempts(self) -> int:
+        return self.retry.attempts
+
+    @attempts.setter
+    def attempts(self, value: int) -> None:
+        self.retry = replace(self.retry, attempts=value)
+
+    @property
+    def initial_backoff(self) -> float:
+        return self.retry.initial_backoff
+
+    @initial_backoff.setter
+    def initial_backoff(self, value: float) -> None:
+        self.retry = replace(self.retry, initial_backoff=value)
+
+    @property
+    def max_backoff(self) -> float:
+        return self.retry.max_backoff
+
+    @max_backoff.setter
+    def max_backoff(self, value: float) -> None:
+        self.retry = replace(self.retry, max_backoff=value)
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> CreditClient:
@@ -151,18 +171,11 @@ class CreditClient:
         await self.close()
 
     async def _call(self, method: Callable[..., Awaitable[_T]], request: Any) -> _T:
-        delay = self.initial_backoff
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return await method(request, metadata=self._metadata, timeout=self.timeout)
-            except grpc.aio.AioRpcError as error:
-                if error.code() not in RETRYABLE or attempt == self.attempts:
-                    raise error_from_rpc(error) from None
-                log.info("authority answered %s (attempt %d of %d); retrying", error.code().name, attempt,
-                         self.attempts)
-            await asyncio.sleep(random.uniform(0, delay))
-            delay = min(delay * 2, self.max_backoff)
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            response, _ = await self.retry.call(method, request, metadata=self._metadata, timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from None
+        return response
 
     # ---- the RPCs ----------------------------------------------------------
 

@@ -9,10 +9,10 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from .retry import RETRYABLE as RETRYABLE  # defined with the retry policy; importable from here too
+
 if TYPE_CHECKING:
     from .client import Reservation
-
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 # ---- errors ----------------------------------------------------------------
