@@ -82,7 +82,7 @@ class FromEnvironment:
 
 @dataclass(frozen=True)
 class AlertSettings(FromEnvironment):
-    """Delivery of low-balance alerts (credit_service/alerts.py)."""
+    """Delivery of low-balance alerts (credit_service/jobs/alert_delivery.py)."""
 
     enabled: bool = setting("CREDIT_ALERTS_ENABLED", True)
     retry_base_seconds: float = setting("CREDIT_ALERT_RETRY_BASE_SECONDS", 1.0)

@@ -1,5 +1,5 @@
 """gRPC transport of the credit authority: rpc.py (auth per RPC, error mapping), servicers.py (the two
-services and message conversion), serve.py (sweeper, health, reflection, the serve() loop)."""
+services and message conversion), serve.py (health, reflection, the serve() loop; starts and stops the jobs)."""
 
 from .serve import main, serve, start_server
 

@@ -1,10 +1,12 @@
-"""Serving: the expiry sweeper, health checking, reflection, TLS binding and the graceful serve() loop."""
+"""Serving: health checking, reflection, TLS binding and the graceful serve() loop, which starts and stops
+the background jobs (credit_service/jobs/: the expiry sweeper, alert delivery)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -15,10 +17,10 @@ from grpc_reflection.v1alpha import reflection
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
 
 from .. import logs, metrics
-from ..alerts import start_alert_worker
 from ..auth import TokenAuthenticator
 from ..authority import CreditAuthority
 from ..embedded_db import ensure_database
+from ..jobs import Sweeper, start_jobs
 from ..migrate import migrate
 from ..settings import Settings
 from ..storage import Storage
@@ -28,44 +30,13 @@ from .servicers import AdminServicer, AuthorityServicer
 log = logging.getLogger("credit_service")
 
 
-class Sweeper:
-    """Releases expired holds every interval; reports database health."""
-
-    def __init__(self, authority: CreditAuthority, storage: Storage, health_servicer: health.aio.HealthServicer,
-                 interval: float, batch: int):
-        self._authority = authority
-        self._storage = storage
-        self._health = health_servicer
-        self._interval = interval
-        self._batch = batch
-        self.expired_total = 0
-
-    async def run(self) -> None:
-        while True:
-            try:
-                while (count := await self._authority.expire_holds(self._batch)) > 0:
-                    self.expired_total += count
-                    metrics.EXPIRED.inc(count)
-                    log.info("sweeper released %d expired holds", count)
-                    if count < self._batch:
-                        break
-                metrics.SWEEPS.inc()
-                holds, held = await self._storage.outstanding_holds()
-                metrics.HOLDS_OUTSTANDING.set(holds)
-                metrics.HELD_OUTSTANDING.set(held)
-                size, idle = self._storage.pool_stats()
-                metrics.DB_POOL_SIZE.set(size)
-                metrics.DB_POOL_IDLE.set(idle)
-                await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-            except DATABASE_DOWN:
-                await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-            except Exception:  # keep sweeping whatever one pass hit
-                log.exception("sweeper pass failed")
-            await asyncio.sleep(self._interval)
-
-    async def _set_health(self, status: int) -> None:
+def _health_reporter(health_servicer: health.aio.HealthServicer) -> Callable[[bool], Awaitable[None]]:
+    """What the sweeper calls after each pass: every service SERVING when the database answered, else NOT_SERVING."""
+    async def report(serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", "credit.v1.CreditAuthority", "credit.v1.CreditAdmin"):
-            await self._health.set(service, status)
+            await health_servicer.set(service, status)
+    return report
 
 
 def _bind(server: grpc.aio.Server, settings: Settings) -> int:
@@ -102,7 +73,8 @@ async def start_server(settings: Settings, storage: Storage,
     if port == 0:
         raise RuntimeError(f"could not bind {settings.listen_addr}")
     await server.start()
-    sweeper = Sweeper(authority, storage, health_servicer, settings.sweep_interval_seconds, settings.sweep_batch)
+    sweeper = Sweeper(authority, storage, _health_reporter(health_servicer), settings.sweep_interval_seconds,
+                      settings.sweep_batch, DATABASE_DOWN)
     return server, port, sweeper
 
 
@@ -117,8 +89,7 @@ async def serve(settings: Settings) -> None:
     storage = await Storage.connect(database_url, settings.db_pool_min, settings.db_pool_max,
                                     batch_max=settings.batch_max, batch_in_flight=settings.batch_in_flight)
     server, port, sweeper = await start_server(settings, storage, auth)
-    sweep_task = asyncio.create_task(sweeper.run())
-    start_alert_worker(database_url, storage, settings.alerts)  # low-balance webhooks (credit_service/alerts.py)
+    jobs = start_jobs(sweeper, database_url, storage, settings.alerts)  # the expiry sweeper, alert delivery
     metrics.serve(settings.metrics_port)
     host = settings.listen_addr.rsplit(":", 1)[0]
     transport = "mTLS" if settings.tls_client_ca_file else "TLS" if settings.tls_cert_file else "plaintext"
@@ -131,7 +102,7 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down: draining in-flight calls")
     await server.stop(grace=5)
-    sweep_task.cancel()
+    await jobs.stop()
     await storage.close()
     logs.flush_access()
 

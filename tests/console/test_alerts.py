@@ -19,7 +19,7 @@ from conftest import Stub, free_port
 from helpers import reserve_request
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
-from credit_service.alerts import verify_signature
+from credit_service.jobs.alert_delivery import verify_signature
 
 from .conftest import WebhookReceiver
 

@@ -256,7 +256,7 @@ def test_alerts_through_the_console(console_inference, org: Org, receiver, admin
 
     chat(console_inference, org.keys["member"])  # a few millicredits: 100 → ~99.997 remaining, crosses 99.999
     [call] = receiver.wait_for(1)
-    from credit_service.alerts import verify_signature
+    from credit_service.jobs.alert_delivery import verify_signature
 
     assert verify_signature(secret, call.body, call.headers["x-credit-signature"])
     deadline = time.monotonic() + 15

@@ -34,9 +34,9 @@ from typing import Any
 
 import asyncpg
 
-from .money import format_credits
-from .settings import AlertSettings
-from .storage import Storage
+from ..money import format_credits
+from ..settings import AlertSettings
+from ..storage import Storage
 
 log = logging.getLogger("credit_service.alerts")
 
@@ -202,7 +202,7 @@ _running: set[asyncio.Task] = set()
 
 
 def start_alert_worker(database_url: str, storage: Storage, settings: AlertSettings) -> asyncio.Task | None:
-    """Starts the worker on the running loop (serve() calls this); None when CREDIT_ALERTS_ENABLED=0."""
+    """Starts the worker on the running loop (jobs.start_jobs() calls this); None when CREDIT_ALERTS_ENABLED=0."""
     if not settings.enabled:
         return None
     task = asyncio.get_running_loop().create_task(AlertWorker(database_url, storage, settings).run(),
