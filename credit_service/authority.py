@@ -20,18 +20,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import InvalidArgument, NotFound
+from .model import ApiKeyRow, Balance, Charge, Hold, MemberRow, OrgSummary, UsagePage, UserRow, hash_secret
 from .money import MAX_MILLICREDITS, is_committable, is_reservable
-from .storage import (
-    ApiKeyRow,
-    Balance,
-    Charge,
-    Hold,
-    MemberRow,
-    OrgSummary,
-    Storage,
-    UserRow,
-    hash_secret,
-)
+from .storage import Storage
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -247,7 +238,7 @@ class CreditAuthority:
         require_id("org_id", org_id)
         return await self._storage.list_members(org_id)
 
-    async def query_usage(self, query: UsageQuery) -> tuple[list[dict], list[dict], int, int]:
+    async def query_usage(self, query: UsageQuery) -> UsagePage:
         optional_id("org_id", query.org_id)
         optional_id("user_id", query.user_id)
         require_label("service_type", query.service_type, 128)

@@ -85,7 +85,7 @@ MUTANTS: tuple[Mutant, ...] = (
            """PERFORM 1 FROM organizations m WHERE m.org_id = p_org_id;""", "tests/test_funding_resolution.py",
            function="credit_resolve_funding"),
     mutant("reserve-no-retry", "a Reserve that lost a same-request_id race is not run again to replay",
-           "credit_service/storage.py", "for _ in range(5):", "for _ in range(1):",
+           "credit_service/storage/hot_path.py", "for _ in range(5):", "for _ in range(1):",
            "tests/test_concurrent_reserves.py"),
     # ---- Python: money, auth ----
     mutant("money-rounds-down", "provider cost is rounded down to the millicredit", "credit_service/money.py",
@@ -94,11 +94,11 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant("role-check-skipped", "an RPC runs whatever the caller's roles", "credit_service/server/rpc.py",
            "if not caller.roles.intersection(roles):", "if False:", "tests/test_auth.py"),
     mutant("key-membership-unchecked", "an org-bound key works after its owner left the org",
-           "credit_service/storage.py",
+           "credit_service/storage/admin.py",
            "OR (m.role IS NOT NULL AND (k.kind = 'user' OR m.role = ANY($2::text[]))))", "OR $2::text[] IS NOT NULL)",
            "tests/test_key_membership.py"),
     mutant("grant-not-idempotent", "two grants with one reference race into the unique index",
-           "credit_service/storage.py", "ON CONFLICT (user_id, reference) DO NOTHING RETURNING grant_id",
+           "credit_service/storage/admin.py", "ON CONFLICT (user_id, reference) DO NOTHING RETURNING grant_id",
            "RETURNING grant_id", "tests/test_grant_idempotency.py"),
     # ---- Python: the edge ----
     mutant("edge-no-output-cap", "the provider is not sent the max_tokens the hold paid for", METERING,

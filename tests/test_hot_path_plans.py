@@ -17,7 +17,7 @@ import uuid
 
 import asyncpg
 
-from credit_service.storage import _init_connection
+from credit_service.storage import init_connection
 
 SCAN = re.compile(r"Seq Scan on (?!pg_)(\w+)")  # our tables (not the catalogue asyncpg reads)
 
@@ -33,7 +33,7 @@ HOT_PATH_FUNCTIONS = (
 
 async def _explained_connection(database_url: str, plans: list[str]) -> asyncpg.Connection:
     conn = await asyncpg.connect(database_url)
-    await _init_connection(conn)
+    await init_connection(conn)
     await conn.execute("""
         LOAD 'auto_explain';
         SET auto_explain.log_min_duration = 0;

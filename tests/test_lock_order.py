@@ -31,7 +31,7 @@ from invariants import assert_invariants
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
 from credit_service.migrate import migrate
-from credit_service.storage import HotPathBatcher, Storage, _init_connection
+from credit_service.storage import BATCH_SQL, HotOp, Storage, init_connection
 
 Account = tuple[str, str | None, str]  # (funding kind, org_id or None, user_id)
 
@@ -120,7 +120,7 @@ async def _lock_order(url: str, accounts: list[Account],
     """The order in which `run` (in a transaction, rolled back afterwards) locks `accounts`;
     an account it never waits for is left out."""
     gate, locker, probe = [await asyncpg.connect(url) for _ in range(3)]
-    await _init_connection(locker)
+    await init_connection(locker)
     position: dict[Account, int] = {}
     try:
         for account in accounts:
@@ -143,12 +143,12 @@ async def _lock_order(url: str, accounts: list[Account],
 
 
 def _batch_of_reserves(accounts: list[Account]) -> Callable[[asyncpg.Connection], Awaitable[object]]:
-    """credit_batch (what HotPathBatcher sends) with one Reserve per account, in shuffled arrival order."""
-    operations = [("reserve", "test", uuid.uuid4().hex, b"h", user, org or "", 1, 60, "", "", {}, None, None)
+    """credit_batch (what the hot path's batcher sends) with one Reserve per account, in shuffled arrival order."""
+    operations = [HotOp("reserve", "test", uuid.uuid4().hex, b"h", user, org or "", 1, 60, "", "", {})
                   for _, org, user in accounts]
     random.Random(3).shuffle(operations)
     columns = [list(column) for column in zip(*operations, strict=True)]
-    return lambda conn: conn.fetch(HotPathBatcher._SQL, *columns)
+    return lambda conn: conn.fetch(BATCH_SQL, *columns)
 
 
 def _sweep(conn: asyncpg.Connection) -> Awaitable[object]:
@@ -179,7 +179,7 @@ async def test_a_batch_and_the_sweeper_on_crossed_accounts_do_not_deadlock(cross
     url, _ = crossed
     pair: list[Account] = [("org", "acme", "u"), ("org", "acme-eu", "u")]
     gate, batch, sweeper, probe = [await asyncpg.connect(url) for _ in range(4)]
-    await _init_connection(batch)
+    await init_connection(batch)
     failures = []
     try:
         for gated in pair:

@@ -23,7 +23,7 @@ from ..authority import UsageQuery
 from ..errors import (
     InvalidArgument,
 )
-from ..storage import ApiKeyRow, Balance, MemberRow, OrgSummary
+from ..model import ApiKeyRow, Balance, MemberRow, OrgSummary, UsageRecord
 from .rpc import Servicer, rpc
 
 
@@ -168,14 +168,14 @@ def _key_message(k: ApiKeyRow) -> admin_pb2.ApiKey:
         name=k.name, created_at=_timestamp(k.created_at), revoked_at=_timestamp(k.revoked_at))
 
 
-def _usage_record(row: dict) -> admin_pb2.UsageRecord:
+def _usage_record(record: UsageRecord) -> admin_pb2.UsageRecord:
     return admin_pb2.UsageRecord(
-        reservation_id=str(row["reservation_id"]), org_id=row["org_id"] or "", user_id=row["user_id"],
-        funding_kind=types_pb2.Funding.ORG if row["funding_kind"] == "org" else types_pb2.Funding.INDIVIDUAL,
-        service_type=row["service_type"], service_name=row["service_name"],
-        credits_used_millicredits=row["credits_used"], request_id=row["request_id"],
-        request_metadata=_dict_to_struct(row["request_metadata"]), overrun=row["overrun"], late=row["late"],
-        created_at=_timestamp(row["created_at"]))
+        reservation_id=str(record.reservation_id), org_id=record.org_id or "", user_id=record.user_id,
+        funding_kind=types_pb2.Funding.ORG if record.funding_kind == "org" else types_pb2.Funding.INDIVIDUAL,
+        service_type=record.service_type, service_name=record.service_name,
+        credits_used_millicredits=record.credits_used, request_id=record.request_id,
+        request_metadata=_dict_to_struct(record.request_metadata), overrun=record.overrun, late=record.late,
+        created_at=_timestamp(record.created_at))
 
 
 class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
@@ -244,12 +244,12 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
             model=request.model,
             start=_time_field(request, "start_time"), end=_time_field(request, "end_time"),
             group_by=_enum(_GROUPINGS, request.group_by, "group_by"), limit=request.limit)
-        records, groups, total_mc, total_requests = await self.authority.query_usage(query)
+        page = await self.authority.query_usage(query)
         return admin_pb2.QueryUsageResponse(
-            records=[_usage_record(r) for r in records],
-            groups=[admin_pb2.UsageGroup(key=g["key"], requests=g["requests"], credits_used_millicredits=g["mc"])
-                    for g in groups],
-            total_millicredits=total_mc, total_requests=total_requests)
+            records=[_usage_record(r) for r in page.records],
+            groups=[admin_pb2.UsageGroup(key=g.key, requests=g.requests, credits_used_millicredits=g.credits_used)
+                    for g in page.groups],
+            total_millicredits=page.total_mc, total_requests=page.total_requests)
 
     @rpc(Role.ADMIN)
     async def CreateApiKey(self, request: admin_pb2.CreateApiKeyRequest,

@@ -1,0 +1,68 @@
+"""What every part of storage shares: the connection setup, the base class holding the pool,
+the existence checks administration runs inside its transactions, and the mapping of SQL
+outcomes to domain errors."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+from ..errors import ACCOUNT_TOTAL_LIMIT, FailedPrecondition, NotFound, PermissionDenied
+from ..model import MAX_ACCOUNT_TOTAL_MC
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Every connection of the authority: JSONB in and out as Python values."""
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset: nothing to undo. The authority never changes session state (no SET,
+    LISTEN, advisory lock or cursor outside a transaction; asyncpg itself still rolls
+    back a transaction left open), so the default reset query, one more round trip
+    after every call, is skipped."""
+
+
+def raise_resolution(outcome: str, user_id: str, org_id: str) -> None:
+    """Raises the error of a funding-resolution outcome (credit_resolve_funding); other outcomes pass."""
+    if outcome == "unknown_user":
+        raise NotFound(f"user {user_id!r} not found")
+    if outcome == "unknown_org":
+        raise NotFound(f"organization {org_id!r} not found")
+    if outcome == "not_member":
+        raise PermissionDenied(f"user {user_id!r} is not a member of organization {org_id!r}")
+
+
+def past_largest_total(what: str) -> FailedPrecondition:
+    return FailedPrecondition(f"{what} would pass the largest account total ({MAX_ACCOUNT_TOTAL_MC} millicredits)",
+                              ACCOUNT_TOTAL_LIMIT, {"limit": str(MAX_ACCOUNT_TOTAL_MC)})
+
+
+class Queries:
+    """Base of each part of storage: the pool, and the checks that run inside a transaction."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    @staticmethod
+    async def require_org(conn: asyncpg.Connection, org_id: str, lock: bool = False) -> asyncpg.Record:
+        """The org's pool row (locked FOR UPDATE when asked); NotFound for an unknown org."""
+        sql = "SELECT * FROM org_pools WHERE org_id = $1"
+        row = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), org_id)
+        if row is None:
+            raise NotFound(f"organization {org_id!r} not found")
+        return row
+
+    @staticmethod
+    async def require_user(conn: asyncpg.Connection, user_id: str) -> None:
+        if await conn.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id) is None:
+            raise NotFound(f"user {user_id!r} not found")
+
+    @classmethod
+    async def require_member(cls, conn: asyncpg.Connection, org_id: str, user_id: str) -> None:
+        """FailedPrecondition unless the user belongs to the org (NotFound for an unknown user)."""
+        if await conn.fetchval("SELECT 1 FROM org_members WHERE org_id = $1 AND user_id = $2",
+                               org_id, user_id) is None:
+            await cls.require_user(conn, user_id)
+            raise FailedPrecondition(f"user {user_id!r} is not a member of {org_id!r}")
