@@ -21,7 +21,7 @@ from pathlib import Path
 import asyncpg
 import psutil
 
-from credit_service.embedded_db import EmbeddedPostgres, _bin
+from credit_service.embedded_db import EmbeddedPostgres, bin_path
 from credit_service.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def pg_bin(name: str) -> str:
-    return _bin(name)
+    return bin_path(name)
 
 
 @dataclass

