@@ -20,7 +20,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import InvalidArgument, NotFound
-from .model import ApiKeyRow, Balance, Charge, Hold, MemberRow, OrgSummary, UsagePage, UserRow, hash_secret
+from .model import (
+    AlertEvent,
+    AlertThreshold,
+    AlertWebhook,
+    ApiKeyRow,
+    Balance,
+    Charge,
+    Hold,
+    MemberRow,
+    OrgSummary,
+    UsagePage,
+    UserRow,
+    hash_secret,
+)
 from .money import MAX_MILLICREDITS, is_committable, is_reservable
 from .storage import Storage
 
@@ -297,9 +310,9 @@ class CreditAuthority:
         if not await self._storage.user_exists(user_id):
             raise NotFound(f"user {user_id!r} not found")
 
-    # ---- low-balance alerts (credit_service/alerts.py delivers them) -------
+    # ---- low-balance alerts (credit_service/jobs/alert_delivery.py delivers them) ----
 
-    async def set_alert_webhook(self, org_id: str, url: str, secret: str) -> dict[str, Any] | None:
+    async def set_alert_webhook(self, org_id: str, url: str, secret: str) -> AlertWebhook | None:
         require_id("org_id", org_id)
         if url:
             require_webhook_url(url)
@@ -310,11 +323,11 @@ class CreditAuthority:
             raise InvalidArgument("secret", "must be empty when the url is (removing the webhook)")
         return await self._storage.set_alert_webhook(org_id, url, secret)
 
-    async def get_alert_webhook(self, org_id: str) -> dict[str, Any] | None:
+    async def get_alert_webhook(self, org_id: str) -> AlertWebhook | None:
         require_id("org_id", org_id)
         return await self._storage.get_alert_webhook(org_id)
 
-    async def create_alert_threshold(self, org_id: str, user_id: str, kind: str, value: int) -> dict[str, Any]:
+    async def create_alert_threshold(self, org_id: str, user_id: str, kind: str, value: int) -> AlertThreshold:
         require_id("org_id", org_id)
         optional_id("user_id", user_id)
         if kind not in ALERT_KINDS:
@@ -331,12 +344,12 @@ class CreditAuthority:
             raise InvalidArgument("threshold_id", "is required (a positive id returned by CreateAlertThreshold)")
         await self._storage.delete_alert_threshold(org_id, threshold_id)
 
-    async def list_alert_thresholds(self, org_id: str, user_id: str) -> list[dict[str, Any]]:
+    async def list_alert_thresholds(self, org_id: str, user_id: str) -> list[AlertThreshold]:
         require_id("org_id", org_id)
         optional_id("user_id", user_id)
         return await self._storage.list_alert_thresholds(org_id, user_id or None)
 
-    async def list_alert_events(self, org_id: str, user_id: str, limit: int) -> list[dict[str, Any]]:
+    async def list_alert_events(self, org_id: str, user_id: str, limit: int) -> list[AlertEvent]:
         require_id("org_id", org_id)
         optional_id("user_id", user_id)
         if not 0 <= limit <= MAX_ALERT_EVENTS:

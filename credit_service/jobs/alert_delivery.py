@@ -30,10 +30,10 @@ import random
 import time
 import urllib.error
 import urllib.request
-from typing import Any
 
 import asyncpg
 
+from ..model import AlertEvent, DueAlert
 from ..money import format_credits
 from ..settings import AlertSettings
 from ..storage import Storage
@@ -54,21 +54,20 @@ def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
     return header is not None and hmac.compare_digest(sign(secret, body), header.strip())
 
 
-def payload(event: dict[str, Any]) -> bytes:
+def payload(event: AlertEvent) -> bytes:
     """The alert's JSON body; the same bytes on every attempt."""
-    is_pool = event["user_id"] is None
     body = {
         "type": EVENT_TYPE,
-        "id": f"{event['org_id']}:{event['event_id']}",
-        "org_id": event["org_id"],
-        "scope": "pool" if is_pool else "allocation",
-        "user_id": event["user_id"],
-        "threshold": {"id": event["threshold_id"], "kind": event["kind"], "value": event["value"],
-                      "millicredits": event["threshold_mc"], "credits": format_credits(event["threshold_mc"])},
-        "limit_millicredits": event["limit_mc"],
-        "remaining_millicredits": event["remaining_mc"],
-        "remaining_credits": format_credits(event["remaining_mc"]),
-        "fired_at": event["created_at"].isoformat(),
+        "id": f"{event.org_id}:{event.event_id}",
+        "org_id": event.org_id,
+        "scope": "pool" if event.user_id is None else "allocation",
+        "user_id": event.user_id,
+        "threshold": {"id": event.threshold_id, "kind": event.kind, "value": event.value,
+                      "millicredits": event.threshold_mc, "credits": format_credits(event.threshold_mc)},
+        "limit_millicredits": event.limit_mc,
+        "remaining_millicredits": event.remaining_mc,
+        "remaining_credits": format_credits(event.remaining_mc),
+        "fired_at": event.created_at.isoformat(),
     }
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
@@ -145,33 +144,32 @@ class AlertWorker:
                 break
         while True:
             claimed = await self._storage.claim_alert_deliveries(10, self._settings.lease_seconds)
-            await asyncio.gather(*(self._deliver(event) for event in claimed))
+            await asyncio.gather(*(self._deliver(due) for due in claimed))
             if len(claimed) < 10:
                 break
 
-    async def _deliver(self, event: dict[str, Any]) -> None:
+    async def _deliver(self, due: DueAlert) -> None:
+        event, attempt = due.event, due.attempt
         body = payload(event)
-        attempt = event["attempts"]
         headers = {"Content-Type": "application/json", "User-Agent": "credit-authority-alerts/1",
-                   SIGNATURE_HEADER: sign(event["webhook_secret"], body), "X-Credit-Event": EVENT_TYPE,
-                   "X-Credit-Event-Id": f"{event['org_id']}:{event['event_id']}",
+                   SIGNATURE_HEADER: sign(due.webhook_secret, body), "X-Credit-Event": EVENT_TYPE,
+                   "X-Credit-Event-Id": f"{event.org_id}:{event.event_id}",
                    "X-Credit-Delivery-Attempt": str(attempt)}
         started = time.monotonic()
-        status, error = await asyncio.to_thread(post, event["webhook_url"], body, headers,
-                                                self._settings.timeout_seconds)
+        status, error = await asyncio.to_thread(post, due.webhook_url, body, headers, self._settings.timeout_seconds)
         duration_ms = int((time.monotonic() - started) * 1000)
         delivered = status is not None and 200 <= status < 300
         if not delivered and not error:
             error = f"HTTP {status}"
         retry_in = None if delivered else retry_delay(attempt, self._settings)
-        await self._storage.record_alert_delivery(event["org_id"], event["event_id"], attempt, event["webhook_url"],
+        await self._storage.record_alert_delivery(event.org_id, event.event_id, attempt, due.webhook_url,
                                                   status, "" if delivered else error, duration_ms, delivered,
                                                   retry_in)
         if delivered:
             self.delivered += 1
-            log.info("alert %s:%s delivered (attempt %d)", event["org_id"], event["event_id"], attempt)
+            log.info("alert %s:%s delivered (attempt %d)", event.org_id, event.event_id, attempt)
         else:
-            log.warning("alert %s:%s attempt %d failed: %s%s", event["org_id"], event["event_id"], attempt, error,
+            log.warning("alert %s:%s attempt %d failed: %s%s", event.org_id, event.event_id, attempt, error,
                         f"; retry in {retry_in:.1f}s" if retry_in is not None else "; giving up")
 
     async def _listen(self) -> None:

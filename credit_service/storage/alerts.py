@@ -3,18 +3,23 @@ fires, and the worker's side: consuming pool checks, leasing due deliveries, rec
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 
 from ..errors import FailedPrecondition, NotFound
+from ..model import AlertDelivery, AlertEvent, AlertThreshold, AlertWebhook, DueAlert
 from .common import Queries
+
+EVENT_COLUMNS = [name for name in AlertEvent.__dataclass_fields__ if name != "deliveries"]
+
+
+def alert_event(row: asyncpg.Record, deliveries: list[AlertDelivery] | None = None) -> AlertEvent:
+    return AlertEvent(**{name: row[name] for name in EVENT_COLUMNS}, deliveries=deliveries or [])
 
 
 class AlertQueries(Queries):
     MAX_ALERT_THRESHOLDS_PER_ORG = 100  # bounds the work of the commit trigger
 
-    async def set_alert_webhook(self, org_id: str, url: str, secret: str) -> dict[str, Any] | None:
+    async def set_alert_webhook(self, org_id: str, url: str, secret: str) -> AlertWebhook | None:
         """Stores (or with an empty url removes) the org's webhook; returns the row, or None when removed."""
         async with self.pool.acquire() as conn, conn.transaction():
             await self.require_org(conn, org_id)
@@ -25,13 +30,13 @@ class AlertQueries(Queries):
                 """INSERT INTO alert_webhooks (org_id, url, secret) VALUES ($1, $2, $3)
                    ON CONFLICT (org_id) DO UPDATE SET url = $2, secret = $3, updated_at = now()
                    RETURNING *""", org_id, url, secret)
-        return dict(row)
+        return AlertWebhook(**dict(row))
 
-    async def get_alert_webhook(self, org_id: str) -> dict[str, Any] | None:
+    async def get_alert_webhook(self, org_id: str) -> AlertWebhook | None:
         async with self.pool.acquire() as conn:
             await self.require_org(conn, org_id)
             row = await conn.fetchrow("SELECT * FROM alert_webhooks WHERE org_id = $1", org_id)
-        return dict(row) if row else None
+        return AlertWebhook(**dict(row)) if row else None
 
     _THRESHOLD_SELECT = """
         SELECT t.*, x.base_mc, x.remaining_mc,
@@ -75,7 +80,8 @@ class AlertQueries(Queries):
                 WHERE a.org_id = $1 AND a.user_id = w.user_id AND a.alert_watch IS DISTINCT FROM w.watched""",
             org_id)
 
-    async def create_alert_threshold(self, org_id: str, user_id: str | None, kind: str, value: int) -> dict[str, Any]:
+    async def create_alert_threshold(self, org_id: str, user_id: str | None, kind: str,
+                                     value: int) -> AlertThreshold:
         """Adds a threshold, fired already when remaining is at or below it (no alert for that)."""
         async with self.pool.acquire() as conn, conn.transaction():
             await self.require_org(conn, org_id)
@@ -101,7 +107,7 @@ class AlertQueries(Queries):
             await self._rewatch(conn, org_id)
             row = await conn.fetchrow(self._THRESHOLD_SELECT + " WHERE t.org_id = $1 AND t.threshold_id = $2",
                                       org_id, threshold_id)
-        return dict(row)
+        return AlertThreshold(**dict(row))
 
     async def delete_alert_threshold(self, org_id: str, threshold_id: int) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -112,31 +118,28 @@ class AlertQueries(Queries):
                 raise NotFound(f"alert threshold {threshold_id} of {org_id!r} not found")
             await self._rewatch(conn, org_id)
 
-    async def list_alert_thresholds(self, org_id: str, user_id: str | None) -> list[dict[str, Any]]:
+    async def list_alert_thresholds(self, org_id: str, user_id: str | None) -> list[AlertThreshold]:
         async with self.pool.acquire() as conn:
             await self.require_org(conn, org_id)
             rows = await conn.fetch(
                 self._THRESHOLD_SELECT + """ WHERE t.org_id = $1 AND ($2::text IS NULL OR t.user_id = $2)
                                              ORDER BY t.user_id NULLS FIRST, t.threshold_id""", org_id, user_id)
-        return [dict(r) for r in rows]
+        return [AlertThreshold(**dict(r)) for r in rows]
 
-    async def list_alert_events(self, org_id: str, user_id: str | None, limit: int) -> list[dict[str, Any]]:
-        """Alerts newest first, each with its delivery attempts (oldest first) under "deliveries"."""
+    async def list_alert_events(self, org_id: str, user_id: str | None, limit: int) -> list[AlertEvent]:
+        """Alerts newest first, each with its delivery attempts (oldest first)."""
         async with self.pool.acquire() as conn:
             await self.require_org(conn, org_id)
             rows = await conn.fetch(
                 """SELECT * FROM alert_events WHERE org_id = $1 AND ($2::text IS NULL OR user_id = $2)
                     ORDER BY created_at DESC, event_id DESC LIMIT $3""", org_id, user_id, limit)
-            events = [dict(r) for r in rows]
             attempts = await conn.fetch(
                 """SELECT * FROM alert_deliveries WHERE org_id = $1 AND event_id = ANY($2::BIGINT[])
-                    ORDER BY event_id, attempt""", org_id, [e["event_id"] for e in events])
-        by_event: dict[int, list[dict[str, Any]]] = {}
+                    ORDER BY event_id, attempt""", org_id, [r["event_id"] for r in rows])
+        by_event: dict[int, list[AlertDelivery]] = {}
         for attempt in attempts:
-            by_event.setdefault(attempt["event_id"], []).append(dict(attempt))
-        for event in events:
-            event["deliveries"] = by_event.get(event["event_id"], [])
-        return events
+            by_event.setdefault(attempt["event_id"], []).append(AlertDelivery(**dict(attempt)))
+        return [alert_event(r, by_event.get(r["event_id"])) for r in rows]
 
     async def process_alert_checks(self, limit: int = 100) -> tuple[int, int]:
         """The worker's half of pool thresholds: consumes queued checks, locks each threshold and
@@ -173,7 +176,7 @@ class AlertQueries(Queries):
                             WHERE org_id = $1 AND threshold_id = $2""", org_id, threshold_id)
         return len(checks), fired
 
-    async def claim_alert_deliveries(self, limit: int, lease_seconds: float) -> list[dict[str, Any]]:
+    async def claim_alert_deliveries(self, limit: int, lease_seconds: float) -> list[DueAlert]:
         """Leases due pending alerts to this worker (other replicas skip them) and counts the attempt.
         Alerts of an org without a webhook are marked no_webhook instead."""
         async with self.pool.acquire() as conn, conn.transaction():
@@ -191,7 +194,7 @@ class AlertQueries(Queries):
                           alert_webhooks w
                     WHERE e.org_id = due.org_id AND e.event_id = due.event_id AND w.org_id = e.org_id
                 RETURNING e.*, w.url AS webhook_url, w.secret AS webhook_secret""", limit, lease_seconds)
-        return [dict(r) for r in rows]
+        return [DueAlert(alert_event(r), r["webhook_url"], r["webhook_secret"]) for r in rows]
 
     async def record_alert_delivery(self, org_id: str, event_id: int, attempt: int, url: str,
                                     status_code: int | None, error: str, duration_ms: int, delivered: bool,

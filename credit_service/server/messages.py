@@ -1,0 +1,183 @@
+"""credit.v1 messages <-> the domain's values: every conversion the two services make.
+
+Requests come in as protobuf and leave this module as plain values (validated where the wire
+allows what the domain does not: non-finite numbers, timestamps out of range, unknown enums);
+the domain's dataclasses (credit_service.model) leave as protobuf.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from google.protobuf import struct_pb2, timestamp_pb2
+
+from credit.v1 import admin_pb2, authority_pb2, types_pb2
+
+from ..errors import InvalidArgument
+from ..model import (
+    AlertEvent,
+    AlertThreshold,
+    AlertWebhook,
+    ApiKeyRow,
+    Balance,
+    MemberRow,
+    OrgSummary,
+    UsageGroup,
+    UsageRecord,
+)
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidArgument("metadata", "numbers must be finite (no NaN or Infinity)")
+        # Struct numbers are doubles; token counts and the like read better as integers.
+        return int(number) if number.is_integer() and abs(number) <= 2**53 else number
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(v) for v in value.list_value.values]
+    if kind in ("string_value", "bool_value"):
+        return getattr(value, kind)
+    return None
+
+
+def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
+    return {key: _value(item) for key, item in message.fields.items()}
+
+
+def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
+
+
+def timestamp(value: Any) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.astimezone(timezone.utc))
+    return ts
+
+
+def time_field(message: Any, field: str) -> datetime | None:
+    if not message.HasField(field):
+        return None
+    try:
+        return getattr(message, field).ToDatetime(timezone.utc)
+    except ValueError as error:  # seconds or nanos outside google.protobuf.Timestamp's range
+        raise InvalidArgument(field, str(error)) from None
+
+
+def funding_message(kind: str, org_id: str | None) -> types_pb2.Funding:
+    if kind == "org":
+        return types_pb2.Funding(kind=types_pb2.Funding.ORG, org_id=org_id or "")
+    return types_pb2.Funding(kind=types_pb2.Funding.INDIVIDUAL)
+
+
+def balance_response(balance: Balance) -> authority_pb2.GetBalanceResponse:
+    return authority_pb2.GetBalanceResponse(
+        funding=funding_message(balance.funding_kind, balance.org_id), limit_millicredits=balance.limit_mc,
+        used_millicredits=balance.used_mc, held_millicredits=balance.held_mc,
+        available_millicredits=balance.available_mc)
+
+
+ROLE_NAMES = {admin_pb2.MEMBER_ROLE_OWNER: "owner", admin_pb2.MEMBER_ROLE_ADMIN: "admin",
+               admin_pb2.MEMBER_ROLE_MEMBER: "member", admin_pb2.MEMBER_ROLE_UNSPECIFIED: "member"}
+_ROLE_ENUMS = {"owner": admin_pb2.MEMBER_ROLE_OWNER, "admin": admin_pb2.MEMBER_ROLE_ADMIN,
+               "member": admin_pb2.MEMBER_ROLE_MEMBER}
+KEY_KINDS = {admin_pb2.API_KEY_KIND_UNSPECIFIED: "user", admin_pb2.API_KEY_KIND_USER: "user",
+              admin_pb2.API_KEY_KIND_SERVICE: "service"}
+GROUPINGS = {admin_pb2.USAGE_GROUP_BY_UNSPECIFIED: None, admin_pb2.USAGE_GROUP_BY_USER: "user",
+              admin_pb2.USAGE_GROUP_BY_MODEL: "model", admin_pb2.USAGE_GROUP_BY_SERVICE_TYPE: "service_type",
+              admin_pb2.USAGE_GROUP_BY_DAY: "day"}
+
+
+def enum_value(table: dict, value: int, field: str) -> Any:
+    if value not in table:
+        raise InvalidArgument(field, f"unknown value {value}")
+    return table[value]
+
+
+def org_message(org: OrgSummary) -> admin_pb2.Organization:
+    return admin_pb2.Organization(
+        org_id=org.org_id, name=org.name, pool_total_millicredits=org.pool_total_mc,
+        allocated_millicredits=org.allocated_mc, unallocated_millicredits=org.pool_total_mc - org.allocated_mc,
+        used_millicredits=org.used_mc, held_millicredits=org.held_mc, created_at=timestamp(org.created_at))
+
+
+def member_message(m: MemberRow) -> admin_pb2.Member:
+    return admin_pb2.Member(
+        org_id=m.org_id, user_id=m.user_id, role=_ROLE_ENUMS[m.role], is_default=m.is_default,
+        allocation_millicredits=m.allocation_mc, used_millicredits=m.used_mc, held_millicredits=m.held_mc,
+        available_millicredits=m.allocation_mc - m.used_mc - m.held_mc, joined_at=timestamp(m.joined_at))
+
+
+def key_message(k: ApiKeyRow) -> admin_pb2.ApiKey:
+    return admin_pb2.ApiKey(
+        key_id=k.key_id, user_id=k.user_id, org_id=k.org_id or "",
+        kind=admin_pb2.API_KEY_KIND_SERVICE if k.kind == "service" else admin_pb2.API_KEY_KIND_USER,
+        name=k.name, created_at=timestamp(k.created_at), revoked_at=timestamp(k.revoked_at))
+
+
+def usage_group_message(group: UsageGroup) -> admin_pb2.UsageGroup:
+    return admin_pb2.UsageGroup(key=group.key, requests=group.requests, credits_used_millicredits=group.credits_used)
+
+
+def usage_record_message(record: UsageRecord) -> admin_pb2.UsageRecord:
+    return admin_pb2.UsageRecord(
+        reservation_id=str(record.reservation_id), org_id=record.org_id or "", user_id=record.user_id,
+        funding_kind=types_pb2.Funding.ORG if record.funding_kind == "org" else types_pb2.Funding.INDIVIDUAL,
+        service_type=record.service_type, service_name=record.service_name,
+        credits_used_millicredits=record.credits_used, request_id=record.request_id,
+        request_metadata=dict_to_struct(record.request_metadata), overrun=record.overrun, late=record.late,
+        created_at=timestamp(record.created_at))
+
+
+_KINDS = {admin_pb2.ALERT_THRESHOLD_KIND_ABSOLUTE: "absolute", admin_pb2.ALERT_THRESHOLD_KIND_PERCENT: "percent"}
+_KIND_ENUMS = {name: value for value, name in _KINDS.items()}
+_STATES = {"armed": admin_pb2.ALERT_THRESHOLD_STATE_ARMED, "fired": admin_pb2.ALERT_THRESHOLD_STATE_FIRED}
+_STATUSES = {"pending": admin_pb2.ALERT_DELIVERY_STATUS_PENDING,
+             "delivered": admin_pb2.ALERT_DELIVERY_STATUS_DELIVERED,
+             "failed": admin_pb2.ALERT_DELIVERY_STATUS_FAILED,
+             "no_webhook": admin_pb2.ALERT_DELIVERY_STATUS_NO_WEBHOOK}
+
+
+def alert_kind_name(kind: int) -> str:
+    name = _KINDS.get(kind)  # type: ignore[call-overload]
+    if name is None:
+        raise InvalidArgument("kind", "must be ALERT_THRESHOLD_KIND_ABSOLUTE or ALERT_THRESHOLD_KIND_PERCENT")
+    return name
+
+
+def alert_webhook_message(org_id: str, webhook: AlertWebhook | None) -> admin_pb2.AlertWebhook:
+    if webhook is None:
+        return admin_pb2.AlertWebhook(org_id=org_id)
+    return admin_pb2.AlertWebhook(org_id=webhook.org_id, url=webhook.url, has_secret=bool(webhook.secret),
+                                  updated_at=timestamp(webhook.updated_at))
+
+
+def alert_threshold_message(threshold: AlertThreshold) -> admin_pb2.AlertThreshold:
+    t = threshold
+    return admin_pb2.AlertThreshold(
+        org_id=t.org_id, threshold_id=t.threshold_id, user_id=t.user_id or "",
+        kind=_KIND_ENUMS[t.kind], value=t.value, state=_STATES[t.state],
+        threshold_millicredits=t.threshold_mc, remaining_millicredits=t.remaining_mc,
+        created_at=timestamp(t.created_at), changed_at=timestamp(t.changed_at))
+
+
+def alert_event_message(event: AlertEvent) -> admin_pb2.AlertEvent:
+    e = event
+    return admin_pb2.AlertEvent(
+        org_id=e.org_id, event_id=e.event_id, threshold_id=e.threshold_id, user_id=e.user_id or "",
+        kind=_KIND_ENUMS[e.kind], value=e.value, threshold_millicredits=e.threshold_mc, limit_millicredits=e.limit_mc,
+        remaining_millicredits=e.remaining_mc, status=_STATUSES[e.status], attempts=e.attempts,
+        last_error=e.last_error, created_at=timestamp(e.created_at), delivered_at=timestamp(e.delivered_at),
+        next_attempt_at=timestamp(e.next_attempt_at) if e.status == "pending" else None,
+        deliveries=[admin_pb2.AlertDeliveryAttempt(
+            attempt=d.attempt, url=d.url, status_code=d.status_code or 0, error=d.error,
+            duration_ms=d.duration_ms, attempted_at=timestamp(d.attempted_at)) for d in e.deliveries])
