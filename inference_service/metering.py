@@ -24,7 +24,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,7 @@ from .billing import ChatEstimate, Pricing
 from .catalogue import ModelEntry
 from .schemas import ChatCompletionRequest, ImageGenerationRequest
 from .settings import Settings
+from .upstream import HoldDeadline, close_quietly, reported_tokens, sse, stream_error, upstream_error
 
 log = logging.getLogger("inference_service")
 
@@ -250,13 +251,6 @@ class Meter:
         return payload, await self.settle(hold, billing, charged, metadata)
 
 
-def reported_tokens(usage: Any) -> tuple[int, int]:
-    """(prompt, completion) tokens from a provider's usage; ValueError when it has none."""
-    if not isinstance(usage, dict):
-        raise ValueError("the provider reported no usage")
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-
-
 @dataclass
 class ChatStream:
     """One streamed chat completion: relays chunks, and settles exactly once, whatever happens."""
@@ -358,46 +352,3 @@ class ChatStream:
             timer.cancel()
             self.settle(cut=True)
             await close_quietly(upstream)
-
-
-class HoldDeadline(Exception):
-    """A stream ran up to its hold's deadline."""
-
-
-async def close_quietly(upstream: Any) -> None:
-    close: Callable[[], Coroutine[Any, Any, Any]] | None = getattr(upstream, "aclose", None)
-    if close is not None:
-        try:
-            await close()
-        except Exception:
-            pass
-
-
-def sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-def stream_error(exc: Exception) -> dict[str, Any]:
-    if isinstance(exc, HoldDeadline):
-        return {"error": {"message": str(exc), "type": "billing_error", "code": "hold_deadline"}}
-    return {"error": {"message": upstream_message(exc, released=False), "type": "upstream_error",
-                      "code": "upstream_failed"}}
-
-
-def upstream_error(exc: Exception) -> errors.ApiError:
-    """A provider's 4xx about the request (unsupported parameter, context too long) is the
-    client's error: 400. Anything else is the provider failing: 502. Either way the hold is gone."""
-    status = getattr(exc, "status_code", None)
-    if status in (400, 404, 413, 422):
-        detail = str(getattr(exc, "message", "") or exc).replace("\n", " ")[:300]
-        return errors.ApiError(400, f"The model provider rejected the request: {detail}",
-                               "invalid_request_error", "provider_rejected_request")
-    return errors.upstream_failed(upstream_message(exc, released=True))
-
-
-def upstream_message(exc: Exception, released: bool) -> str:
-    status = getattr(exc, "status_code", None)
-    suffix = f" (status {status})" if status else ""
-    outcome = ("The credit hold was released." if released
-               else "What was generated before the failure is charged.")
-    return f"The model provider failed{suffix}: {type(exc).__name__}. {outcome}"
