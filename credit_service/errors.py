@@ -43,7 +43,8 @@ class FailedPrecondition(CreditError):
     pass
 
 
-# ErrorInfo reasons (besides INSUFFICIENT_CREDITS): one per outcome a caller acts on differently.
+# ErrorInfo reasons: one per outcome a caller acts on differently.
+INSUFFICIENT_CREDITS = "INSUFFICIENT_CREDITS"  # RESOURCE_EXHAUSTED: metadata available, requested, funding
 ROLE_REQUIRED = "ROLE_REQUIRED"  # PERMISSION_DENIED: the token lacks the role the RPC needs
 ALLOCATION_BELOW_COMMITTED = "ALLOCATION_BELOW_COMMITTED"  # FAILED_PRECONDITION: below used + held
 ACCOUNT_TOTAL_LIMIT = "ACCOUNT_TOTAL_LIMIT"  # FAILED_PRECONDITION: a total would pass 2^62 − 1 mc

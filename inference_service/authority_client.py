@@ -25,6 +25,7 @@ from credit_service import logs
 from credit_service.money import format_credits
 
 from . import errors
+from .admin_client import AdminCalls
 from .outbox import CommitOutbox
 
 log = logging.getLogger("inference_service")
@@ -153,7 +154,9 @@ class AuthorityClient:
                  tls: Tls | None = None):
         self._channel = open_channel(addr, tls)
         self._authority = authority_pb2_grpc.CreditAuthorityStub(self._channel)
-        self._admin = admin_pb2_grpc.CreditAdminStub(self._channel)
+        # CreditAdmin, typed; `admin` raises the authority's errors (the console maps them itself).
+        self.admin = AdminCalls(admin_pb2_grpc.CreditAdminStub(self._channel), lambda: self._md, timeout, RETRY)
+        self._admin_api = self.admin.with_errors(to_api_error)
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._timeout = timeout
         self._key_cache: dict[bytes, tuple[float, ApiKey | None]] = {}
@@ -181,7 +184,7 @@ class AuthorityClient:
         now = time.monotonic()
         if cached and cached[0] > now:
             return cached[1]
-        response = await self._call(self._admin.VerifyApiKey, admin_pb2.VerifyApiKeyRequest(secret=secret))
+        response = await self._admin_api.verify_api_key(admin_pb2.VerifyApiKeyRequest(secret=secret))
         key = None
         if response.valid:
             k = response.key
@@ -207,17 +210,12 @@ class AuthorityClient:
         # A replay answering our own retry is our hold (still held); anything else is an earlier request.
         return hold, hold.replayed and (attempt == 0 or hold.status != "held")
 
-    async def admin(self, method: str, request: Any) -> Any:
-        """Calls CreditAdmin.<method> (the console's management calls); raises the authority's
-        AioRpcError for the caller to map (the console tells outcomes apart by ErrorInfo reason)."""
-        return await getattr(self._admin, method)(request, metadata=self._md, timeout=self._timeout)
-
     async def balance(self, user_id: str, org_id: str) -> authority_pb2.GetBalanceResponse:
         return await self._call(self._authority.GetBalance,
                                 authority_pb2.GetBalanceRequest(user_id=user_id, org_id=org_id))
 
     async def usage(self, request: admin_pb2.QueryUsageRequest) -> admin_pb2.QueryUsageResponse:
-        return await self._call(self._admin.QueryUsage, request)
+        return await self._admin_api.query_usage(request)
 
     async def release(self, reservation_id: str, reason: str) -> None:
         """Best effort: a hold that cannot be released now expires by itself."""

@@ -33,10 +33,11 @@ from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from credit.v1 import admin_pb2
-from credit_service.errors import ALLOCATION_BELOW_COMMITTED, ROLE_REQUIRED
+from credit_service.errors import ALLOCATION_BELOW_COMMITTED, INSUFFICIENT_CREDITS, ROLE_REQUIRED
 from credit_service.money import MAX_MILLICREDITS, format_credits, parse_credits
 
 from . import errors
+from .admin_client import AdminCalls
 from .authority_client import AuthorityClient, error_info, to_api_error
 from .service import client_request_id, credits_fields
 
@@ -131,14 +132,15 @@ def _ts(value) -> str | None:
     return value.ToDatetime(timezone.utc).isoformat() if value is not None and value.ByteSize() else None
 
 
-def console_error(method: str, error: grpc.aio.AioRpcError) -> errors.ApiError:
+def console_error(error: grpc.aio.AioRpcError) -> errors.ApiError:
+    """An authority error as the console shows it, told apart by ErrorInfo reason (never by message text)."""
     code, details = error.code(), error.details() or ""
     info = error_info(error)
     reason, meta = (info.reason, dict(info.metadata)) if info else ("", {})
     if reason == ROLE_REQUIRED:
         return errors.forbidden("The inference service's authority token lacks the admin role, so the console "
                                 "cannot make changes; give that token spend+read+admin.")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and method == "SetAllocation":
+    if reason == INSUFFICIENT_CREDITS and meta.get("funding", "").startswith("pool:"):  # an allocation change
         return errors.ApiError(
             402, f"Not enough unallocated credits in the pool: this change needs "
                  f"{format_credits(int(meta.get('requested', '0')))} more credits, only "
@@ -157,12 +159,9 @@ def console_error(method: str, error: grpc.aio.AioRpcError) -> errors.ApiError:
     return to_api_error(error)
 
 
-async def admin_rpc(client: AuthorityClient, method: str, request: Any) -> Any:
-    """CreditAdmin.<method> through the service's authority client, errors as the console shows them."""
-    try:
-        return await client.admin(method, request)
-    except grpc.aio.AioRpcError as error:
-        raise console_error(method, error) from None
+def console_admin(client: AuthorityClient) -> AdminCalls:
+    """CreditAdmin through the service's authority client, errors as the console shows them."""
+    return client.admin.with_errors(console_error)
 
 @dataclass(frozen=True)
 class Viewer:
@@ -189,8 +188,10 @@ class Viewer:
             raise RuntimeError("a Viewer is made by the viewer dependency, with the service's authority client")
         return self.client
 
-    async def admin(self, method: str, request: Any) -> Any:
-        return await admin_rpc(self.authority, method, request)
+    @property
+    def admin(self) -> AdminCalls:
+        """CreditAdmin, for what this viewer may do (checked by the routes), errors as the console shows them."""
+        return console_admin(self.authority)
 
     def member_ids(self) -> set[str]:
         return {m.user_id for m in self.members}

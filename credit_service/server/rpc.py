@@ -21,6 +21,7 @@ from .. import logs, metrics
 from ..auth import Role, TokenAuthenticator
 from ..authority import CreditAuthority
 from ..errors import (
+    INSUFFICIENT_CREDITS,
     ROLE_REQUIRED,
     AlreadyExists,
     CreditError,
@@ -70,7 +71,7 @@ def status_for(error: CreditError) -> grpc.Status:
             error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)])
     elif isinstance(error, InsufficientCredits):
         detail = error_details_pb2.ErrorInfo(
-            reason="INSUFFICIENT_CREDITS", domain=ERROR_DOMAIN,
+            reason=INSUFFICIENT_CREDITS, domain=ERROR_DOMAIN,
             metadata={"available": str(error.available), "requested": str(error.requested),
                       "funding": error.funding})
     elif error.reason:

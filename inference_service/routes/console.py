@@ -33,7 +33,7 @@ from ..console import (
     TopUpBody,
     Viewer,
     WebhookBody,
-    admin_rpc,
+    console_admin,
     csv_of_records,
     event_dict,
     key_dict,
@@ -67,7 +67,7 @@ async def viewer(request: Request) -> Viewer:
             org_id = balance.funding.org_id
     if not org_id:
         return Viewer(key.user_id, key.key_id, "", "individual", client=service.client)
-    members = (await admin_rpc(service.client, "ListMembers", admin_pb2.ListMembersRequest(org_id=org_id))).members
+    members = (await console_admin(service.client).list_members(admin_pb2.ListMembersRequest(org_id=org_id))).members
     me = next((m for m in members if m.user_id == key.user_id), None)
     if me is None:
         raise errors.forbidden(f"You are not a member of organization '{org_id}'.")
@@ -92,7 +92,7 @@ async def me(who: Viewer = Depends(viewer)):
     balance = await who.authority.balance(who.user_id, who.org_id)
     org_name = ""
     if who.org_id:
-        org_name = (await who.admin("GetOrganization", admin_pb2.GetOrganizationRequest(org_id=who.org_id))).name
+        org_name = (await who.admin.get_organization(admin_pb2.GetOrganizationRequest(org_id=who.org_id))).name
     return {"user_id": who.user_id, "key_id": who.key_id, "org_id": who.org_id, "org_name": org_name,
             "role": who.role, "view": who.view,
             "balance": {"funding_source": funding_label(balance.funding),
@@ -107,7 +107,7 @@ async def me(who: Viewer = Depends(viewer)):
 async def organization(who: Viewer = Depends(viewer)):
     """Pool total, allocated, unallocated, used and held; members with allocation, used and remaining."""
     who.require_admin()
-    org = await who.admin("GetOrganization", admin_pb2.GetOrganizationRequest(org_id=who.org_id))
+    org = await who.admin.get_organization(admin_pb2.GetOrganizationRequest(org_id=who.org_id))
     return {"org": org_dict(org), "members": [member_dict(m) for m in who.members]}
 
 @router.post("/api/v1/console/org/allocations", tags=TAGS, responses=WRITES)
@@ -118,7 +118,7 @@ async def set_allocation(body: AllocationBody, who: Viewer = Depends(viewer)):
     if body.user_id not in who.member_ids():
         raise errors.not_found(f"'{body.user_id}' is not a member of '{who.org_id}'.")
     amount = millicredits("allocation", body.allocation, allow_zero=True)
-    member = await who.admin("SetAllocation", admin_pb2.SetAllocationRequest(
+    member = await who.admin.set_allocation(admin_pb2.SetAllocationRequest(
         org_id=who.org_id, user_id=body.user_id, allocation_millicredits=amount,
         allocated_by=f"console:{who.user_id}"))
     return member_dict(member)
@@ -132,7 +132,7 @@ async def top_up(body: TopUpBody, who: Viewer = Depends(viewer)):
     if not reference or len(reference) > 128 or not reference.isprintable():
         raise errors.bad_request("purchase_reference is required: 1-128 printable characters (the invoice or "
                                  "payment id)", "invalid_purchase_reference")
-    org = await who.admin("TopUpPool", admin_pb2.TopUpPoolRequest(
+    org = await who.admin.top_up_pool(admin_pb2.TopUpPoolRequest(
         org_id=who.org_id, amount_millicredits=amount, purchase_reference=reference,
         purchase_amount=body.purchase_amount.strip(), purchase_currency=body.purchase_currency.strip()))
     return org_dict(org)
@@ -140,10 +140,10 @@ async def top_up(body: TopUpBody, who: Viewer = Depends(viewer)):
 # ---- API keys ----
 
 async def visible_keys(who: Viewer) -> list[admin_pb2.ApiKey]:
-    own = (await who.admin("ListApiKeys", admin_pb2.ListApiKeysRequest(user_id=who.user_id))).keys
+    own = (await who.admin.list_api_keys(admin_pb2.ListApiKeysRequest(user_id=who.user_id))).keys
     if not who.is_admin:
         return list(own)
-    org_keys = (await who.admin("ListApiKeys", admin_pb2.ListApiKeysRequest(org_id=who.org_id))).keys
+    org_keys = (await who.admin.list_api_keys(admin_pb2.ListApiKeysRequest(org_id=who.org_id))).keys
     seen = {k.key_id: k for k in (*org_keys, *own)}
     return sorted(seen.values(), key=lambda k: (-k.created_at.seconds, k.key_id))
 
@@ -164,7 +164,7 @@ async def create_key(body: KeyBody, who: Viewer = Depends(viewer)):
     name = body.name.strip()
     if len(name) > 256 or not name.isprintable():
         raise errors.bad_request("name must be at most 256 printable characters", "invalid_name")
-    created = await who.admin("CreateApiKey", admin_pb2.CreateApiKeyRequest(
+    created = await who.admin.create_api_key(admin_pb2.CreateApiKeyRequest(
         user_id=user_id, org_id=who.org_id, kind=admin_pb2.API_KEY_KIND_USER, name=name or "console key"))
     return {**key_dict(created.key), "secret": created.secret}
 
@@ -176,7 +176,7 @@ async def revoke_key(key_id: str = PathParam(description="key to revoke, e.g. ck
         raise errors.bad_request("key_id must look like ck_0123456789abcdef", "invalid_key_id")
     if key_id not in {k.key_id for k in await visible_keys(who)}:
         raise errors.not_found(f"No key '{key_id}' that you may revoke.")
-    return key_dict(await who.admin("RevokeApiKey", admin_pb2.RevokeApiKeyRequest(key_id=key_id)))
+    return key_dict(await who.admin.revoke_api_key(admin_pb2.RevokeApiKeyRequest(key_id=key_id)))
 
 # ---- usage ----
 
@@ -189,7 +189,7 @@ async def query(who: Viewer, user_id: str | None, start, end, group_by: admin_pb
         request.start_time.FromDatetime(start)
     if end is not None:
         request.end_time.FromDatetime(end)
-    return await who.admin("QueryUsage", request)
+    return await who.admin.query_usage(request)
 
 def start_param():
     return Query(None, description="from this time (ISO date or date-time, UTC), inclusive")
@@ -246,12 +246,12 @@ async def alerts(who: Viewer = Depends(viewer), limit: int = Query(50, ge=1, le=
         return {"webhook": None, "thresholds": [], "events": []}
     user = "" if who.is_admin else who.user_id
     thresholds, events = await asyncio.gather(
-        who.admin("ListAlertThresholds", admin_pb2.ListAlertThresholdsRequest(org_id=who.org_id, user_id=user)),
-        who.admin("ListAlertEvents", admin_pb2.ListAlertEventsRequest(org_id=who.org_id, user_id=user,
+        who.admin.list_alert_thresholds(admin_pb2.ListAlertThresholdsRequest(org_id=who.org_id, user_id=user)),
+        who.admin.list_alert_events(admin_pb2.ListAlertEventsRequest(org_id=who.org_id, user_id=user,
                                                                       limit=limit)))
     webhook = None
     if who.is_admin:
-        webhook = webhook_dict((await who.admin("GetAlertWebhook", admin_pb2.GetAlertWebhookRequest(
+        webhook = webhook_dict((await who.admin.get_alert_webhook(admin_pb2.GetAlertWebhookRequest(
             org_id=who.org_id))).webhook)
     return {"webhook": webhook, "thresholds": [threshold_dict(t) for t in thresholds.thresholds],
             "events": [event_dict(e) for e in events.events]}
@@ -260,7 +260,7 @@ async def alerts(who: Viewer = Depends(viewer), limit: int = Query(50, ge=1, le=
 async def set_webhook(body: WebhookBody, who: Viewer = Depends(viewer)):
     """Sets where the org's alerts are POSTed and the secret that signs them (empty url removes it)."""
     who.require_admin()
-    result = await who.admin("SetAlertWebhook", admin_pb2.SetAlertWebhookRequest(
+    result = await who.admin.set_alert_webhook(admin_pb2.SetAlertWebhookRequest(
         org_id=who.org_id, url=body.url.strip(), secret=body.secret))
     return webhook_dict(result.webhook)
 
@@ -281,7 +281,7 @@ async def create_threshold(body: ThresholdBody, who: Viewer = Depends(viewer)):
         value = int(float(text))
     else:
         raise errors.bad_request("kind must be 'absolute' (credits) or 'percent'", "invalid_kind")
-    result = await who.admin("CreateAlertThreshold", admin_pb2.CreateAlertThresholdRequest(
+    result = await who.admin.create_alert_threshold(admin_pb2.CreateAlertThresholdRequest(
         org_id=who.org_id, user_id=body.user_id, kind=KIND_ENUMS[body.kind], value=value))
     return threshold_dict(result.threshold)
 
@@ -289,7 +289,7 @@ async def create_threshold(body: ThresholdBody, who: Viewer = Depends(viewer)):
 async def delete_threshold(threshold_id: int = PathParam(ge=1, le=2**63 - 1), who: Viewer = Depends(viewer)):
     """Removes a threshold."""
     who.require_admin()
-    await who.admin("DeleteAlertThreshold", admin_pb2.DeleteAlertThresholdRequest(
+    await who.admin.delete_alert_threshold(admin_pb2.DeleteAlertThresholdRequest(
         org_id=who.org_id, threshold_id=threshold_id))
     return {"deleted": True, "threshold_id": threshold_id}
 
