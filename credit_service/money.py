@@ -6,11 +6,21 @@ credits as `Decimal` exist only at the edges (REST, CLI).
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal, Inexact, InvalidOperation, localcontext
 
 MILLICREDITS_PER_CREDIT = 1000
 MAX_MILLICREDITS = 10**15
 _THOUSANDTH = Decimal("0.001")
+
+
+def _exact(*operands: Decimal):  # noqa: ANN202 - a decimal context manager
+    """A decimal context in which sums and products of these operands are exact: room for every
+    digit of each (and its distance from the point), whatever the default precision; Inexact
+    traps, so a result is never rounded silently."""
+    digits = sum(len(operand.as_tuple().digits) + abs(operand.as_tuple().exponent) for operand in operands)
+    if digits > 10_000:
+        raise ValueError("an amount with more than 10,000 digits is not money")
+    return localcontext(prec=digits + 8, traps=[Inexact])
 
 
 def is_reservable(amount: int) -> bool:
@@ -38,7 +48,8 @@ def parse_credits(text: str) -> int:
         raise ValueError(f"not a number of credits: {text!r}") from exc
     if not value.is_finite():
         raise ValueError(f"not a finite number of credits: {text!r}")
-    scaled = value * MILLICREDITS_PER_CREDIT
+    with _exact(value, Decimal(MILLICREDITS_PER_CREDIT)):
+        scaled = value * MILLICREDITS_PER_CREDIT
     if scaled != scaled.to_integral_value():
         raise ValueError(f"credits have at most three decimal places: {text!r}")
     return int(scaled)
@@ -48,5 +59,7 @@ def usd_to_millicredits(usd: Decimal, credits_per_usd: Decimal, markup: Decimal 
     """Provider cost in USD as millicredits, rounded up (never undercharge)."""
     if not usd.is_finite() or usd < 0:
         raise ValueError(f"cost must be a finite non-negative amount, got {usd}")
-    credits = usd * credits_per_usd * (1 + markup)
-    return int((credits * MILLICREDITS_PER_CREDIT).to_integral_value(rounding=ROUND_CEILING))
+    with _exact(usd, credits_per_usd, markup, Decimal(1), Decimal(MILLICREDITS_PER_CREDIT)):
+        # exact: 28-digit default arithmetic could round 1 + markup or a product down (an undercharge)
+        millicredits = usd * credits_per_usd * (1 + markup) * MILLICREDITS_PER_CREDIT
+    return int(millicredits.to_integral_value(rounding=ROUND_CEILING))

@@ -150,6 +150,25 @@ def test_usd_to_millicredits_never_undercharges(picodollars: int, rate_cents: in
     assert exact <= charged < exact + 1
 
 
+@given(st.integers(min_value=0, max_value=10**16), st.integers(min_value=1, max_value=10**9),
+       st.integers(min_value=-40, max_value=0), st.integers(min_value=0, max_value=10**6))
+def test_usd_to_millicredits_never_undercharges_with_any_markup_precision(
+        picodollars: int, rate_units: int, markup_exponent: int, markup_units: int) -> None:
+    """Rates and markups with more digits than Decimal's default 28: still exact, then rounded up
+    (a 28-digit 1 + 1e-30 would be 1, an undercharge)."""
+    usd = Decimal(picodollars).scaleb(-12)
+    rate = Decimal(rate_units).scaleb(-6)
+    markup = Decimal(markup_units).scaleb(markup_exponent)
+    exact = (Fraction(picodollars, 10**12) * Fraction(rate_units, 10**6)
+             * (1 + Fraction(markup_units) * Fraction(10) ** markup_exponent) * 1000)
+    charged = usd_to_millicredits(usd, rate, markup)
+    assert exact <= charged < exact + 1
+
+
+def test_a_markup_beyond_28_digits_is_not_rounded_away() -> None:
+    assert usd_to_millicredits(Decimal("0.001"), Decimal(1), Decimal("1e-30")) == 2  # 1.000…001 mc
+
+
 # ---- the REST edge: credits a client sends (console top-ups, allocations, thresholds) -----------
 
 @pytest.mark.parametrize(("value", "mc"), [
