@@ -25,12 +25,12 @@ def _exact(*operands: Decimal):  # noqa: ANN202 - a decimal context manager
 
 def is_reservable(amount: int) -> bool:
     """A Reserve, top-up or grant amount: 1 … 10^15."""
-    return isinstance(amount, int) and 1 <= amount <= MAX_MILLICREDITS
+    return isinstance(amount, int) and not isinstance(amount, bool) and 1 <= amount <= MAX_MILLICREDITS
 
 
 def is_committable(amount: int) -> bool:
     """A Commit amount or an allocation: 0 … 10^15."""
-    return isinstance(amount, int) and 0 <= amount <= MAX_MILLICREDITS
+    return isinstance(amount, int) and not isinstance(amount, bool) and 0 <= amount <= MAX_MILLICREDITS
 
 
 def format_credits(millicredits: int) -> str:

@@ -50,7 +50,8 @@ def test_bounds_at_their_edges(amount: int, reservable: bool, committable: bool)
     assert is_committable(amount) is committable
 
 
-@pytest.mark.parametrize("amount", [1.0, 5.5, Decimal(1), Decimal("1.5"), "1", None, float("nan"), float("inf")])
+@pytest.mark.parametrize("amount", [1.0, 5.5, Decimal(1), Decimal("1.5"), "1", None, float("nan"), float("inf"),
+                                    True, False])
 def test_bounds_take_integers_only(amount: object) -> None:
     assert not is_reservable(amount)  # type: ignore[arg-type]
     assert not is_committable(amount)  # type: ignore[arg-type]
