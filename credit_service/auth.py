@@ -18,6 +18,8 @@ class Role(enum.Enum):
     SPEND = "spend"  # the hot path
     ADMIN = "admin"  # CreditAdmin
     READ = "read"  # balances and usage
+    MINT = "mint"  # creates credits by hand: an operator's TopUpPool and GrantIndividualCredits
+    PAYMENTS = "payments"  # relays payment-provider events (RecordCheckout, ApplyPaymentEvent)
 
 
 @dataclass(frozen=True)

@@ -20,20 +20,36 @@ ALLOCATION_MC = 5_000 * 1000  # of which 5,000 allocated to the demo user
 SOLO_MC = 1_000 * 1000
 
 
+# The demo's callers and their roles. The inference service relays payments and runs the console's changes
+# (the console enforces org roles itself) but never holds mint: it cannot create credits. The operator's
+# `admin` token (creditctl) may top up and grant.
+DEMO_ROLES = {"inference": "spend+read+admin+payments", "admin": "admin+read+mint"}
+
+
+def upgrade_token_lines(lines: list[str]) -> list[str]:
+    """The lines of a token file with the demo callers' roles set to DEMO_ROLES, tokens kept (a file written
+    by an older version: inference spend+read[+admin], admin admin+read)."""
+    upgraded = []
+    for line in lines:
+        name, _, rest = line.partition(":")
+        token, sep, _roles = rest.rpartition(":")
+        if not line.startswith("#") and name in DEMO_ROLES and sep and token:
+            line = f"{name}:{token}:{DEMO_ROLES[name]}"
+        upgraded.append(line)
+    return upgraded
+
+
 def ensure_tokens(path: Path) -> dict[str, str]:
-    """Creates the authority's token file once: the inference service's token (spend+read+admin: the org
-    console's changes go through it; the console enforces org roles itself) and an admin token. A file
-    from before the console gets admin added to its inference entry."""
+    """Creates the authority's token file once (DEMO_ROLES) and upgrades one an older version wrote: the
+    tokens stay, the roles become DEMO_ROLES (applied when the authority next starts)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
             "# name:token:roles — read by the authority via CREDIT_AUTH_TOKENS_FILE\n"
-            f"inference:{secrets.token_urlsafe(32)}:spend+read+admin\n"
-            f"admin:{secrets.token_urlsafe(32)}:admin+read\n")
+            + "".join(f"{name}:{secrets.token_urlsafe(32)}:{roles}\n" for name, roles in DEMO_ROLES.items()))
         path.chmod(0o600)
     lines = path.read_text().splitlines()
-    upgraded = [f"{line}+admin" if line.startswith("inference:") and "admin" not in line.split(":")[-1].split("+")
-                else line for line in lines]
+    upgraded = upgrade_token_lines(lines)
     if upgraded != lines:
         path.write_text("\n".join(upgraded) + "\n")
     tokens = {}

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -41,14 +41,19 @@ def free_port() -> int:
 
 @dataclass
 class Tokens:
+    """The test callers. `admin` is the operator's (admin+read+mint: it may top up and grant); `service` has
+    the REST service's roles as `make run` gives them (spend+read+admin+payments: never mint)."""
+
     spend: str
     admin: str
     read: str
     other_spend: str
+    service: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     def env(self) -> str:
-        return ",".join([f"platform:{self.spend}:spend+read", f"ops:{self.admin}:admin+read",
-                         f"analytics:{self.read}:read", f"other-platform:{self.other_spend}:spend"])
+        return ",".join([f"platform:{self.spend}:spend+read", f"ops:{self.admin}:admin+read+mint",
+                         f"analytics:{self.read}:read", f"other-platform:{self.other_spend}:spend",
+                         f"rest:{self.service}:spend+read+admin+payments"])
 
 
 @pytest.fixture(scope="session")

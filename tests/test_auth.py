@@ -56,6 +56,22 @@ def test_read_token_cannot_spend_but_can_read(channel, tokens, world):
         org_id=org, user_id=user, allocation_millicredits=0))) == grpc.StatusCode.PERMISSION_DENIED
 
 
+def test_only_mint_creates_credits_by_hand_admin_alone_is_refused(channel, tokens, world):
+    org, user = world.org(), world.user()
+    rest = Stub(admin_pb2_grpc.CreditAdminStub(channel), tokens.service)  # spend+read+admin+payments
+    calls = {"TopUpPool": lambda: rest.TopUpPool(admin_pb2.TopUpPoolRequest(
+                 org_id=org, amount_millicredits=1_000, purchase_reference="po-1")),
+             "GrantIndividualCredits": lambda: rest.GrantIndividualCredits(admin_pb2.GrantIndividualCreditsRequest(
+                 user_id=user, amount_millicredits=1_000, reason="x", reference="g-1"))}
+    for name, call in calls.items():
+        with pytest.raises(grpc.RpcError) as raised:
+            call()
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert dict(error_info(raised.value).metadata) == {"rpc": name, "roles": "mint"}
+    assert rest.GetOrganization(admin_pb2.GetOrganizationRequest(org_id=org)).pool_total_millicredits == 0
+    assert world.top_up(org, 1_000).pool_total_millicredits == 1_000  # the operator's token holds mint
+
+
 def test_admin_token_cannot_spend(channel, tokens, world):
     user = world.user(individual_mc=1_000)
     stub = Stub(authority_pb2_grpc.CreditAuthorityStub(channel), tokens.admin)

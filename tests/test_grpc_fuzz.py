@@ -94,6 +94,8 @@ def fuzz_value(field_descriptor) -> st.SearchStrategy[Any]:
     """Any value of the field's wire type."""
     if field_descriptor.type == FD.TYPE_STRING:
         return TEXT
+    if field_descriptor.type == FD.TYPE_BYTES:
+        return st.one_of(st.binary(max_size=200), TEXT.map(lambda text: text.encode(errors="surrogatepass")))
     if field_descriptor.type in (FD.TYPE_INT64, FD.TYPE_SINT64):
         return integers(INT64)
     if field_descriptor.type == FD.TYPE_INT32:

@@ -104,7 +104,7 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
         returned = await self.authority.remove_member(request.org_id, request.user_id)
         return admin_pb2.RemoveMemberResponse(returned_to_pool_millicredits=returned)
 
-    @rpc(Role.ADMIN)
+    @rpc(Role.MINT)
     async def TopUpPool(self, request: admin_pb2.TopUpPoolRequest, caller: Caller) -> admin_pb2.Organization:
         return org_message(await self.authority.top_up_pool(
             request.org_id, request.amount_millicredits, request.purchase_reference, request.purchase_amount,
@@ -116,7 +116,7 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
             request.org_id, request.user_id, request.allocation_millicredits,
             request.allocated_by or caller.name))
 
-    @rpc(Role.ADMIN)
+    @rpc(Role.MINT)
     async def GrantIndividualCredits(self, request: admin_pb2.GrantIndividualCreditsRequest,
                                      caller: Caller) -> admin_pb2.IndividualBalance:
         balance = await self.authority.grant_individual(request.user_id, request.amount_millicredits,

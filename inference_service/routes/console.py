@@ -30,7 +30,6 @@ from ..console import (
     AllocationBody,
     KeyBody,
     ThresholdBody,
-    TopUpBody,
     Viewer,
     WebhookBody,
     console_admin,
@@ -123,19 +122,17 @@ async def set_allocation(body: AllocationBody, who: Viewer = Depends(viewer)):
         allocated_by=f"console:{who.user_id}"))
     return member_dict(member)
 
+TOP_UP_REFUSED = ("Credits cannot be added to the pool here: they are bought through checkout, or granted by an "
+                  "operator (creditctl top-up, with a reference). The console's authority token cannot create "
+                  "credits.")
+
+
 @router.post("/api/v1/console/org/top-ups", tags=TAGS, responses=WRITES)
-async def top_up(body: TopUpBody, who: Viewer = Depends(viewer)):
-    """Adds purchased credits to the pool, recorded under a purchase reference (idempotent per reference)."""
+async def top_up(who: Viewer = Depends(viewer)):
+    """Refused (403): credits enter only through a verified payment or an operator's top-up (role mint),
+    which the REST service's token does not hold (issue #13)."""
     who.require_admin()
-    amount = millicredits("credits", body.credits, allow_zero=False)
-    reference = body.purchase_reference.strip()
-    if not reference or len(reference) > 128 or not reference.isprintable():
-        raise errors.bad_request("purchase_reference is required: 1-128 printable characters (the invoice or "
-                                 "payment id)", "invalid_purchase_reference")
-    org = await who.admin.top_up_pool(admin_pb2.TopUpPoolRequest(
-        org_id=who.org_id, amount_millicredits=amount, purchase_reference=reference,
-        purchase_amount=body.purchase_amount.strip(), purchase_currency=body.purchase_currency.strip()))
-    return org_dict(org)
+    raise errors.ApiError(403, TOP_UP_REFUSED, "permission_error", "credits_not_created_here")
 
 # ---- API keys ----
 

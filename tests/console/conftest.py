@@ -1,8 +1,9 @@
 """Fixtures of the org console and low-balance alerts.
 
 The console's admin actions go through the inference service's authority
-token, which therefore needs spend+read+admin (the REST layer enforces org
-roles itself). The session tokens keep their roles (tests elsewhere assert
+token, which therefore needs spend+read+admin, and payments as `make run`
+gives it (never mint: the console cannot create credits; the REST layer
+enforces org roles itself). The session tokens keep their roles (tests elsewhere assert
 that the spend token cannot administer), so this folder runs a second
 authority process on the same database whose token list adds such a token,
 and an inference service that uses it. Both authority processes run the
@@ -34,12 +35,12 @@ class ConsoleTokens(Tokens):
     console: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     def env(self) -> str:
-        return super().env() + f",console:{self.console}:spend+read+admin"
+        return super().env() + f",console:{self.console}:spend+read+admin+payments"
 
 
 @pytest.fixture(scope="session")
 def console_tokens(tokens) -> ConsoleTokens:
-    return ConsoleTokens(tokens.spend, tokens.admin, tokens.read, tokens.other_spend)
+    return ConsoleTokens(tokens.spend, tokens.admin, tokens.read, tokens.other_spend, tokens.service)
 
 
 @pytest.fixture(scope="session")
