@@ -6,21 +6,30 @@ credits as `Decimal` exist only at the edges (REST, CLI).
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, Decimal, Inexact, InvalidOperation, localcontext
+from contextlib import AbstractContextManager
+from decimal import ROUND_CEILING, Context, Decimal, Inexact, InvalidOperation, getcontext, localcontext
 
 MILLICREDITS_PER_CREDIT = 1000
 MAX_MILLICREDITS = 10**15
 _THOUSANDTH = Decimal("0.001")
 
 
-def _exact(*operands: Decimal):  # noqa: ANN202 - a decimal context manager
-    """A decimal context in which sums and products of these operands are exact: room for every
-    digit of each (and its distance from the point), whatever the default precision; Inexact
-    traps, so a result is never rounded silently."""
-    digits = sum(len(operand.as_tuple().digits) + abs(operand.as_tuple().exponent) for operand in operands)
+def _exact(*operands: Decimal) -> AbstractContextManager[Context]:
+    """A decimal context in which sums and products of these finite operands are exact: room for
+    every digit of each (and its distance from the point), whatever the default precision; Inexact
+    traps besides the usual signals, so a result is never rounded silently."""
+    digits = 0
+    for operand in operands:
+        sign, coefficient, exponent = operand.as_tuple()
+        if not isinstance(exponent, int):  # 'n', 'N', 'F': NaN or infinity
+            raise ValueError(f"not a finite amount: {operand}")
+        digits += len(coefficient) + abs(exponent)
     if digits > 10_000:
         raise ValueError("an amount with more than 10,000 digits is not money")
-    return localcontext(prec=digits + 8, traps=[Inexact])
+    context = getcontext().copy()
+    context.prec = digits + 8
+    context.traps[Inexact] = True
+    return localcontext(context)
 
 
 def is_reservable(amount: int) -> bool:

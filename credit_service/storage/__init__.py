@@ -36,7 +36,7 @@ class Storage(HotPathQueries, AdminQueries, UsageQueries, AlertQueries):
             database_url, min_size=min_size, max_size=max_size, init=init_connection, reset=keep_session,
             command_timeout=30, max_inactive_connection_lifetime=60,
         )
-        batcher = None
+        batcher: HotPathBatcher[HotOp] | None = None
         if batch_max > 1:
             batcher = HotPathBatcher(lambda operations: run_batch(pool, operations), batch_max,
                                      min(batch_in_flight, max_size))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -53,18 +52,20 @@ RELEASE_SQL = "SELECT credit_release($1, $2, $3) AS outcome"
 
 @dataclass(frozen=True)
 class HotRow:
-    """A hot-path answer, whichever path ran it. amount_mc: the hold (Reserve) or the charge (Commit)."""
+    """A hot-path answer, whichever path ran it. amount_mc: the hold (Reserve) or the charge (Commit).
+    Which fields are set depends on the operation and its outcome (NULL in SQL, None here): an "ok"
+    Reserve sets the hold's, an "ok" Commit the charge's, a refusal only what explains it."""
     outcome: str
     batched: bool
-    reservation_id: uuid.UUID | None = None
-    funding_kind: str | None = None
+    reservation_id: Any = None  # uuid.UUID
+    funding_kind: Any = None  # str
     org_id: str | None = None
-    amount_mc: int | None = None
-    available_mc: int | None = None
-    expires_at: datetime | None = None
-    status: str | None = None
-    overrun: bool | None = None
-    late: bool | None = None
+    amount_mc: Any = None  # int
+    available_mc: Any = None  # int
+    expires_at: Any = None  # datetime
+    status: Any = None  # str
+    overrun: Any = None  # bool
+    late: Any = None  # bool
 
     @classmethod
     def of(cls, row: Mapping[str, Any], batched: bool) -> HotRow:
