@@ -5,6 +5,8 @@ key) are retried on UNAVAILABLE / DEADLINE_EXCEEDED with the hot path's policy (
 that create something new each time they run, CreateApiKey and CreateAlertThreshold, are sent
 once: a retry after a lost answer could create a second key or threshold. DeleteAlertThreshold is
 sent once too: its retry would answer NOT_FOUND for a threshold the first attempt deleted.
+RecordCheckout is repeatable (one purchase per Stripe session id), and so is ApplyPaymentEvent
+(the authority applies each Stripe event once, however often it is delivered).
 
 Errors are the authority's `grpc.aio.AioRpcError`, or whatever `with_errors` maps them to.
 """
@@ -97,3 +99,15 @@ class AdminCalls:
 
     async def list_alert_events(self, request: admin_pb2.ListAlertEventsRequest) -> admin_pb2.ListAlertEventsResponse:
         return await self._send(self.stub.ListAlertEvents, request)
+
+    # ---- payments ----
+
+    async def record_checkout(self, request: admin_pb2.RecordCheckoutRequest) -> admin_pb2.Purchase:
+        return await self._send(self.stub.RecordCheckout, request)  # once per session id
+
+    async def apply_payment_event(
+            self, request: admin_pb2.ApplyPaymentEventRequest) -> admin_pb2.ApplyPaymentEventResponse:
+        return await self._send(self.stub.ApplyPaymentEvent, request)  # the authority applies each event once
+
+    async def list_purchases(self, request: admin_pb2.ListPurchasesRequest) -> admin_pb2.ListPurchasesResponse:
+        return await self._send(self.stub.ListPurchases, request)

@@ -17,8 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import errors, metrics
 from .edge import Edge
+from .payments import Payments
 from .quiet_litellm import skip_unobserved_success_logging
-from .routes import console, credits, llm
+from .routes import console, credits, llm, payments
 from .service import InferenceService
 from .settings import Settings
 
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="OpenAI-compatible endpoints under /api/v1/llm. Every billed response carries "
                               "X-Cost-Incurred, X-Credits-Remaining (credits), X-Request-Id and X-Funding-Source.")
     app.state.service = service
+    app.state.payments = Payments.from_settings(settings)  # refuses prices it cannot charge exactly
     app.add_middleware(Edge, max_body_bytes=settings.max_body_bytes)
     add_error_handlers(app)
     app.include_router(llm.router)
@@ -75,4 +77,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok", "models": len(service.models)}
 
     app.include_router(console.router)  # the org console (/console, /api/v1/console)
+    app.include_router(payments.router)  # buying credits (/api/v1/console/org/checkout, Stripe's webhook)
     return app

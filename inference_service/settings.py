@@ -46,6 +46,20 @@ class Settings(FromEnvironment):
     auth_failure_limit: int = setting("INFERENCE_AUTH_FAILURE_LIMIT", 20)
     # … before that address gets 429
     auth_failure_window_seconds: float = setting("INFERENCE_AUTH_FAILURE_WINDOW_SECONDS", 60.0)
+    # Buying credits with Stripe Checkout (docs/payments.md): on only when both secrets are set. The
+    # webhook secret only says payments are on here: the authority verifies every event with its own.
+    stripe_secret_key: str = setting("STRIPE_SECRET_KEY", "")
+    stripe_webhook_secret: str = setting("STRIPE_WEBHOOK_SECRET", "")
+    stripe_api_base: str = setting("STRIPE_API_BASE", "https://api.stripe.com")  # tests: a local stand-in
+    # the price, as the authority reads it: credits per major unit (100 = 1 credit per cent)
+    payment_currency: str = setting("PAYMENT_CURRENCY", "usd")
+    payment_credits_per_unit: Decimal = setting("PAYMENT_CREDITS_PER_UNIT", Decimal(100))
+    payment_minor_units_per_unit: int = setting("PAYMENT_MINOR_UNITS_PER_UNIT", 100)  # 100 for usd/eur; 1 for jpy
+    payment_packs: str = setting("PAYMENT_PACKS", "1000,5000,20000")  # credits, comma-separated
+    payment_min_credits: Decimal = setting("PAYMENT_MIN_CREDITS", Decimal(500))
+    payment_max_credits: Decimal = setting("PAYMENT_MAX_CREDITS", Decimal(100000))
+    # the console's address as the buyer's browser sees it (Stripe sends them back there); empty: the request's
+    console_public_url: str = setting("CONSOLE_PUBLIC_URL", "")
 
     @property
     def outbox_path(self) -> Path:
