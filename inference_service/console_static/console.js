@@ -140,6 +140,7 @@
     if (me.view === "admin") jobs.push(loadOrg());
     if (me.org_id) jobs.push(loadAlerts());
     await Promise.all(jobs.map((job) => job.catch((error) => fail(error.message))));
+    document.dispatchEvent(new CustomEvent("console:started", { detail: me })); // payments.js
   }
 
   function showBalance(me) {
@@ -208,17 +209,6 @@
       ...options((u) => `${u}'s allocation`));
     thresholdSelect.value = keepThreshold;
   }
-
-  $("#topup-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const form = event.target;
-    const values = Object.fromEntries(new FormData(form));
-    act($("button", form), async () => {
-      await api("/api/v1/console/org/top-ups", { method: "POST", body: values });
-      form.reset();
-      await loadOrg();
-    }, `Added ${credits(values.credits)} credits to the pool (reference ${values.purchase_reference}).`);
-  });
 
   // ---- usage ----
 
@@ -440,6 +430,10 @@
       await loadAlerts();
     }, "Threshold added.");
   });
+
+  // ---- what payments.js (Buy credits) uses ----
+
+  window.creditConsole = { api, act, el, credits, when, say, fail, fillTable, refreshAll };
 
   // ---- wiring ----
 
