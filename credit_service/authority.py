@@ -68,6 +68,11 @@ def require_label(field: str, value: str, limit: int = MAX_LABEL) -> str:
     return value
 
 
+def require_creator(created_by: str) -> str:
+    """Who creates credits (the operator's token name): every credit-creating row names it."""
+    return require_label("created_by", created_by, 128) if created_by else require_id("created_by", "")
+
+
 def require_amount(field: str, value: int, *, allow_zero: bool = False) -> int:
     ok = is_committable(value) if allow_zero else is_reservable(value)
     if not ok:
@@ -216,7 +221,8 @@ class CreditAuthority:
         return await self._storage.remove_member(org_id, user_id)
 
     async def top_up_pool(self, org_id: str, amount_mc: int, purchase_reference: str,
-                          purchase_amount: str, purchase_currency: str) -> OrgSummary:
+                          purchase_amount: str, purchase_currency: str, created_by: str) -> OrgSummary:
+        """An operator's top-up (the mint role): `created_by` names the operator on the row and its ledger entry."""
         require_id("org_id", org_id)
         require_amount("amount_millicredits", amount_mc)
         if not purchase_reference:
@@ -224,7 +230,8 @@ class CreditAuthority:
         require_label("purchase_reference", purchase_reference, 128)
         require_label("purchase_currency", purchase_currency, 8)
         amount = _decimal_text("purchase_amount", purchase_amount)
-        return await self._storage.top_up_pool(org_id, amount_mc, purchase_reference, amount, purchase_currency)
+        return await self._storage.top_up_pool(org_id, amount_mc, purchase_reference, amount, purchase_currency,
+                                               require_creator(created_by))
 
     async def set_allocation(self, org_id: str, user_id: str, allocation_mc: int, allocated_by: str) -> MemberRow:
         require_id("org_id", org_id)
@@ -233,7 +240,8 @@ class CreditAuthority:
         require_label("allocated_by", allocated_by, 128)
         return await self._storage.set_allocation(org_id, user_id, allocation_mc, allocated_by)
 
-    async def grant_individual(self, user_id: str, amount_mc: int, reason: str, reference: str) -> Balance:
+    async def grant_individual(self, user_id: str, amount_mc: int, reason: str, reference: str,
+                               created_by: str) -> Balance:
         require_id("user_id", user_id)
         require_amount("amount_millicredits", amount_mc)
         require_label("reason", reason)
@@ -241,7 +249,8 @@ class CreditAuthority:
             raise InvalidArgument("reference", "is required (an operator's grant is idempotent by its reference: "
                                                "a retry with the same reference adds nothing)")
         require_label("reference", reference, 128)
-        return await self._storage.grant_individual(user_id, amount_mc, reason, reference)
+        return await self._storage.grant_individual(user_id, amount_mc, reason, reference,
+                                                    require_creator(created_by))
 
     async def get_organization(self, org_id: str) -> OrgSummary:
         require_id("org_id", org_id)

@@ -84,11 +84,11 @@ async def seed(authority: CreditAuthority, env_path: Path, tokens: dict[str, str
     await _ignore_exists(authority.create_user(SOLO_USER, "Solo User", "solo@example.com"))
     await _ignore_exists(authority.create_organization(DEMO_ORG, "Demo Organization"))
     await _ignore_exists(authority.add_member(DEMO_ORG, DEMO_USER, "owner", True))
-    await authority.top_up_pool(DEMO_ORG, POOL_MC, "demo-seed", "", "")
+    await authority.top_up_pool(DEMO_ORG, POOL_MC, "demo-seed", "", "", "demo-seed")
     members = {m.user_id: m for m in await authority.list_members(DEMO_ORG)}
     if members[DEMO_USER].allocation_mc == 0:
         await authority.set_allocation(DEMO_ORG, DEMO_USER, ALLOCATION_MC, "demo-seed")
-    await authority.grant_individual(SOLO_USER, SOLO_MC, "demo seed", "demo-seed")
+    await authority.grant_individual(SOLO_USER, SOLO_MC, "demo seed", "demo-seed", "demo-seed")
 
     previous = read_env_file(env_path)
     keys = {}

@@ -225,3 +225,50 @@ class DueAlert:
     @property
     def attempt(self) -> int:
         return self.event.attempts
+
+
+# ---- purchases (credit_service/payments.py) ---------------------------------
+
+PURCHASE_STATUSES = ("pending", "paid", "partially_refunded", "refunded", "expired")
+
+
+@dataclass(frozen=True)
+class Purchase:
+    """One Stripe Checkout Session and what it did to its org's pool."""
+
+    org_id: str
+    session_id: str
+    status: str  # one of PURCHASE_STATUSES
+    credits_mc: int
+    amount_minor: int
+    currency: str
+    refunded_mc: int
+    overdrawn: bool
+    created_by: str
+    created_at: datetime
+    paid_at: datetime | None
+    payment_intent: str | None
+    refunded_minor: int = 0
+
+
+@dataclass(frozen=True)
+class PaidSession:
+    """A Checkout Session Stripe says is paid, priced by the authority (credits_mc from amount_minor)."""
+
+    org_id: str
+    session_id: str
+    credits_mc: int
+    amount_minor: int
+    currency: str
+    payment_intent: str | None
+    created_by: str
+
+
+@dataclass(frozen=True)
+class PaymentOutcome:
+    """What one webhook event did: credited, refunded, expired, already_applied, not_paid or ignored."""
+
+    event_id: str
+    event_type: str
+    outcome: str
+    purchase: Purchase | None = None

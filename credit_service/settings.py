@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Self
 
@@ -94,6 +95,20 @@ class AlertSettings(FromEnvironment):
 
 
 @dataclass(frozen=True)
+class PaymentSettings(FromEnvironment):
+    """Credits bought through Stripe Checkout (credit_service/payments.py). The authority verifies every
+    webhook event itself with the endpoint's secret and prices the credits itself."""
+
+    webhook_secret: str = setting("STRIPE_WEBHOOK_SECRET", "")  # empty: ApplyPaymentEvent is refused
+    currency: str = setting("PAYMENT_CURRENCY", "usd")  # the one currency sold in (Stripe's lower case)
+    # credits per major unit of the currency (Decimal: "100" = 1 credit a cent)
+    credits_per_unit: Decimal = setting("PAYMENT_CREDITS_PER_UNIT", Decimal("100"))
+    minor_units_per_unit: int = setting("PAYMENT_MINOR_UNITS_PER_UNIT", 100)  # 100 for usd/eur; 1 for jpy
+    # a signature older than this is refused (Stripe's default tolerance)
+    tolerance_seconds: int = setting("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)
+
+
+@dataclass(frozen=True)
 class Settings(FromEnvironment):
     """Configuration of one authority process (`python -m credit_service serve | migrate | up`)."""
 
@@ -126,6 +141,7 @@ class Settings(FromEnvironment):
     # `up` (make run) starts the inference service next to the authority
     start_inference: bool = setting("INFERENCE_ENABLED", True)
     alerts: AlertSettings = group(AlertSettings)
+    payments: PaymentSettings = group(PaymentSettings)
 
 
 @dataclass(frozen=True)

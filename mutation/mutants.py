@@ -132,4 +132,18 @@ MUTANTS: tuple[Mutant, ...] = (
            'error.details() or "")', "        pass", COMMIT_FAULTS),
     mutant("edge-no-commit-retry", "a failed Commit is not retried before the outbox", CLIENT,
            "RETRY = RetryPolicy(attempts=4,", "RETRY = RetryPolicy(attempts=1,", COMMIT_FAULTS),
+    # ---- Python: money in (issue #13) ----
+    mutant("mint-check-skipped", "TopUpPool takes the admin role instead of mint: the REST service's token mints",
+           "credit_service/server/servicers.py", """    @rpc(Role.MINT)
+    async def TopUpPool""", """    @rpc(Role.ADMIN)
+    async def TopUpPool""", "tests/test_money_in_roles.py"),
+    mutant("payment-paid-twice", "a paid session's purchase is paid again by every delivery (no status guard)",
+           "credit_service/storage/payments.py",
+           "WHERE p.status IN ('pending', 'expired') AND p.org_id = EXCLUDED.org_id",
+           "WHERE p.org_id = EXCLUDED.org_id", "tests/test_payments.py"),
+    mutant("refund-rounds-up", "a refund takes back its share of the credits rounded up, more than was refunded",
+           "credit_service/storage/payments.py",
+           "taken_mc = purchase.credits_mc * refunded // purchase.amount_minor - purchase.refunded_mc",
+           "taken_mc = -(-purchase.credits_mc * refunded // purchase.amount_minor) - purchase.refunded_mc",
+           "tests/test_payment_refunds.py"),
 )

@@ -18,17 +18,53 @@ CHECKS = {
                      FROM ledger_entries WHERE account = 'individual' GROUP BY 1) e USING (user_id)
         WHERE (b.limit_mc, b.used_mc, b.held_mc) IS DISTINCT FROM
               (coalesce(e.l, 0), coalesce(e.u, 0), coalesce(e.h, 0))""",
-    "pool total equals its top-ups in the ledger": """
+    "pool total equals its ledger (top-ups less refunds)": """
         SELECT p.org_id FROM org_pools p
         LEFT JOIN (SELECT org_id, sum(delta_limit_mc) l FROM ledger_entries
                     WHERE account = 'pool' GROUP BY 1) e USING (org_id)
         WHERE p.total_mc <> coalesce(e.l, 0)""",
+    "pool total equals its top-up rows less the credits refunds took back": """
+        SELECT p.org_id FROM org_pools p
+        LEFT JOIN (SELECT org_id, sum(amount_mc) s FROM pool_top_ups GROUP BY 1) t USING (org_id)
+        LEFT JOIN (SELECT org_id, sum(refunded_mc) s FROM purchases GROUP BY 1) r USING (org_id)
+        WHERE p.total_mc <> coalesce(t.s, 0) - coalesce(r.s, 0)""",
+    "every pool adjustment is a refund's, of the credits its purchases say were taken back": """
+        SELECT p.org_id FROM org_pools p
+        LEFT JOIN (SELECT org_id, sum(delta_limit_mc) l FROM ledger_entries
+                    WHERE account = 'pool' AND kind = 'adjustment' GROUP BY 1) e USING (org_id)
+        LEFT JOIN (SELECT org_id, sum(refunded_mc) s FROM purchases GROUP BY 1) r USING (org_id)
+        WHERE coalesce(e.l, 0) <> -coalesce(r.s, 0)""",
     "pool allocated equals the sum of allocations": """
         SELECT p.org_id FROM org_pools p
         LEFT JOIN (SELECT org_id, sum(limit_mc) s FROM allocations GROUP BY 1) a USING (org_id)
         WHERE p.allocated_mc <> coalesce(a.s, 0)""",
-    "sum of allocations within the pool": """
-        SELECT org_id FROM org_pools WHERE allocated_mc > total_mc""",
+    # A refund takes its credits back even when they were allocated or spent: then, and only then, the
+    # allocations may exceed the pool's total, by exactly overdrawn_mc, which is at most what the org's
+    # purchases flagged overdrawn were refunded. Every other org: allocations within the total.
+    "sum of allocations within the pool, unless a flagged refund overdrew it": """
+        SELECT org_id, total_mc, allocated_mc, overdrawn_mc FROM org_pools
+        WHERE total_mc < 0 OR allocated_mc > total_mc + overdrawn_mc""",
+    "overdrawn is exactly the allocations above the pool's total": """
+        SELECT org_id, total_mc, allocated_mc, overdrawn_mc FROM org_pools
+        WHERE overdrawn_mc <> greatest(allocated_mc - total_mc, 0)""",
+    "a pool is overdrawn only by refunds flagged overdrawn, and by at most what they took back": """
+        SELECT p.org_id, p.overdrawn_mc, r.s FROM org_pools p
+        LEFT JOIN (SELECT org_id, sum(refunded_mc) s FROM purchases WHERE overdrawn GROUP BY 1) r USING (org_id)
+        WHERE p.overdrawn_mc > coalesce(r.s, 0)""",
+    "every credit-creating row names who created it": """
+        SELECT 'top-up' k, org_id, purchase_reference FROM pool_top_ups WHERE created_by = ''
+        UNION ALL SELECT 'grant', user_id, reference FROM individual_grants WHERE created_by = ''""",
+    "a payment top-up is exactly its paid purchase's credits, and a paid purchase has its top-up": """
+        SELECT t.org_id, t.purchase_reference FROM pool_top_ups t
+        LEFT JOIN purchases p ON p.org_id = t.org_id AND t.purchase_reference = 'stripe:' || p.session_id
+        WHERE (t.source = 'payment') <> (p.session_id IS NOT NULL)
+           OR (t.source = 'payment' AND (p.status NOT IN ('paid', 'partially_refunded', 'refunded')
+                                         OR p.credits_mc <> t.amount_mc))
+        UNION ALL
+        SELECT p.org_id, p.session_id FROM purchases p
+        WHERE p.status IN ('paid', 'partially_refunded', 'refunded')
+          AND NOT EXISTS (SELECT 1 FROM pool_top_ups t WHERE t.org_id = p.org_id AND t.source = 'payment'
+                                                        AND t.purchase_reference = 'stripe:' || p.session_id)""",
     "held equals open reservations": """
         SELECT x.* FROM (
             SELECT 'allocation' k, org_id, user_id, held_mc FROM allocations
@@ -82,7 +118,7 @@ async def assert_invariants(conn: asyncpg.Connection) -> None:
 
 TABLES = ("users", "organizations", "org_members", "org_pools", "pool_top_ups", "allocations",
           "individual_balances", "individual_grants", "reservations", "usage_attribution",
-          "ledger_entries", "api_keys")
+          "ledger_entries", "api_keys", "purchases", "payment_events")
 
 
 async def row_counts(conn: asyncpg.Connection) -> dict[str, int]:

@@ -350,6 +350,8 @@ async def near_the_bigint_maximum(conn: asyncpg.Connection, org_id: str, user_id
         await conn.execute("""INSERT INTO ledger_entries (account, org_id, kind, delta_limit_mc, note)
                               VALUES ('pool', $1, 'top_up', $2, 'test: near the BIGINT maximum')""",
                            org_id, near - total)
+        await conn.execute("""INSERT INTO pool_top_ups (org_id, amount_mc, purchase_reference, created_by)
+                              VALUES ($1, $2, 'test: near the BIGINT maximum', 'test')""", org_id, near - total)
         limit = await conn.fetchval("SELECT limit_mc FROM individual_balances WHERE user_id = $1", user_id)
         await conn.execute("UPDATE individual_balances SET limit_mc = $2 WHERE user_id = $1", user_id, near)
         await conn.execute("""INSERT INTO ledger_entries (account, user_id, kind, delta_limit_mc, note)

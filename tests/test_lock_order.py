@@ -67,13 +67,13 @@ async def crossed(database_url) -> tuple[str, list[Account]]:
         await storage.create_user(user, "", "")
     for org in ORGS:
         await storage.create_organization(org, "")
-        await storage.top_up_pool(org, 1_000_000, "po-1", None, "")
+        await storage.top_up_pool(org, 1_000_000, "po-1", None, "", "test")
         for user in ACME_USERS if org == "acme" else ["u"]:
             await storage.add_member(org, user, "member", False)
             await storage.set_allocation(org, user, 10_000, "test")
             accounts.append(("org", org, user))
     for user in SOLOS:
-        await storage.grant_individual(user, 10_000, "test", "grant-1")
+        await storage.grant_individual(user, 10_000, "test", "grant-1", "test")
         accounts.append(("individual", None, user))
     for _, org, user in accounts:
         await storage.reserve(caller="test", request_id=f"{org}|{user}", request_hash=b"h", user_id=user,

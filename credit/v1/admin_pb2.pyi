@@ -188,6 +188,43 @@ ALERT_DELIVERY_STATUS_NO_WEBHOOK: AlertDeliveryStatus.ValueType  # 4
 """The organization had no webhook when the alert fired."""
 Global___AlertDeliveryStatus: _TypeAlias = AlertDeliveryStatus  # noqa: Y015
 
+class _PurchaseStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PurchaseStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PurchaseStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PURCHASE_STATUS_UNSPECIFIED: _PurchaseStatus.ValueType  # 0
+    PURCHASE_STATUS_PENDING: _PurchaseStatus.ValueType  # 1
+    """Checkout created; not paid (yet)."""
+    PURCHASE_STATUS_PAID: _PurchaseStatus.ValueType  # 2
+    """Paid; its credits are in the pool."""
+    PURCHASE_STATUS_PARTIALLY_REFUNDED: _PurchaseStatus.ValueType  # 3
+    """Paid, then refunded in part; refunded_millicredits were taken back."""
+    PURCHASE_STATUS_REFUNDED: _PurchaseStatus.ValueType  # 4
+    """Paid, then refunded in full."""
+    PURCHASE_STATUS_EXPIRED: _PurchaseStatus.ValueType  # 5
+    """The checkout session expired unpaid."""
+
+class PurchaseStatus(_PurchaseStatus, metaclass=_PurchaseStatusEnumTypeWrapper):
+    """---- payments ----
+
+    Where a purchase stands.
+    """
+
+PURCHASE_STATUS_UNSPECIFIED: PurchaseStatus.ValueType  # 0
+PURCHASE_STATUS_PENDING: PurchaseStatus.ValueType  # 1
+"""Checkout created; not paid (yet)."""
+PURCHASE_STATUS_PAID: PurchaseStatus.ValueType  # 2
+"""Paid; its credits are in the pool."""
+PURCHASE_STATUS_PARTIALLY_REFUNDED: PurchaseStatus.ValueType  # 3
+"""Paid, then refunded in part; refunded_millicredits were taken back."""
+PURCHASE_STATUS_REFUNDED: PurchaseStatus.ValueType  # 4
+"""Paid, then refunded in full."""
+PURCHASE_STATUS_EXPIRED: PurchaseStatus.ValueType  # 5
+"""The checkout session expired unpaid."""
+Global___PurchaseStatus: _TypeAlias = PurchaseStatus  # noqa: Y015
+
 @_typing.final
 class User(_message.Message):
     """A person or service account that spends credits."""
@@ -1655,3 +1692,231 @@ class ListAlertEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAlertEventsResponse: _TypeAlias = ListAlertEventsResponse  # noqa: Y015
+
+@_typing.final
+class Purchase(_message.Message):
+    """One purchase of credits through Stripe Checkout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CREDITS_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    REFUNDED_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    OVERDRAWN_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    PAID_AT_FIELD_NUMBER: _builtins.int
+    PAYMENT_INTENT_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization whose pool it tops up."""
+    session_id: _builtins.str
+    """Stripe Checkout Session id (cs_…)."""
+    status: Global___PurchaseStatus.ValueType
+    """Where it stands."""
+    credits_millicredits: _builtins.int
+    """Credits it buys (pending) or bought (paid), in millicredits."""
+    amount_minor: _builtins.int
+    """Price in the currency's minor unit (cents), as Stripe states it."""
+    currency: _builtins.str
+    """ISO currency code, lower case as Stripe writes it ("usd")."""
+    refunded_millicredits: _builtins.int
+    """Credits taken back by refunds, in millicredits."""
+    overdrawn: _builtins.bool
+    """True when a refund took back more than the pool had unallocated (flagged for the operator)."""
+    created_by: _builtins.str
+    """Who started the checkout (the console user)."""
+    payment_intent: _builtins.str
+    """Stripe PaymentIntent id (pi_…), once paid; refunds name it."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the checkout was created."""
+
+    @_builtins.property
+    def paid_at(self) -> _timestamp_pb2.Timestamp:
+        """When the payment was confirmed."""
+
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        status: Global___PurchaseStatus.ValueType = ...,
+        credits_millicredits: _builtins.int = ...,
+        amount_minor: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        refunded_millicredits: _builtins.int = ...,
+        overdrawn: _builtins.bool = ...,
+        created_by: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        paid_at: _timestamp_pb2.Timestamp | None = ...,
+        payment_intent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "paid_at", b"paid_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "created_at", b"created_at", "created_by", b"created_by", "credits_millicredits", b"credits_millicredits", "currency", b"currency", "org_id", b"org_id", "overdrawn", b"overdrawn", "paid_at", b"paid_at", "payment_intent", b"payment_intent", "refunded_millicredits", b"refunded_millicredits", "session_id", b"session_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Purchase: _TypeAlias = Purchase  # noqa: Y015
+
+@_typing.final
+class RecordCheckoutRequest(_message.Message):
+    """Records a checkout as pending."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    CREDITS_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization."""
+    session_id: _builtins.str
+    """Stripe Checkout Session id (cs_…)."""
+    credits_millicredits: _builtins.int
+    """Credits the session sells, in millicredits: 0, or exactly what the authority computes from
+    amount_minor at its configured price (anything else is INVALID_ARGUMENT).
+    """
+    amount_minor: _builtins.int
+    """Price in the currency's minor unit."""
+    currency: _builtins.str
+    """ISO currency code."""
+    created_by: _builtins.str
+    """Who started it."""
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        credits_millicredits: _builtins.int = ...,
+        amount_minor: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        created_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "created_by", b"created_by", "credits_millicredits", b"credits_millicredits", "currency", b"currency", "org_id", b"org_id", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordCheckoutRequest: _TypeAlias = RecordCheckoutRequest  # noqa: Y015
+
+@_typing.final
+class ApplyPaymentEventRequest(_message.Message):
+    """One Stripe webhook delivery, unparsed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    payload: _builtins.bytes
+    """The request body exactly as Stripe sent it."""
+    signature: _builtins.str
+    """The Stripe-Signature header ("t=…,v1=…")."""
+    def __init__(
+        self,
+        *,
+        payload: _builtins.bytes = ...,
+        signature: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyPaymentEventRequest: _TypeAlias = ApplyPaymentEventRequest  # noqa: Y015
+
+@_typing.final
+class ApplyPaymentEventResponse(_message.Message):
+    """What an event did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    PURCHASE_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Stripe event id (evt_…)."""
+    event_type: _builtins.str
+    """Stripe event type, e.g. "checkout.session.completed"."""
+    outcome: _builtins.str
+    """"credited", "refunded", "expired", "already_applied", "not_paid" or "ignored" (a verified event
+    this deployment does not apply: another type, an unknown org, another currency; nothing written).
+    """
+    @_builtins.property
+    def purchase(self) -> Global___Purchase:
+        """The purchase it concerned, when there is one."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        purchase: Global___Purchase | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["purchase", b"purchase"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "event_type", b"event_type", "outcome", b"outcome", "purchase", b"purchase"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyPaymentEventResponse: _TypeAlias = ApplyPaymentEventResponse  # noqa: Y015
+
+@_typing.final
+class ListPurchasesRequest(_message.Message):
+    """Lists purchases."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization."""
+    limit: _builtins.int
+    """Maximum purchases returned, 1 … 1,000; 0 means 100."""
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "org_id", b"org_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPurchasesRequest: _TypeAlias = ListPurchasesRequest  # noqa: Y015
+
+@_typing.final
+class ListPurchasesResponse(_message.Message):
+    """Purchases, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURCHASES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def purchases(self) -> _containers.RepeatedCompositeFieldContainer[Global___Purchase]:
+        """Purchases."""
+
+    def __init__(
+        self,
+        *,
+        purchases: _abc.Iterable[Global___Purchase] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purchases", b"purchases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPurchasesResponse: _TypeAlias = ListPurchasesResponse  # noqa: Y015

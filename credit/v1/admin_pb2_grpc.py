@@ -27,7 +27,11 @@ if _version_not_supported:
 
 class CreditAdminStub:
     """Everything that is not the hot path. Requires the admin role (VerifyApiKey:
-    admin or spend; GetOrganization, ListMembers, QueryUsage: admin or read).
+    admin or spend; GetOrganization, ListMembers, QueryUsage, ListPurchases: admin
+    or read), except what creates credits: TopUpPool and GrantIndividualCredits
+    require the mint role (an operator's), and ApplyPaymentEvent / RecordCheckout
+    the payments role (the REST service relays Stripe's events; only a payment
+    that the authority's own signature check accepts creates credits).
     """
 
     def __init__(self, channel):
@@ -136,11 +140,30 @@ class CreditAdminStub:
                 request_serializer=credit_dot_v1_dot_admin__pb2.ListAlertEventsRequest.SerializeToString,
                 response_deserializer=credit_dot_v1_dot_admin__pb2.ListAlertEventsResponse.FromString,
                 _registered_method=True)
+        self.RecordCheckout = channel.unary_unary(
+                '/credit.v1.CreditAdmin/RecordCheckout',
+                request_serializer=credit_dot_v1_dot_admin__pb2.RecordCheckoutRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.Purchase.FromString,
+                _registered_method=True)
+        self.ApplyPaymentEvent = channel.unary_unary(
+                '/credit.v1.CreditAdmin/ApplyPaymentEvent',
+                request_serializer=credit_dot_v1_dot_admin__pb2.ApplyPaymentEventRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.ApplyPaymentEventResponse.FromString,
+                _registered_method=True)
+        self.ListPurchases = channel.unary_unary(
+                '/credit.v1.CreditAdmin/ListPurchases',
+                request_serializer=credit_dot_v1_dot_admin__pb2.ListPurchasesRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.ListPurchasesResponse.FromString,
+                _registered_method=True)
 
 
 class CreditAdminServicer:
     """Everything that is not the hot path. Requires the admin role (VerifyApiKey:
-    admin or spend; GetOrganization, ListMembers, QueryUsage: admin or read).
+    admin or spend; GetOrganization, ListMembers, QueryUsage, ListPurchases: admin
+    or read), except what creates credits: TopUpPool and GrantIndividualCredits
+    require the mint role (an operator's), and ApplyPaymentEvent / RecordCheckout
+    the payments role (the REST service relays Stripe's events; only a payment
+    that the authority's own signature check accepts creates credits).
     """
 
     def CreateUser(self, request, context):
@@ -172,7 +195,7 @@ class CreditAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TopUpPool(self, request, context):
-        """Adds purchased credits to an organization's pool.
+        """An operator's top-up of an organization's pool (role mint; the reference is mandatory).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -186,7 +209,7 @@ class CreditAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GrantIndividualCredits(self, request, context):
-        """Adds credits to a user's individual balance.
+        """An operator's grant to a user's individual balance (role mint; the reference is mandatory).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -278,6 +301,30 @@ class CreditAdminServicer:
 
     def ListAlertEvents(self, request, context):
         """Lists an organization's alerts (threshold crossings) and their webhook deliveries, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordCheckout(self, request, context):
+        """Records a Stripe Checkout Session the REST service created, as a pending purchase (role payments).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyPaymentEvent(self, request, context):
+        """Applies one Stripe webhook event, given exactly as received (role payments). The authority
+        verifies its Stripe-Signature with its own endpoint secret (INVALID_ARGUMENT, nothing written,
+        when unsigned, tampered or stale); a paid checkout session tops up its pool exactly once, a
+        refund writes one negative adjustment; other events are acknowledged and ignored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPurchases(self, request, context):
+        """Lists an organization's purchases, newest first (role admin or read).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -386,6 +433,21 @@ def add_CreditAdminServicer_to_server(servicer, server):
                     request_deserializer=credit_dot_v1_dot_admin__pb2.ListAlertEventsRequest.FromString,
                     response_serializer=credit_dot_v1_dot_admin__pb2.ListAlertEventsResponse.SerializeToString,
             ),
+            'RecordCheckout': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordCheckout,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.RecordCheckoutRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.Purchase.SerializeToString,
+            ),
+            'ApplyPaymentEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyPaymentEvent,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.ApplyPaymentEventRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.ApplyPaymentEventResponse.SerializeToString,
+            ),
+            'ListPurchases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPurchases,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.ListPurchasesRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.ListPurchasesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'credit.v1.CreditAdmin', rpc_method_handlers)
@@ -396,7 +458,11 @@ def add_CreditAdminServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class CreditAdmin:
     """Everything that is not the hot path. Requires the admin role (VerifyApiKey:
-    admin or spend; GetOrganization, ListMembers, QueryUsage: admin or read).
+    admin or spend; GetOrganization, ListMembers, QueryUsage, ListPurchases: admin
+    or read), except what creates credits: TopUpPool and GrantIndividualCredits
+    require the mint role (an operator's), and ApplyPaymentEvent / RecordCheckout
+    the payments role (the REST service relays Stripe's events; only a payment
+    that the authority's own signature check accepts creates credits).
     """
 
     @staticmethod
@@ -929,6 +995,87 @@ class CreditAdmin:
             '/credit.v1.CreditAdmin/ListAlertEvents',
             credit_dot_v1_dot_admin__pb2.ListAlertEventsRequest.SerializeToString,
             credit_dot_v1_dot_admin__pb2.ListAlertEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordCheckout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/RecordCheckout',
+            credit_dot_v1_dot_admin__pb2.RecordCheckoutRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.Purchase.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyPaymentEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/ApplyPaymentEvent',
+            credit_dot_v1_dot_admin__pb2.ApplyPaymentEventRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.ApplyPaymentEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPurchases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/ListPurchases',
+            credit_dot_v1_dot_admin__pb2.ListPurchasesRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.ListPurchasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

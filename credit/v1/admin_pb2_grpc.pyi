@@ -30,7 +30,11 @@ GRPC_VERSION: str
 
 class CreditAdminStub:
     """Everything that is not the hot path. Requires the admin role (VerifyApiKey:
-    admin or spend; GetOrganization, ListMembers, QueryUsage: admin or read).
+    admin or spend; GetOrganization, ListMembers, QueryUsage, ListPurchases: admin
+    or read), except what creates credits: TopUpPool and GrantIndividualCredits
+    require the mint role (an operator's), and ApplyPaymentEvent / RecordCheckout
+    the payments role (the REST service relays Stripe's events; only a payment
+    that the authority's own signature check accepts creates credits).
     """
 
     @_typing.overload
@@ -46,11 +50,11 @@ class CreditAdminStub:
     RemoveMember: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RemoveMemberRequest, _admin_pb2.RemoveMemberResponse]
     """Removes a member; the unused part of their allocation returns to the pool."""
     TopUpPool: _grpc.UnaryUnaryMultiCallable[_admin_pb2.TopUpPoolRequest, _admin_pb2.Organization]
-    """Adds purchased credits to an organization's pool."""
+    """An operator's top-up of an organization's pool (role mint; the reference is mandatory)."""
     SetAllocation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetAllocationRequest, _admin_pb2.Member]
     """Sets a member's allocation (their cap inside the pool)."""
     GrantIndividualCredits: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GrantIndividualCreditsRequest, _admin_pb2.IndividualBalance]
-    """Adds credits to a user's individual balance."""
+    """An operator's grant to a user's individual balance (role mint; the reference is mandatory)."""
     GetOrganization: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetOrganizationRequest, _admin_pb2.Organization]
     """Pool total, allocated, unallocated, used and held."""
     ListMembers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListMembersRequest, _admin_pb2.ListMembersResponse]
@@ -77,11 +81,25 @@ class CreditAdminStub:
     """Lists an organization's low-balance thresholds with their state."""
     ListAlertEvents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAlertEventsRequest, _admin_pb2.ListAlertEventsResponse]
     """Lists an organization's alerts (threshold crossings) and their webhook deliveries, newest first."""
+    RecordCheckout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RecordCheckoutRequest, _admin_pb2.Purchase]
+    """Records a Stripe Checkout Session the REST service created, as a pending purchase (role payments)."""
+    ApplyPaymentEvent: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ApplyPaymentEventRequest, _admin_pb2.ApplyPaymentEventResponse]
+    """Applies one Stripe webhook event, given exactly as received (role payments). The authority
+    verifies its Stripe-Signature with its own endpoint secret (INVALID_ARGUMENT, nothing written,
+    when unsigned, tampered or stale); a paid checkout session tops up its pool exactly once, a
+    refund writes one negative adjustment; other events are acknowledged and ignored.
+    """
+    ListPurchases: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPurchasesRequest, _admin_pb2.ListPurchasesResponse]
+    """Lists an organization's purchases, newest first (role admin or read)."""
 
 @_typing.type_check_only
 class CreditAdminAsyncStub(CreditAdminStub):
     """Everything that is not the hot path. Requires the admin role (VerifyApiKey:
-    admin or spend; GetOrganization, ListMembers, QueryUsage: admin or read).
+    admin or spend; GetOrganization, ListMembers, QueryUsage, ListPurchases: admin
+    or read), except what creates credits: TopUpPool and GrantIndividualCredits
+    require the mint role (an operator's), and ApplyPaymentEvent / RecordCheckout
+    the payments role (the REST service relays Stripe's events; only a payment
+    that the authority's own signature check accepts creates credits).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -94,11 +112,11 @@ class CreditAdminAsyncStub(CreditAdminStub):
     RemoveMember: _aio.UnaryUnaryMultiCallable[_admin_pb2.RemoveMemberRequest, _admin_pb2.RemoveMemberResponse]  # type: ignore[assignment]
     """Removes a member; the unused part of their allocation returns to the pool."""
     TopUpPool: _aio.UnaryUnaryMultiCallable[_admin_pb2.TopUpPoolRequest, _admin_pb2.Organization]  # type: ignore[assignment]
-    """Adds purchased credits to an organization's pool."""
+    """An operator's top-up of an organization's pool (role mint; the reference is mandatory)."""
     SetAllocation: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetAllocationRequest, _admin_pb2.Member]  # type: ignore[assignment]
     """Sets a member's allocation (their cap inside the pool)."""
     GrantIndividualCredits: _aio.UnaryUnaryMultiCallable[_admin_pb2.GrantIndividualCreditsRequest, _admin_pb2.IndividualBalance]  # type: ignore[assignment]
-    """Adds credits to a user's individual balance."""
+    """An operator's grant to a user's individual balance (role mint; the reference is mandatory)."""
     GetOrganization: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetOrganizationRequest, _admin_pb2.Organization]  # type: ignore[assignment]
     """Pool total, allocated, unallocated, used and held."""
     ListMembers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListMembersRequest, _admin_pb2.ListMembersResponse]  # type: ignore[assignment]
@@ -125,10 +143,24 @@ class CreditAdminAsyncStub(CreditAdminStub):
     """Lists an organization's low-balance thresholds with their state."""
     ListAlertEvents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAlertEventsRequest, _admin_pb2.ListAlertEventsResponse]  # type: ignore[assignment]
     """Lists an organization's alerts (threshold crossings) and their webhook deliveries, newest first."""
+    RecordCheckout: _aio.UnaryUnaryMultiCallable[_admin_pb2.RecordCheckoutRequest, _admin_pb2.Purchase]  # type: ignore[assignment]
+    """Records a Stripe Checkout Session the REST service created, as a pending purchase (role payments)."""
+    ApplyPaymentEvent: _aio.UnaryUnaryMultiCallable[_admin_pb2.ApplyPaymentEventRequest, _admin_pb2.ApplyPaymentEventResponse]  # type: ignore[assignment]
+    """Applies one Stripe webhook event, given exactly as received (role payments). The authority
+    verifies its Stripe-Signature with its own endpoint secret (INVALID_ARGUMENT, nothing written,
+    when unsigned, tampered or stale); a paid checkout session tops up its pool exactly once, a
+    refund writes one negative adjustment; other events are acknowledged and ignored.
+    """
+    ListPurchases: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPurchasesRequest, _admin_pb2.ListPurchasesResponse]  # type: ignore[assignment]
+    """Lists an organization's purchases, newest first (role admin or read)."""
 
 class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
     """Everything that is not the hot path. Requires the admin role (VerifyApiKey:
-    admin or spend; GetOrganization, ListMembers, QueryUsage: admin or read).
+    admin or spend; GetOrganization, ListMembers, QueryUsage, ListPurchases: admin
+    or read), except what creates credits: TopUpPool and GrantIndividualCredits
+    require the mint role (an operator's), and ApplyPaymentEvent / RecordCheckout
+    the payments role (the REST service relays Stripe's events; only a payment
+    that the authority's own signature check accepts creates credits).
     """
 
     @_abc_1.abstractmethod
@@ -169,7 +201,7 @@ class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.TopUpPoolRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.Organization, _abc.Awaitable[_admin_pb2.Organization]]:
-        """Adds purchased credits to an organization's pool."""
+        """An operator's top-up of an organization's pool (role mint; the reference is mandatory)."""
 
     @_abc_1.abstractmethod
     def SetAllocation(
@@ -185,7 +217,7 @@ class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GrantIndividualCreditsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.IndividualBalance, _abc.Awaitable[_admin_pb2.IndividualBalance]]:
-        """Adds credits to a user's individual balance."""
+        """An operator's grant to a user's individual balance (role mint; the reference is mandatory)."""
 
     @_abc_1.abstractmethod
     def GetOrganization(
@@ -290,5 +322,33 @@ class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListAlertEventsResponse, _abc.Awaitable[_admin_pb2.ListAlertEventsResponse]]:
         """Lists an organization's alerts (threshold crossings) and their webhook deliveries, newest first."""
+
+    @_abc_1.abstractmethod
+    def RecordCheckout(
+        self,
+        request: _admin_pb2.RecordCheckoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Purchase, _abc.Awaitable[_admin_pb2.Purchase]]:
+        """Records a Stripe Checkout Session the REST service created, as a pending purchase (role payments)."""
+
+    @_abc_1.abstractmethod
+    def ApplyPaymentEvent(
+        self,
+        request: _admin_pb2.ApplyPaymentEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ApplyPaymentEventResponse, _abc.Awaitable[_admin_pb2.ApplyPaymentEventResponse]]:
+        """Applies one Stripe webhook event, given exactly as received (role payments). The authority
+        verifies its Stripe-Signature with its own endpoint secret (INVALID_ARGUMENT, nothing written,
+        when unsigned, tampered or stale); a paid checkout session tops up its pool exactly once, a
+        refund writes one negative adjustment; other events are acknowledged and ignored.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPurchases(
+        self,
+        request: _admin_pb2.ListPurchasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListPurchasesResponse, _abc.Awaitable[_admin_pb2.ListPurchasesResponse]]:
+        """Lists an organization's purchases, newest first (role admin or read)."""
 
 def add_CreditAdminServicer_to_server(servicer: CreditAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,6 +24,8 @@ from ..model import (
     Balance,
     MemberRow,
     OrgSummary,
+    PaymentOutcome,
+    Purchase,
     UsageGroup,
     UsageRecord,
 )
@@ -181,3 +183,22 @@ def alert_event_message(event: AlertEvent) -> admin_pb2.AlertEvent:
         deliveries=[admin_pb2.AlertDeliveryAttempt(
             attempt=d.attempt, url=d.url, status_code=d.status_code or 0, error=d.error,
             duration_ms=d.duration_ms, attempted_at=timestamp(d.attempted_at)) for d in e.deliveries])
+
+
+PURCHASE_STATUSES = {"pending": admin_pb2.PURCHASE_STATUS_PENDING, "paid": admin_pb2.PURCHASE_STATUS_PAID,
+                     "partially_refunded": admin_pb2.PURCHASE_STATUS_PARTIALLY_REFUNDED,
+                     "refunded": admin_pb2.PURCHASE_STATUS_REFUNDED, "expired": admin_pb2.PURCHASE_STATUS_EXPIRED}
+
+
+def purchase_message(p: Purchase) -> admin_pb2.Purchase:
+    return admin_pb2.Purchase(
+        org_id=p.org_id, session_id=p.session_id, status=PURCHASE_STATUSES[p.status],
+        credits_millicredits=p.credits_mc, amount_minor=p.amount_minor, currency=p.currency,
+        refunded_millicredits=p.refunded_mc, overdrawn=p.overdrawn, created_by=p.created_by,
+        created_at=timestamp(p.created_at), paid_at=timestamp(p.paid_at), payment_intent=p.payment_intent or "")
+
+
+def payment_outcome_message(outcome: PaymentOutcome) -> admin_pb2.ApplyPaymentEventResponse:
+    return admin_pb2.ApplyPaymentEventResponse(
+        event_id=outcome.event_id, event_type=outcome.event_type, outcome=outcome.outcome,
+        purchase=purchase_message(outcome.purchase) if outcome.purchase is not None else None)

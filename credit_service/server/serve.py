@@ -22,6 +22,7 @@ from ..authority import CreditAuthority
 from ..embedded_db import ensure_database
 from ..jobs import Sweeper, start_jobs
 from ..migrate import migrate
+from ..payments import Payments
 from ..settings import Settings
 from ..storage import Storage
 from .rpc import DATABASE_DOWN, MAX_MESSAGE_BYTES
@@ -61,7 +62,9 @@ async def start_server(settings: Settings, storage: Storage,
                                       ("grpc.so_reuseport", 1 if settings.reuse_port else 0)])
     authority_pb2_grpc.add_CreditAuthorityServicer_to_server(AuthorityServicer(authority, auth, settings.access_log),
                                                              server)
-    admin_pb2_grpc.add_CreditAdminServicer_to_server(AdminServicer(authority, auth, settings.access_log), server)
+    payments = Payments(storage, settings.payments)
+    admin_pb2_grpc.add_CreditAdminServicer_to_server(AdminServicer(authority, auth, settings.access_log, payments),
+                                                     server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (authority_pb2.DESCRIPTOR.services_by_name["CreditAuthority"].full_name,

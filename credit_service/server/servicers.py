@@ -6,8 +6,9 @@ from __future__ import annotations
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
 
 from .. import metrics
-from ..auth import Caller, Role
-from ..authority import UsageQuery
+from ..auth import Caller, Role, TokenAuthenticator
+from ..authority import CreditAuthority, UsageQuery
+from ..payments import Payments
 from .messages import (
     GROUPINGS,
     KEY_KINDS,
@@ -22,6 +23,8 @@ from .messages import (
     key_message,
     member_message,
     org_message,
+    payment_outcome_message,
+    purchase_message,
     struct_to_dict,
     time_field,
     timestamp,
@@ -81,6 +84,10 @@ class AuthorityServicer(Servicer, authority_pb2_grpc.CreditAuthorityServicer):
 class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
     """credit.v1.CreditAdmin: everything that is not the hot path."""
 
+    def __init__(self, authority: CreditAuthority, auth: TokenAuthenticator, access_log: bool, payments: Payments):
+        super().__init__(authority, auth, access_log)
+        self.payments = payments
+
     @rpc(Role.ADMIN)
     async def CreateUser(self, request: admin_pb2.CreateUserRequest, caller: Caller) -> admin_pb2.User:
         user = await self.authority.create_user(request.user_id, request.display_name, request.email)
@@ -108,7 +115,7 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
     async def TopUpPool(self, request: admin_pb2.TopUpPoolRequest, caller: Caller) -> admin_pb2.Organization:
         return org_message(await self.authority.top_up_pool(
             request.org_id, request.amount_millicredits, request.purchase_reference, request.purchase_amount,
-            request.purchase_currency))
+            request.purchase_currency, caller.name))
 
     @rpc(Role.ADMIN)
     async def SetAllocation(self, request: admin_pb2.SetAllocationRequest, caller: Caller) -> admin_pb2.Member:
@@ -120,7 +127,7 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
     async def GrantIndividualCredits(self, request: admin_pb2.GrantIndividualCreditsRequest,
                                      caller: Caller) -> admin_pb2.IndividualBalance:
         balance = await self.authority.grant_individual(request.user_id, request.amount_millicredits,
-                                                        request.reason, request.reference)
+                                                        request.reason, request.reference, caller.name)
         return admin_pb2.IndividualBalance(
             user_id=request.user_id, limit_millicredits=balance.limit_mc, used_millicredits=balance.used_mc,
             held_millicredits=balance.held_mc, available_millicredits=balance.available_mc)
@@ -214,4 +221,21 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
         rows = await self.authority.list_alert_events(request.org_id, request.user_id, request.limit)
         return admin_pb2.ListAlertEventsResponse(events=[alert_event_message(r) for r in rows])
 
+    # ---- purchases (credit_service/payments.py) ----
 
+    @rpc(Role.PAYMENTS)
+    async def RecordCheckout(self, request: admin_pb2.RecordCheckoutRequest, caller: Caller) -> admin_pb2.Purchase:
+        return purchase_message(await self.payments.record_checkout(
+            request.org_id, request.session_id, request.credits_millicredits, request.amount_minor,
+            request.currency, request.created_by))
+
+    @rpc(Role.PAYMENTS)
+    async def ApplyPaymentEvent(self, request: admin_pb2.ApplyPaymentEventRequest,
+                                caller: Caller) -> admin_pb2.ApplyPaymentEventResponse:
+        return payment_outcome_message(await self.payments.apply_event(request.payload, request.signature))
+
+    @rpc(Role.ADMIN, Role.READ)
+    async def ListPurchases(self, request: admin_pb2.ListPurchasesRequest,
+                            caller: Caller) -> admin_pb2.ListPurchasesResponse:
+        purchases = await self.payments.list_purchases(request.org_id, request.limit)
+        return admin_pb2.ListPurchasesResponse(purchases=[purchase_message(p) for p in purchases])

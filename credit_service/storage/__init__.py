@@ -1,12 +1,13 @@
 """PostgreSQL storage of the credit authority: every SQL statement outside migrations/ lives here.
 
-`Storage` is the one object the authority holds. It is the sum of four parts, each a module:
+`Storage` is the one object the authority holds. It is the sum of five parts, each a module:
 
 * hot_path.py  Check, Reserve, Commit, Release, expiry: one round trip each to the functions of
                migrations/functions/, alone or group-committed by batcher.py (one answer shape)
 * admin.py     users, organizations, members, top-ups, allocations, grants, API keys
 * usage.py     usage analytics over the attribution rows
 * alerts.py    low-balance alert webhooks, thresholds, events and their delivery state
+* payments.py  purchases through Stripe Checkout: pending, paid (the pool topped up once), expired, refunded
 
 All statements are parameterized; the domain's types come from credit_service.model.
 """
@@ -20,12 +21,13 @@ from .alerts import AlertQueries
 from .batcher import HotPathBatcher
 from .common import init_connection, keep_session
 from .hot_path import BATCH_SQL, HotOp, HotPathQueries, run_batch
+from .payments import PaymentQueries
 from .usage import UsageQueries
 
 __all__ = ["BATCH_SQL", "HotOp", "HotPathBatcher", "Storage", "init_connection"]
 
 
-class Storage(HotPathQueries, AdminQueries, UsageQueries, AlertQueries):
+class Storage(HotPathQueries, AdminQueries, UsageQueries, AlertQueries, PaymentQueries):
     """The authority's only door to PostgreSQL."""
 
     @classmethod

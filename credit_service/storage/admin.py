@@ -109,35 +109,47 @@ class AdminQueries(Queries):
     # ---- pools, allocations, grants ------------------------------------
 
     async def top_up_pool(self, org_id: str, amount_mc: int, purchase_reference: str,
-                          purchase_amount: str | None, purchase_currency: str) -> OrgSummary:
-        """Adds credits to the pool once per purchase reference: a retry with the same amount replays,
-        another amount is AlreadyExists. Simultaneous top-ups of one org queue on the pool row; the
-        insert is race-safe by itself too (ON CONFLICT DO NOTHING, then the stored amount decides)."""
+                          purchase_amount: str | None, purchase_currency: str, created_by: str) -> OrgSummary:
+        """An operator's top-up (source 'operator', created_by the operator), once per purchase reference: a
+        retry with the same amount replays, another amount is AlreadyExists."""
         async with self.pool.acquire() as conn, conn.transaction():
             await self.require_org(conn, org_id, lock=True)
-            inserted = await conn.fetchval(
-                """INSERT INTO pool_top_ups (org_id, amount_mc, purchase_reference, purchase_amount,
-                                             purchase_currency) VALUES ($1, $2, $3, $4::numeric, $5)
-                   ON CONFLICT (org_id, purchase_reference) DO NOTHING RETURNING top_up_id""",
-                org_id, amount_mc, purchase_reference, purchase_amount, purchase_currency)
-            if inserted is None:
-                previous = await conn.fetchval(
-                    "SELECT amount_mc FROM pool_top_ups WHERE org_id = $1 AND purchase_reference = $2",
-                    org_id, purchase_reference)
-                if previous != amount_mc:
-                    raise AlreadyExists(
-                        f"purchase_reference {purchase_reference!r} was already used with another amount")
-            else:
-                updated = await conn.execute(
-                    """UPDATE org_pools SET total_mc = total_mc + $2
-                       WHERE org_id = $1 AND total_mc <= $3::bigint - $2::bigint""",
-                    org_id, amount_mc, MAX_ACCOUNT_TOTAL_MC)
-                if updated == "UPDATE 0":
-                    raise past_largest_total(f"the pool of {org_id!r}")
-                await conn.execute(
-                    """INSERT INTO ledger_entries (account, org_id, kind, delta_limit_mc, note)
-                       VALUES ('pool', $1, 'top_up', $2, $3)""", org_id, amount_mc, purchase_reference)
+            await self.add_to_pool(conn, org_id, amount_mc, purchase_reference, purchase_amount, purchase_currency,
+                                   "operator", created_by, f"operator {created_by}, reference {purchase_reference}")
         return await self.get_organization(org_id)
+
+    @staticmethod
+    async def add_to_pool(conn: asyncpg.Connection, org_id: str, amount_mc: int, purchase_reference: str,
+                          purchase_amount: str | None, purchase_currency: str, source: str, created_by: str,
+                          note: str) -> bool:
+        """Adds credits to a pool (its row already locked) once per purchase reference; True when added now.
+        Simultaneous top-ups of one org queue on the pool row; the insert is race-safe by itself too (ON
+        CONFLICT DO NOTHING, then the stored amount decides). A top-up also shrinks an overdraft a refund left
+        (org_pools.overdrawn_mc, migrations/0011)."""
+        inserted = await conn.fetchval(
+            """INSERT INTO pool_top_ups (org_id, amount_mc, purchase_reference, purchase_amount,
+                                         purchase_currency, source, created_by)
+               VALUES ($1, $2, $3, $4::numeric, $5, $6, $7)
+               ON CONFLICT (org_id, purchase_reference) DO NOTHING RETURNING top_up_id""",
+            org_id, amount_mc, purchase_reference, purchase_amount, purchase_currency, source, created_by)
+        if inserted is None:
+            previous = await conn.fetchval(
+                "SELECT amount_mc FROM pool_top_ups WHERE org_id = $1 AND purchase_reference = $2",
+                org_id, purchase_reference)
+            if previous != amount_mc:
+                raise AlreadyExists(f"purchase_reference {purchase_reference!r} was already used with another amount")
+            return False
+        updated = await conn.execute(
+            """UPDATE org_pools SET total_mc = total_mc + $2,
+                                    overdrawn_mc = least(overdrawn_mc, greatest(allocated_mc - total_mc - $2, 0))
+               WHERE org_id = $1 AND total_mc <= $3::bigint - $2::bigint""",
+            org_id, amount_mc, MAX_ACCOUNT_TOTAL_MC)
+        if updated == "UPDATE 0":
+            raise past_largest_total(f"the pool of {org_id!r}")
+        await conn.execute(
+            """INSERT INTO ledger_entries (account, org_id, kind, delta_limit_mc, note)
+               VALUES ('pool', $1, 'top_up', $2, $3)""", org_id, amount_mc, note)
+        return True
 
     async def _change_allocation(self, conn: asyncpg.Connection, org_id: str, user_id: str,
                                  delta_mc: int, note: str) -> None:
@@ -148,8 +160,11 @@ class AdminQueries(Queries):
         if updated == "UPDATE 0":
             await conn.execute("INSERT INTO allocations (org_id, user_id, limit_mc) VALUES ($1, $2, $3)",
                                org_id, user_id, delta_mc)
-        await conn.execute("UPDATE org_pools SET allocated_mc = allocated_mc + $2 WHERE org_id = $1",
-                           org_id, delta_mc)
+        # A lower allocation also shrinks an overdraft a refund left (never grows it: migrations/0011).
+        await conn.execute(
+            """UPDATE org_pools SET allocated_mc = allocated_mc + $2,
+                                    overdrawn_mc = least(overdrawn_mc, greatest(allocated_mc + $2 - total_mc, 0))
+               WHERE org_id = $1""", org_id, delta_mc)
         await conn.execute(
             """INSERT INTO ledger_entries (account, org_id, user_id, kind, delta_limit_mc, note)
                VALUES ('allocation', $1, $2, 'allocation', $3, $4)""", org_id, user_id, delta_mc, note)
@@ -169,22 +184,24 @@ class AdminQueries(Queries):
                     {"allocation": str(allocation_mc), "committed": str(committed), "user_id": user_id})
             unallocated = pool["total_mc"] - pool["allocated_mc"]
             delta = allocation_mc - current
-            if delta > unallocated:
-                raise InsufficientCredits(unallocated, delta, f"pool:{org_id}")
+            if delta > 0 and delta > unallocated:  # lowering one is always allowed, even in an overdrawn pool
+                raise InsufficientCredits(max(unallocated, 0), delta, f"pool:{org_id}")
             if delta:
                 await self._change_allocation(conn, org_id, user_id, delta, f"set by {allocated_by}".strip())
         return await self.get_member(org_id, user_id)
 
-    async def grant_individual(self, user_id: str, amount_mc: int, reason: str, reference: str) -> Balance:
-        """Adds credits once per (user, reference): a retry with the same amount replays (returns the
-        balance), another amount is AlreadyExists. Of simultaneous grants with one reference, one
-        inserts; the others wait on the unique index for it to commit, then find its row."""
+    async def grant_individual(self, user_id: str, amount_mc: int, reason: str, reference: str,
+                               created_by: str) -> Balance:
+        """An operator's grant (created_by the operator), once per (user, reference): a retry with the same
+        amount replays (returns the balance), another amount is AlreadyExists. Of simultaneous grants with one
+        reference, one inserts; the others wait on the unique index for it to commit, then find its row."""
         async with self.pool.acquire() as conn, conn.transaction():
             await self.require_user(conn, user_id)
             inserted = await conn.fetchval(
-                """INSERT INTO individual_grants (user_id, amount_mc, reason, reference) VALUES ($1, $2, $3, $4)
+                """INSERT INTO individual_grants (user_id, amount_mc, reason, reference, created_by)
+                   VALUES ($1, $2, $3, $4, $5)
                    ON CONFLICT (user_id, reference) DO NOTHING RETURNING grant_id""",
-                user_id, amount_mc, reason, reference)
+                user_id, amount_mc, reason, reference, created_by)
             if inserted is None:
                 previous = await conn.fetchval(
                     "SELECT amount_mc FROM individual_grants WHERE user_id = $1 AND reference = $2",
@@ -202,7 +219,8 @@ class AdminQueries(Queries):
                 raise past_largest_total(f"the individual balance of {user_id!r}")
             await conn.execute(
                 """INSERT INTO ledger_entries (account, user_id, kind, delta_limit_mc, note)
-                   VALUES ('individual', $1, 'grant', $2, $3)""", user_id, amount_mc, reason)
+                   VALUES ('individual', $1, 'grant', $2, $3)""",
+                user_id, amount_mc, f"operator {created_by}, reference {reference}: {reason}")
             return await self._individual(conn, user_id)
 
     async def _individual(self, conn: asyncpg.Connection, user_id: str) -> Balance:
