@@ -1,23 +1,19 @@
-"""Stripe webhook events for the authority's payment tests: built like Stripe's, signed as Stripe signs them.
-
-Stripe's scheme (docs.stripe.com/webhooks, "Verify manually"): the `Stripe-Signature` header is
-`t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>" under the endpoint's secret>`. The signer here is
-written from that description, independently of the `stripe` SDK the authority verifies with.
+"""Stripe webhook events for the authority's payment tests: the objects the authority reads, the test
+secret and prices, and a running authority configured for payments. Events are built and signed by
+tests/stripe_events.py (Stripe's documented scheme, written independently of the `stripe` SDK the
+authority verifies with), the one signer the REST tests use too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import grpc
+import stripe_events
 from conftest import AuthorityProcess, Stub, Tokens
 
 from credit.v1 import admin_pb2, admin_pb2_grpc
@@ -37,21 +33,12 @@ def credits_for(amount_cents: int) -> int:
 
 
 def sign(payload: bytes, secret: str = SECRET, timestamp: int | None = None) -> str:
-    t = int(time.time()) if timestamp is None else timestamp
-    digest = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
-    return f"t={t},v1={digest}"
+    """The Stripe-Signature header for these bytes, under the authority tests' secret by default."""
+    return stripe_events.sign(payload, secret, timestamp)
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_test_{secrets.token_hex(12)}"
-
-
-def event(event_type: str, obj: dict[str, Any], event_id: str | None = None) -> bytes:
-    """An event body as Stripe serialises it (pretty-printed JSON; the signature covers these bytes)."""
-    body = {"id": event_id or new_id("evt"), "object": "event", "api_version": "2025-09-30.clover",
-            "created": int(time.time()), "data": {"object": obj}, "livemode": False, "pending_webhooks": 1,
-            "request": {"id": None, "idempotency_key": None}, "type": event_type}
-    return json.dumps(body, indent=2).encode()
 
 
 def session(org_id: str, amount_total: int, *, currency: str = "usd", payment_status: str = "paid",

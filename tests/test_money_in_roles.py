@@ -10,7 +10,8 @@ import grpc
 import pytest
 from conftest import AuthorityProcess, Stub
 from google.protobuf import descriptor
-from payment_events import PAYMENT_ENV, Payments, event, session, sign
+from payment_events import PAYMENT_ENV, Payments, session, sign
+from stripe_events import event
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
 

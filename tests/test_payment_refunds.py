@@ -12,7 +12,8 @@ import pytest
 from conftest import AuthorityProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from payment_events import PAYMENT_ENV, Payments, charge_refunded, credits_for, event, session
+from payment_events import PAYMENT_ENV, Payments, charge_refunded, credits_for, session
+from stripe_events import event
 
 from credit.v1 import admin_pb2, authority_pb2
 

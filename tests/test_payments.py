@@ -13,7 +13,8 @@ import grpc
 import pytest
 from conftest import AuthorityProcess, Stub
 from helpers import bad_request, error_info
-from payment_events import Payments, charge_refunded, credits_for, event, new_id, session, sign
+from payment_events import Payments, charge_refunded, credits_for, new_id, session, sign
+from stripe_events import event
 
 from credit.v1 import admin_pb2, admin_pb2_grpc
 
