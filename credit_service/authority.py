@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import InvalidArgument, NotFound
+from .ids import API_KEY_ID, ID, REQUEST_ID
 from .model import (
     AlertEvent,
     AlertThreshold,
@@ -37,9 +38,6 @@ from .model import (
 from .money import MAX_MILLICREDITS, is_committable, is_reservable
 from .storage import Storage
 
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
-_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
-_KEY_ID = re.compile(r"ck_[0-9a-f]{16}")
 MAX_METADATA_BYTES = 16 * 1024
 MAX_LABEL = 256
 MAX_QUERY_LIMIT = 10_000
@@ -50,7 +48,7 @@ GROUPINGS = (None, "user", "model", "service_type", "day")
 def require_id(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument(field, "is required")
-    if not _ID.fullmatch(value):
+    if not ID.fullmatch(value):
         raise InvalidArgument(field, "must be 1-128 characters of A-Z a-z 0-9 . _ : @ - "
                                      "starting with a letter or digit")
     return value
@@ -165,7 +163,7 @@ class CreditAuthority:
                       metadata: dict[str, Any]) -> Hold:
         if not request_id:
             raise InvalidArgument("request_id", "is required (a caller-chosen idempotency key)")
-        if not _REQUEST_ID.fullmatch(request_id):
+        if not REQUEST_ID.fullmatch(request_id):
             raise InvalidArgument("request_id", "must be 1-128 printable ASCII characters without spaces")
         require_id("user_id", user_id)
         optional_id("org_id", org_id)
@@ -285,7 +283,7 @@ class CreditAuthority:
         return await self._storage.create_api_key(user_id, org_id or None, kind, name)
 
     async def revoke_api_key(self, key_id: str) -> ApiKeyRow:
-        if not _KEY_ID.fullmatch(key_id or ""):
+        if not API_KEY_ID.fullmatch(key_id or ""):
             raise InvalidArgument("key_id", "must be a key id like ck_0123456789abcdef")
         return await self._storage.revoke_api_key(key_id)
 
@@ -298,7 +296,7 @@ class CreditAuthority:
         if len(secret) > 256:
             return None
         key_id, dot, _ = secret.partition(".")
-        if not dot or not _KEY_ID.fullmatch(key_id):
+        if not dot or not API_KEY_ID.fullmatch(key_id):
             return None
         found = await self._storage.find_api_key(key_id)
         if found is None:

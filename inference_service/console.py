@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 
 from credit.v1 import admin_pb2
 from credit_service.errors import ALLOCATION_BELOW_COMMITTED, INSUFFICIENT_CREDITS, ROLE_REQUIRED
+from credit_service.ids import ID
 from credit_service.money import MAX_MILLICREDITS, format_credits, parse_credits
 
 from . import errors
@@ -52,8 +53,6 @@ _STATUS_NAMES = {admin_pb2.ALERT_DELIVERY_STATUS_PENDING: "pending",
                  admin_pb2.ALERT_DELIVERY_STATUS_DELIVERED: "delivered",
                  admin_pb2.ALERT_DELIVERY_STATUS_FAILED: "failed",
                  admin_pb2.ALERT_DELIVERY_STATUS_NO_WEBHOOK: "no_webhook"}
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
-KEY_ID = re.compile(r"ck_[0-9a-f]{16}")
 _CREDITS = re.compile(r"\d{1,13}(\.\d{1,3})?")
 # The console's pages load only from this origin: no CDN, no inline script.
 STATIC_HEADERS = {
@@ -123,7 +122,7 @@ def millicredits(field: str, value: Any, *, allow_zero: bool) -> int:
 
 
 def require_id(field: str, value: str) -> str:
-    if not _ID.fullmatch(value or ""):
+    if not ID.fullmatch(value or ""):
         raise errors.bad_request(f"{field} must be an id (1-128 of A-Z a-z 0-9 . _ : @ -)", "invalid_id")
     return value
 

@@ -15,6 +15,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from credit_service import logs
+from credit_service.ids import ID
 from credit_service.money import format_credits
 
 from . import catalogue, errors
@@ -26,7 +27,6 @@ from .schemas import ChatCompletionRequest, ImageGenerationRequest
 from .settings import Settings
 
 _CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,100}")
-_USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ class InferenceService:
             self.failures.record(client)
             raise errors.unauthorized()
         org_header = request.headers.get("openai-organization", "").strip()
-        if org_header and not _USER_ID.fullmatch(org_header):
+        if org_header and not ID.fullmatch(org_header):
             raise errors.bad_request("OpenAI-Organization must be an organization id", "invalid_organization")
         return Caller(key, org_header)
 
@@ -159,7 +159,7 @@ class InferenceService:
         if key.is_service and body_user:
             # An org service key may act for members of its own organization; the
             # authority refuses (403) anyone who is not a member of that org.
-            if not _USER_ID.fullmatch(body_user):
+            if not ID.fullmatch(body_user):
                 raise errors.bad_request("'user' must be a user id when sent with a service key", "invalid_user")
             user_id, org = body_user, key.org_id
         return Billing(user_id, org, body_user, request_id, f"{key.key_id}:{request_id}")

@@ -18,11 +18,11 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from credit.v1 import admin_pb2, types_pb2
+from credit_service.ids import API_KEY_ID
 
 from .. import errors
 from ..authority_client import funding_label
 from ..console import (
-    KEY_ID,
     KIND_ENUMS,
     ROLE_NAMES,
     STATIC_DIR,
@@ -169,7 +169,7 @@ async def create_key(body: KeyBody, who: Viewer = Depends(viewer)):
 async def revoke_key(key_id: str = PathParam(description="key to revoke, e.g. ck_0123456789abcdef"),
                      who: Viewer = Depends(viewer)):
     """Revokes a key: admins any key of the org (or their own), others their own."""
-    if not KEY_ID.fullmatch(key_id):
+    if not API_KEY_ID.fullmatch(key_id):
         raise errors.bad_request("key_id must look like ck_0123456789abcdef", "invalid_key_id")
     if key_id not in {k.key_id for k in await visible_keys(who)}:
         raise errors.not_found(f"No key '{key_id}' that you may revoke.")
