@@ -40,7 +40,7 @@ from credit_service.money import MAX_MILLICREDITS, format_credits, parse_credits
 from . import errors
 from .admin_client import AdminCalls
 from .authority_client import AuthorityClient, error_info, to_api_error
-from .service import client_request_id, credits_fields
+from .service import client_request_id, credits_fields, iso_time
 
 STATIC_DIR = Path(__file__).resolve().parent / "console_static"
 ADMIN_ROLES = ("owner", "admin")
@@ -125,10 +125,6 @@ def require_id(field: str, value: str) -> str:
     if not ID.fullmatch(value or ""):
         raise errors.bad_request(f"{field} must be an id (1-128 of A-Z a-z 0-9 . _ : @ -)", "invalid_id")
     return value
-
-
-def _ts(value) -> str | None:
-    return value.ToDatetime(timezone.utc).isoformat() if value is not None and value.ByteSize() else None
 
 
 def console_error(error: grpc.aio.AioRpcError) -> errors.ApiError:
@@ -217,7 +213,7 @@ def member_dict(m: admin_pb2.Member) -> dict[str, Any]:
     return {"user_id": m.user_id, "role": ROLE_NAMES.get(m.role, "member"), "is_default": m.is_default,
             **credits_fields("allocation", m.allocation_millicredits), **credits_fields("used", m.used_millicredits),
             **credits_fields("held", m.held_millicredits),
-            **credits_fields("remaining", m.available_millicredits), "joined_at": _ts(m.joined_at)}
+            **credits_fields("remaining", m.available_millicredits), "joined_at": iso_time(m.joined_at)}
 
 
 def org_dict(o: admin_pb2.Organization) -> dict[str, Any]:
@@ -231,7 +227,8 @@ def org_dict(o: admin_pb2.Organization) -> dict[str, Any]:
 def key_dict(k: admin_pb2.ApiKey) -> dict[str, Any]:
     return {"key_id": k.key_id, "user_id": k.user_id, "org_id": k.org_id,
             "kind": "service" if k.kind == admin_pb2.API_KEY_KIND_SERVICE else "user", "name": k.name,
-            "created_at": _ts(k.created_at), "revoked_at": _ts(k.revoked_at), "active": not k.HasField("revoked_at")}
+            "created_at": iso_time(k.created_at), "revoked_at": iso_time(k.revoked_at),
+            "active": not k.HasField("revoked_at")}
 
 
 def record_dict(r: admin_pb2.UsageRecord) -> dict[str, Any]:
@@ -239,7 +236,7 @@ def record_dict(r: admin_pb2.UsageRecord) -> dict[str, Any]:
     for name in ("prompt_tokens", "completion_tokens", "total_tokens", "estimate_millicredits", "latency_ms"):
         if isinstance(metadata.get(name), float) and metadata[name].is_integer():
             metadata[name] = int(metadata[name])
-    return {"created_at": _ts(r.created_at), "request_id": client_request_id(r.request_id),
+    return {"created_at": iso_time(r.created_at), "request_id": client_request_id(r.request_id),
             "reservation_id": r.reservation_id, "user_id": r.user_id, "org_id": r.org_id,
             "funding_source": f"org:{r.org_id}" if r.org_id else "individual", "model": r.service_name,
             "service_type": r.service_type, **credits_fields("credits", r.credits_used_millicredits),
@@ -285,8 +282,8 @@ def threshold_dict(t: admin_pb2.AlertThreshold) -> dict[str, Any]:
     return {"threshold_id": t.threshold_id, "scope": "allocation" if t.user_id else "pool", "user_id": t.user_id,
             "kind": kind, "value": format_credits(t.value) if kind == "absolute" else t.value,
             "state": _STATE_NAMES.get(t.state, "armed"), **credits_fields("threshold", t.threshold_millicredits),
-            **credits_fields("remaining", t.remaining_millicredits), "created_at": _ts(t.created_at),
-            "changed_at": _ts(t.changed_at)}
+            **credits_fields("remaining", t.remaining_millicredits), "created_at": iso_time(t.created_at),
+            "changed_at": iso_time(t.changed_at)}
 
 
 def event_dict(e: admin_pb2.AlertEvent) -> dict[str, Any]:
@@ -296,12 +293,12 @@ def event_dict(e: admin_pb2.AlertEvent) -> dict[str, Any]:
             **credits_fields("threshold", e.threshold_millicredits), **credits_fields("limit", e.limit_millicredits),
             **credits_fields("remaining", e.remaining_millicredits),
             "status": _STATUS_NAMES.get(e.status, "pending"), "attempts": e.attempts, "last_error": e.last_error,
-            "created_at": _ts(e.created_at), "delivered_at": _ts(e.delivered_at),
-            "next_attempt_at": _ts(e.next_attempt_at),
+            "created_at": iso_time(e.created_at), "delivered_at": iso_time(e.delivered_at),
+            "next_attempt_at": iso_time(e.next_attempt_at),
             "deliveries": [{"attempt": d.attempt, "status_code": d.status_code or None, "error": d.error,
-                            "duration_ms": d.duration_ms, "attempted_at": _ts(d.attempted_at)}
+                            "duration_ms": d.duration_ms, "attempted_at": iso_time(d.attempted_at)}
                            for d in e.deliveries]}
 
 
 def webhook_dict(w: admin_pb2.AlertWebhook) -> dict[str, Any]:
-    return {"url": w.url, "has_secret": w.has_secret, "updated_at": _ts(w.updated_at)}
+    return {"url": w.url, "has_secret": w.has_secret, "updated_at": iso_time(w.updated_at)}

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from datetime import timezone
 from typing import Any
 
 from fastapi import Request
@@ -183,3 +184,8 @@ def client_request_id(reserve_id: str) -> str:
 def credits_fields(prefix: str, millicredits: int) -> dict[str, Any]:
     """A credits amount as REST shows it: the decimal string and the integer millicredits."""
     return {prefix: format_credits(millicredits), f"{prefix}_millicredits": millicredits}
+
+
+def iso_time(value: Any) -> str | None:
+    """A google.protobuf.Timestamp as ISO 8601 in UTC; None when unset (an empty message)."""
+    return value.ToDatetime(timezone.utc).isoformat() if value is not None and value.ByteSize() else None

@@ -11,7 +11,7 @@ from credit.v1 import admin_pb2
 
 from .. import errors
 from ..authority_client import funding_label
-from ..service import Caller, client_request_id, credits_fields
+from ..service import Caller, client_request_id, credits_fields, iso_time
 from .common import READS, caller, service_of
 
 router = APIRouter(tags=["credits"])
@@ -61,7 +61,7 @@ async def usage(http: Request, who: Caller = Depends(caller),
                   "model": r.service_name,
                   "service_type": r.service_type, "funding_source": f"org:{r.org_id}" if r.org_id else "individual",
                   **credits_fields("credits", r.credits_used_millicredits),
-                  "created_at": r.created_at.ToDatetime(timezone.utc).isoformat(),
+                  "created_at": iso_time(r.created_at),
                   "overrun": r.overrun, "late": r.late, "metadata": MessageToDict(r.request_metadata)}
                  for r in result.records],
         "groups": [{"key": g.key, "requests": g.requests, **credits_fields("credits",
