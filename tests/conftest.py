@@ -30,6 +30,9 @@ from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2_grpc
 from credit_service.embedded_db import EmbeddedPostgres
 from credit_service.migrate import migrate
 
+# Fixtures that live beside their helpers: `payments` (an authority configured for Stripe events).
+pytest_plugins = ["payment_events"]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

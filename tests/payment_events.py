@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+import pytest
 import stripe_events
 from conftest import AuthorityProcess, Stub, Tokens
 
@@ -114,3 +115,13 @@ class Payments:
                 await conn.close()
 
         return asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def payments(database_url: str, tokens: Tokens, authority: AuthorityProcess):
+    """An authority of the test module's own, configured for payments (PAYMENT_ENV), beside the
+    session's authority (on the same database)."""
+    process = AuthorityProcess(database_url, tokens, PAYMENT_ENV).start()
+    with grpc.insecure_channel(process.addr) as channel:
+        yield Payments(process, tokens, channel)
+    process.stop()

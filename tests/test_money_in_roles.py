@@ -7,10 +7,9 @@ from __future__ import annotations
 import uuid
 
 import grpc
-import pytest
-from conftest import AuthorityProcess, Stub
+from conftest import Stub
 from google.protobuf import descriptor
-from payment_events import PAYMENT_ENV, Payments, session, sign
+from payment_events import Payments, session, sign
 from stripe_events import event
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
@@ -61,13 +60,6 @@ def attempt(name: str, request_cls, org_id: str, user_id: str):
             setattr(request, field.name, f"ref-{uuid.uuid4().hex[:8]}")
     return request
 
-
-@pytest.fixture(scope="module")
-def payments(database_url, tokens, authority):
-    process = AuthorityProcess(database_url, tokens, PAYMENT_ENV).start()
-    with grpc.insecure_channel(process.addr) as channel:
-        yield Payments(process, tokens, channel)
-    process.stop()
 
 
 def money(payments: Payments) -> tuple[int, int]:

@@ -9,21 +9,12 @@ import uuid
 
 import grpc
 import pytest
-from conftest import AuthorityProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from payment_events import PAYMENT_ENV, Payments, charge_refunded, credits_for, session
+from payment_events import Payments, charge_refunded, credits_for, session
 from stripe_events import event
 
 from credit.v1 import admin_pb2, authority_pb2
-
-
-@pytest.fixture(scope="module")
-def payments(database_url, tokens, authority):
-    process = AuthorityProcess(database_url, tokens, PAYMENT_ENV).start()
-    with grpc.insecure_channel(process.addr) as channel:
-        yield Payments(process, tokens, channel)
-    process.stop()
 
 
 def bought(payments: Payments, org_id: str, amount: int) -> dict:

@@ -11,22 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from conftest import AuthorityProcess, Stub
+from conftest import Stub
 from helpers import bad_request, error_info
-from payment_events import Payments, charge_refunded, credits_for, new_id, session, sign
+from payment_events import charge_refunded, credits_for, new_id, session, sign
 from stripe_events import event
 
 from credit.v1 import admin_pb2, admin_pb2_grpc
-
-
-@pytest.fixture(scope="module")
-def payments(database_url, tokens, authority):
-    from payment_events import PAYMENT_ENV
-
-    process = AuthorityProcess(database_url, tokens, PAYMENT_ENV).start()
-    with grpc.insecure_channel(process.addr) as channel:
-        yield Payments(process, tokens, channel)
-    process.stop()
 
 
 def refused(call) -> grpc.RpcError:
