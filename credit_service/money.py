@@ -6,8 +6,10 @@ credits as `Decimal` exist only at the edges (REST, CLI).
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager
 from decimal import ROUND_CEILING, Context, Decimal, Inexact, InvalidOperation, getcontext, localcontext
+from fractions import Fraction
 
 MILLICREDITS_PER_CREDIT = 1000
 MAX_MILLICREDITS = 10**15
@@ -72,3 +74,13 @@ def usd_to_millicredits(usd: Decimal, credits_per_usd: Decimal, markup: Decimal 
         # exact: 28-digit default arithmetic could round 1 + markup or a product down (an undercharge)
         millicredits = usd * credits_per_usd * (1 + markup) * MILLICREDITS_PER_CREDIT
     return int(millicredits.to_integral_value(rounding=ROUND_CEILING))
+
+
+def millicredits_for_payment(amount_minor: int, credits_per_unit: Decimal, minor_units_per_unit: int) -> int:
+    """What a payment buys: an amount in the currency's minor unit (cents) at credits_per_unit credits
+    per major unit, in millicredits, rounded down (a fraction of a millicredit is not sold). Exact:
+    computed as a fraction, whatever the price's digits."""
+    if not credits_per_unit.is_finite() or credits_per_unit <= 0 or minor_units_per_unit <= 0:
+        raise ValueError("the price must be a positive number of credits per a positive number of minor units")
+    return math.floor(Fraction(amount_minor) * Fraction(credits_per_unit) * MILLICREDITS_PER_CREDIT
+                      / minor_units_per_unit)

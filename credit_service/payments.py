@@ -25,14 +25,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import stripe
 
 from .errors import PAYMENTS_NOT_CONFIGURED, FailedPrecondition, InvalidArgument
+from .ids import ID
 from .model import PaidSession, PaymentOutcome, Purchase
-from .money import MAX_MILLICREDITS
+from .money import MAX_MILLICREDITS, millicredits_for_payment
 from .settings import PaymentSettings
 from .storage import Storage
 
@@ -42,7 +42,6 @@ PAID_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_suc
 EXPIRED_EVENT = "checkout.session.expired"
 REFUND_EVENT = "charge.refunded"
 _STRIPE_ID = re.compile(r"[A-Za-z0-9_]{1,255}")
-_ORG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 MAX_AMOUNT_MINOR = 10**12
 MAX_PURCHASES = 1000
 
@@ -68,14 +67,14 @@ class Payments:
 
     def credits_for(self, amount_minor: int) -> int:
         """Millicredits an amount in the configured currency's minor unit buys, rounded down."""
-        units = Decimal(amount_minor) / Decimal(self._settings.minor_units_per_unit)
-        return int((units * self._settings.credits_per_unit * 1000).to_integral_value(rounding=ROUND_FLOOR))
+        return millicredits_for_payment(amount_minor, self._settings.credits_per_unit,
+                                        self._settings.minor_units_per_unit)
 
     # ---- RecordCheckout ----------------------------------------------------
 
     async def record_checkout(self, org_id: str, session_id: str, credits_mc: int, amount_minor: int,
                               currency: str, created_by: str) -> Purchase:
-        if not _ORG_ID.fullmatch(org_id or ""):
+        if not ID.fullmatch(org_id or ""):
             raise InvalidArgument("org_id", "must be an organization id")
         if not (session_id.startswith("cs_") and stripe_id(session_id)):
             raise InvalidArgument("session_id", "must be a Stripe Checkout Session id (cs_…)")
@@ -95,7 +94,7 @@ class Payments:
                                                    created_by)
 
     async def list_purchases(self, org_id: str, limit: int) -> list[Purchase]:
-        if not _ORG_ID.fullmatch(org_id or ""):
+        if not ID.fullmatch(org_id or ""):
             raise InvalidArgument("org_id", "must be an organization id")
         if not 0 <= limit <= MAX_PURCHASES:
             raise InvalidArgument("limit", f"must be 0 (default 100) to {MAX_PURCHASES}")
@@ -154,7 +153,7 @@ class Payments:
         if session.get("payment_status") != "paid":
             return PaymentOutcome(event_id, event_type, "not_paid")
         problem = ""
-        if not isinstance(org_id, str) or not _ORG_ID.fullmatch(org_id) or not await self._storage.org_exists(org_id):
+        if not isinstance(org_id, str) or not ID.fullmatch(org_id) or not await self._storage.org_exists(org_id):
             problem = f"names no organization of this authority (metadata.org_id {org_id!r})"
         elif currency != self._settings.currency:
             problem = f"was paid in {currency!r}, not {self._settings.currency!r}"

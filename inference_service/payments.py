@@ -19,20 +19,18 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import timezone
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
 import stripe
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from credit.v1 import admin_pb2
 from credit_service.money import MAX_MILLICREDITS, MILLICREDITS_PER_CREDIT, format_credits, parse_credits
 
 from . import errors
 from .console import millicredits
-from .service import credits_fields
+from .service import credits_fields, iso_time
 from .settings import Settings
 
 _CURRENCY = re.compile(r"[a-z]{3}")
@@ -206,10 +204,6 @@ class Checkout:
                        session.currency or self.pricing.currency)
 
 
-def _ts(value: Timestamp) -> str | None:
-    return value.ToDatetime(timezone.utc).isoformat() if value.ByteSize() else None
-
-
 def purchase_dict(p: admin_pb2.Purchase, pricing: Pricing) -> dict[str, Any]:
     """A purchase as the console shows it: credits as decimal strings, the price in the major unit."""
     return {"session_id": p.session_id, "status": STATUS_NAMES.get(p.status, "pending"),
@@ -217,7 +211,7 @@ def purchase_dict(p: admin_pb2.Purchase, pricing: Pricing) -> dict[str, Any]:
             "amount": pricing.major(p.amount_minor),
             "amount_minor": p.amount_minor, "currency": p.currency,
             **credits_fields("refunded", p.refunded_millicredits), "overdrawn": p.overdrawn,
-            "created_by": p.created_by, "created_at": _ts(p.created_at), "paid_at": _ts(p.paid_at)}
+            "created_by": p.created_by, "created_at": iso_time(p.created_at), "paid_at": iso_time(p.paid_at)}
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from credit_service.money import (
     format_credits,
     is_committable,
     is_reservable,
+    millicredits_for_payment,
     parse_credits,
     usd_to_millicredits,
 )
@@ -209,3 +210,23 @@ def test_the_edge_takes_every_amount_in_range_exactly(credits: Decimal) -> None:
     assert type(mc) is int
     assert 1 <= mc <= MAX_MILLICREDITS
     assert Fraction(mc) == Fraction(credits) * 1000
+
+
+# ---- a payment -> the millicredits it buys, rounded down ---------------------------------------
+
+@given(st.integers(min_value=0, max_value=10**12), st.integers(min_value=1, max_value=10**9),
+       st.integers(min_value=0, max_value=12), st.sampled_from([1, 3, 100, 1000]))
+def test_a_payment_buys_its_exact_share_rounded_down(amount_minor: int, price_digits: int, places: int,
+                                                     minor_per_unit: int) -> None:
+    credits_per_unit = Decimal(price_digits).scaleb(-places)
+    bought = millicredits_for_payment(amount_minor, credits_per_unit, minor_per_unit)
+    # bought <= amount / minor_per_unit * price * 1000 < bought + 1, in integers only
+    exact_numerator = amount_minor * price_digits * 1000
+    denominator = minor_per_unit * 10**places
+    assert bought * denominator <= exact_numerator < (bought + 1) * denominator
+
+
+@pytest.mark.parametrize(("price", "minor"), [("0", 100), ("-1", 100), ("NaN", 100), ("1", 0)])
+def test_a_payment_price_must_be_positive(price: str, minor: int) -> None:
+    with pytest.raises(ValueError):
+        millicredits_for_payment(100, Decimal(price), minor)
