@@ -11,6 +11,7 @@ invariants hold."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ import grpc
 import pytest
 from conftest import AuthorityProcess, Stub, World
 from google.protobuf import descriptor, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from invariants import row_counts, violations
@@ -106,7 +108,19 @@ def fuzz_value(field_descriptor) -> st.SearchStrategy[Any]:
         return st.booleans()
     if field_descriptor.message_type is struct_pb2.Struct.DESCRIPTOR:
         return STRUCT
-    return st.builds(timestamp_pb2.Timestamp, seconds=st.integers(0, 4_000_000_000))
+    if field_descriptor.message_type is timestamp_pb2.Timestamp.DESCRIPTOR:
+        return st.builds(timestamp_pb2.Timestamp, seconds=st.integers(0, 4_000_000_000))
+    return nested_message(field_descriptor.message_type)
+
+
+@st.composite
+def nested_message(draw, descriptor):
+    """A message field of our own (AccountRef): each of its fields set to anything of its type, or not."""
+    message = getattr(admin_pb2, descriptor.name)()
+    for f in descriptor.fields:
+        if draw(st.booleans()):
+            set_field(message, f, draw(fuzz_value(f)))
+    return message
 
 
 # Hypothesis replays and shrinks by the sequence of choices it made, so what a test draws must not depend on
@@ -145,6 +159,9 @@ def valid_values(rpc: str, rows: Rows, draw) -> dict[str, Any]:
         "reason": "fuzz", "name": "Fuzz", "display_name": "Fuzz", "email": "fuzz@example.com",
         "allocated_by": "fuzz", "purchase_amount": "1.00", "purchase_currency": "USD", "limit": 20,
         "role": admin_pb2.MEMBER_ROLE_MEMBER, "kind": 1, "value": 5_000, "metadata": {"source": "fuzz", "n": 1},
+        "account": lambda: admin_pb2.AccountRef(org_id=org, user_id=user if draw(st.booleans()) else ""),
+        "start_time": timestamp_pb2.Timestamp(seconds=int(time.time()) - 30 * 86_400),
+        "window_days": lambda: draw(st.sampled_from([0, 7, 30])),
     }
 
 
@@ -155,7 +172,7 @@ def set_field(message, field_descriptor, value) -> None:
             target.update(value)
         except (ValueError, TypeError):
             pass
-    elif isinstance(target, timestamp_pb2.Timestamp):
+    elif isinstance(target, Message):  # a Timestamp, an AccountRef
         target.CopyFrom(value)
     else:
         setattr(message, field_descriptor.name, value)

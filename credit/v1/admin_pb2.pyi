@@ -1920,3 +1920,350 @@ class ListPurchasesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListPurchasesResponse: _TypeAlias = ListPurchasesResponse  # noqa: Y015
+
+@_typing.final
+class AccountRef(_message.Message):
+    """---- statements and forecasts ----
+
+    Which account a statement or forecast is about: org_id alone is the organization's pool; org_id
+    and user_id a member's allocation there; user_id alone an individual balance.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization (empty for an individual balance)."""
+    user_id: _builtins.str
+    """Member (with org_id) or individual user."""
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountRef: _TypeAlias = AccountRef  # noqa: Y015
+
+@_typing.final
+class GetStatementRequest(_message.Message):
+    """Asks for a statement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> Global___AccountRef:
+        """The account."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the period (inclusive)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the period (exclusive); unset means now."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___AccountRef | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatementRequest: _TypeAlias = GetStatementRequest  # noqa: Y015
+
+@_typing.final
+class StatementLine(_message.Message):
+    """One movement on a statement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    AMOUNT_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"purchase", "top_up", "grant", "refund", "adjustment" or "allocation"."""
+    amount_millicredits: _builtins.int
+    """Millicredits: positive adds to the balance, negative takes from it."""
+    source: _builtins.str
+    """Where it came from: "payment <session id>" or "operator <name>" (credit-creating lines), else who did it."""
+    reference: _builtins.str
+    """The purchase or grant reference."""
+    note: _builtins.str
+    """The ledger note."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When it was written."""
+
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        kind: _builtins.str = ...,
+        amount_millicredits: _builtins.int = ...,
+        source: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_millicredits", b"amount_millicredits", "at", b"at", "kind", b"kind", "note", b"note", "reference", b"reference", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatementLine: _TypeAlias = StatementLine  # noqa: Y015
+
+@_typing.final
+class StatementUsage(_message.Message):
+    """Usage of one model or member in the period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    CREDITS_USED_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """Model name or user id."""
+    requests: _builtins.int
+    """Committed calls."""
+    credits_used_millicredits: _builtins.int
+    """Millicredits charged."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        credits_used_millicredits: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits_used_millicredits", b"credits_used_millicredits", "key", b"key", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatementUsage: _TypeAlias = StatementUsage  # noqa: Y015
+
+@_typing.final
+class Statement(_message.Message):
+    """A statement. Balance means credits not yet used: for a pool, total minus what all its allocations
+    used; for an allocation or an individual balance, limit minus used. Holds are not usage.
+    closing = opening + credits_in + adjustments + allocation_changes - usage.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    OPENING_BALANCE_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    CREDITS_IN_FIELD_NUMBER: _builtins.int
+    ADJUSTMENTS_FIELD_NUMBER: _builtins.int
+    ALLOCATION_CHANGES_FIELD_NUMBER: _builtins.int
+    CREDITS_IN_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    ADJUSTMENTS_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    ALLOCATION_CHANGES_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    USAGE_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    USAGE_BY_MODEL_FIELD_NUMBER: _builtins.int
+    USAGE_BY_MEMBER_FIELD_NUMBER: _builtins.int
+    CLOSING_BALANCE_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    opening_balance_millicredits: _builtins.int
+    """Balance at start_time."""
+    credits_in_millicredits: _builtins.int
+    """Sum of credits_in."""
+    adjustments_millicredits: _builtins.int
+    """Sum of adjustments (negative for refunds)."""
+    allocation_changes_millicredits: _builtins.int
+    """Sum of allocation_changes."""
+    usage_millicredits: _builtins.int
+    """Usage charged in the period."""
+    closing_balance_millicredits: _builtins.int
+    """Balance at end_time."""
+    @_builtins.property
+    def account(self) -> Global___AccountRef:
+        """The account."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The period."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The period's end."""
+
+    @_builtins.property
+    def credits_in(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatementLine]:
+        """Purchases, top-ups and grants in the period, oldest first."""
+
+    @_builtins.property
+    def adjustments(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatementLine]:
+        """Refunds and other adjustments in the period, oldest first."""
+
+    @_builtins.property
+    def allocation_changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatementLine]:
+        """Allocation changes in the period (allocation statements only), oldest first."""
+
+    @_builtins.property
+    def usage_by_model(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatementUsage]:
+        """Usage by model, largest first."""
+
+    @_builtins.property
+    def usage_by_member(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatementUsage]:
+        """Usage by member (pool statements), largest first."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___AccountRef | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        opening_balance_millicredits: _builtins.int = ...,
+        credits_in: _abc.Iterable[Global___StatementLine] | None = ...,
+        adjustments: _abc.Iterable[Global___StatementLine] | None = ...,
+        allocation_changes: _abc.Iterable[Global___StatementLine] | None = ...,
+        credits_in_millicredits: _builtins.int = ...,
+        adjustments_millicredits: _builtins.int = ...,
+        allocation_changes_millicredits: _builtins.int = ...,
+        usage_millicredits: _builtins.int = ...,
+        usage_by_model: _abc.Iterable[Global___StatementUsage] | None = ...,
+        usage_by_member: _abc.Iterable[Global___StatementUsage] | None = ...,
+        closing_balance_millicredits: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "adjustments", b"adjustments", "adjustments_millicredits", b"adjustments_millicredits", "allocation_changes", b"allocation_changes", "allocation_changes_millicredits", b"allocation_changes_millicredits", "closing_balance_millicredits", b"closing_balance_millicredits", "credits_in", b"credits_in", "credits_in_millicredits", b"credits_in_millicredits", "end_time", b"end_time", "opening_balance_millicredits", b"opening_balance_millicredits", "start_time", b"start_time", "usage_by_member", b"usage_by_member", "usage_by_model", b"usage_by_model", "usage_millicredits", b"usage_millicredits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Statement: _TypeAlias = Statement  # noqa: Y015
+
+@_typing.final
+class GetForecastRequest(_message.Message):
+    """Asks for a forecast."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    window_days: _builtins.int
+    """Trailing window the burn rate is measured over, in days, 1 … 365; 0 means 7."""
+    @_builtins.property
+    def account(self) -> Global___AccountRef:
+        """The account: an organization (its pool and every member's allocation) or an individual user."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___AccountRef | None = ...,
+        window_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "window_days", b"window_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetForecastRequest: _TypeAlias = GetForecastRequest  # noqa: Y015
+
+@_typing.final
+class ForecastLine(_message.Message):
+    """Where one account is heading."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REMAINING_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    USED_IN_WINDOW_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    BURN_RATE_MILLICREDITS_PER_DAY_FIELD_NUMBER: _builtins.int
+    RUNS_OUT_AT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Member or individual user (empty for the pool)."""
+    remaining_millicredits: _builtins.int
+    """Credits not yet used now (see Statement), in millicredits."""
+    used_in_window_millicredits: _builtins.int
+    """Usage charged in the window, in millicredits."""
+    burn_rate_millicredits_per_day: _builtins.int
+    """used_in_window / window, in millicredits per day, rounded up."""
+    @_builtins.property
+    def runs_out_at(self) -> _timestamp_pb2.Timestamp:
+        """When remaining runs out at that rate; unset when nothing was used in the window."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        remaining_millicredits: _builtins.int = ...,
+        used_in_window_millicredits: _builtins.int = ...,
+        burn_rate_millicredits_per_day: _builtins.int = ...,
+        runs_out_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["runs_out_at", b"runs_out_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burn_rate_millicredits_per_day", b"burn_rate_millicredits_per_day", "remaining_millicredits", b"remaining_millicredits", "runs_out_at", b"runs_out_at", "used_in_window_millicredits", b"used_in_window_millicredits", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForecastLine: _TypeAlias = ForecastLine  # noqa: Y015
+
+@_typing.final
+class Forecast(_message.Message):
+    """A forecast."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    COMPUTED_AT_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    window_days: _builtins.int
+    """The window, in days."""
+    @_builtins.property
+    def account(self) -> Global___AccountRef:
+        """The account asked about."""
+
+    @_builtins.property
+    def computed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was computed."""
+
+    @_builtins.property
+    def total(self) -> Global___ForecastLine:
+        """The pool (for an organization) or the individual balance."""
+
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForecastLine]:
+        """Each member's allocation (organizations only)."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___AccountRef | None = ...,
+        window_days: _builtins.int = ...,
+        computed_at: _timestamp_pb2.Timestamp | None = ...,
+        total: Global___ForecastLine | None = ...,
+        members: _abc.Iterable[Global___ForecastLine] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "computed_at", b"computed_at", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "computed_at", b"computed_at", "members", b"members", "total", b"total", "window_days", b"window_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Forecast: _TypeAlias = Forecast  # noqa: Y015

@@ -155,6 +155,16 @@ class CreditAdminStub:
                 request_serializer=credit_dot_v1_dot_admin__pb2.ListPurchasesRequest.SerializeToString,
                 response_deserializer=credit_dot_v1_dot_admin__pb2.ListPurchasesResponse.FromString,
                 _registered_method=True)
+        self.GetStatement = channel.unary_unary(
+                '/credit.v1.CreditAdmin/GetStatement',
+                request_serializer=credit_dot_v1_dot_admin__pb2.GetStatementRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.Statement.FromString,
+                _registered_method=True)
+        self.GetForecast = channel.unary_unary(
+                '/credit.v1.CreditAdmin/GetForecast',
+                request_serializer=credit_dot_v1_dot_admin__pb2.GetForecastRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.Forecast.FromString,
+                _registered_method=True)
 
 
 class CreditAdminServicer:
@@ -330,6 +340,23 @@ class CreditAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatement(self, request, context):
+        """A statement of one account for a period, computed from the ledger (role admin or read): the
+        opening balance, every credit that came in (purchases, operator top-ups and grants, each with its
+        source), refunds and adjustments, usage by model and by member, and the closing balance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetForecast(self, request, context):
+        """Burn rate over a trailing window and the projected run-out date of an organization's pool and of
+        each member's allocation, or of an individual balance (role admin or read).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -447,6 +474,16 @@ def add_CreditAdminServicer_to_server(servicer, server):
                     servicer.ListPurchases,
                     request_deserializer=credit_dot_v1_dot_admin__pb2.ListPurchasesRequest.FromString,
                     response_serializer=credit_dot_v1_dot_admin__pb2.ListPurchasesResponse.SerializeToString,
+            ),
+            'GetStatement': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatement,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.GetStatementRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.Statement.SerializeToString,
+            ),
+            'GetForecast': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetForecast,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.GetForecastRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.Forecast.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1076,6 +1113,60 @@ class CreditAdmin:
             '/credit.v1.CreditAdmin/ListPurchases',
             credit_dot_v1_dot_admin__pb2.ListPurchasesRequest.SerializeToString,
             credit_dot_v1_dot_admin__pb2.ListPurchasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/GetStatement',
+            credit_dot_v1_dot_admin__pb2.GetStatementRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.Statement.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetForecast(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/GetForecast',
+            credit_dot_v1_dot_admin__pb2.GetForecastRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.Forecast.FromString,
             options,
             channel_credentials,
             insecure,

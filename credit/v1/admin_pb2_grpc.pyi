@@ -91,6 +91,15 @@ class CreditAdminStub:
     """
     ListPurchases: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPurchasesRequest, _admin_pb2.ListPurchasesResponse]
     """Lists an organization's purchases, newest first (role admin or read)."""
+    GetStatement: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetStatementRequest, _admin_pb2.Statement]
+    """A statement of one account for a period, computed from the ledger (role admin or read): the
+    opening balance, every credit that came in (purchases, operator top-ups and grants, each with its
+    source), refunds and adjustments, usage by model and by member, and the closing balance.
+    """
+    GetForecast: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetForecastRequest, _admin_pb2.Forecast]
+    """Burn rate over a trailing window and the projected run-out date of an organization's pool and of
+    each member's allocation, or of an individual balance (role admin or read).
+    """
 
 @_typing.type_check_only
 class CreditAdminAsyncStub(CreditAdminStub):
@@ -153,6 +162,15 @@ class CreditAdminAsyncStub(CreditAdminStub):
     """
     ListPurchases: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPurchasesRequest, _admin_pb2.ListPurchasesResponse]  # type: ignore[assignment]
     """Lists an organization's purchases, newest first (role admin or read)."""
+    GetStatement: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetStatementRequest, _admin_pb2.Statement]  # type: ignore[assignment]
+    """A statement of one account for a period, computed from the ledger (role admin or read): the
+    opening balance, every credit that came in (purchases, operator top-ups and grants, each with its
+    source), refunds and adjustments, usage by model and by member, and the closing balance.
+    """
+    GetForecast: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetForecastRequest, _admin_pb2.Forecast]  # type: ignore[assignment]
+    """Burn rate over a trailing window and the projected run-out date of an organization's pool and of
+    each member's allocation, or of an individual balance (role admin or read).
+    """
 
 class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
     """Everything that is not the hot path. Requires the admin role (VerifyApiKey:
@@ -350,5 +368,26 @@ class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListPurchasesResponse, _abc.Awaitable[_admin_pb2.ListPurchasesResponse]]:
         """Lists an organization's purchases, newest first (role admin or read)."""
+
+    @_abc_1.abstractmethod
+    def GetStatement(
+        self,
+        request: _admin_pb2.GetStatementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Statement, _abc.Awaitable[_admin_pb2.Statement]]:
+        """A statement of one account for a period, computed from the ledger (role admin or read): the
+        opening balance, every credit that came in (purchases, operator top-ups and grants, each with its
+        source), refunds and adjustments, usage by model and by member, and the closing balance.
+        """
+
+    @_abc_1.abstractmethod
+    def GetForecast(
+        self,
+        request: _admin_pb2.GetForecastRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Forecast, _abc.Awaitable[_admin_pb2.Forecast]]:
+        """Burn rate over a trailing window and the projected run-out date of an organization's pool and of
+        each member's allocation, or of an individual balance (role admin or read).
+        """
 
 def add_CreditAdminServicer_to_server(servicer: CreditAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

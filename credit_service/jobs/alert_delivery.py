@@ -16,7 +16,8 @@ every few seconds anyway, in case a notification was missed), then:
 
 A receiver verifies with `verify_signature(secret, raw_body, header)` or the
 equivalent in its language, and deduplicates on `X-Credit-Event-Id` (the body
-is identical on every attempt).
+is identical on every attempt). Its `forecast` is the burn rate over the 7 days
+before the alert fired and the run-out date at that rate (credit_service/reports.py).
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ import random
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
+from datetime import timezone
 
 import asyncpg
 
 from ..model import AlertEvent, DueAlert
 from ..money import format_credits
+from ..reports import DEFAULT_WINDOW_DAYS as FORECAST_WINDOW_DAYS
+from ..reports import Reports
 from ..settings import AlertSettings
 from ..storage import Storage
 
@@ -68,8 +73,23 @@ def payload(event: AlertEvent) -> bytes:
         "remaining_millicredits": event.remaining_mc,
         "remaining_credits": format_credits(event.remaining_mc),
         "fired_at": event.created_at.isoformat(),
+        "forecast": forecast_fields(event),
     }
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def forecast_fields(event: AlertEvent) -> dict | None:
+    """The burn rate over the FORECAST_WINDOW_DAYS before the alert fired and when, at that rate, the
+    remaining credits run out (None when nothing was used in the window: no date to project)."""
+    if event.burn_rate_mc_per_day is None:
+        return None
+    out = event.runs_out_at
+    return {"window_days": FORECAST_WINDOW_DAYS,
+            "burn_rate_millicredits_per_day": event.burn_rate_mc_per_day,
+            "burn_rate_credits_per_day": format_credits(event.burn_rate_mc_per_day),
+            "runs_out_at": out.isoformat() if out is not None else None,
+            "summary": (f"at this rate, runs out on {out:%Y-%m-%d %H:%M} UTC" if out is not None
+                        else f"nothing was used in the last {FORECAST_WINDOW_DAYS} days")}
 
 
 def retry_delay(attempt: int, settings: AlertSettings) -> float | None:
@@ -108,6 +128,7 @@ class AlertWorker:
         self._database_url = database_url
         self._storage = storage
         self._settings = settings
+        self._reports = Reports(storage)
         self._wake = asyncio.Event()
         self.delivered = 0
 
@@ -148,8 +169,19 @@ class AlertWorker:
             if len(claimed) < 10:
                 break
 
+    async def _with_forecast(self, event: AlertEvent) -> AlertEvent:
+        """The event with its forecast, computed at the first attempt and stored, so later attempts send
+        the same bytes."""
+        if event.burn_rate_mc_per_day is not None:
+            return event
+        line = await self._reports.at_alert(event.org_id, event.user_id, event.remaining_mc,
+                                            event.created_at.astimezone(timezone.utc))
+        rate, out = await self._storage.fix_alert_forecast(event.org_id, event.event_id, line.burn_rate_mc_per_day,
+                                                           line.runs_out_at)
+        return replace(event, burn_rate_mc_per_day=rate, runs_out_at=out)
+
     async def _deliver(self, due: DueAlert) -> None:
-        event, attempt = due.event, due.attempt
+        event, attempt = await self._with_forecast(due.event), due.attempt
         body = payload(event)
         headers = {"Content-Type": "application/json", "User-Agent": "credit-authority-alerts/1",
                    SIGNATURE_HEADER: sign(due.webhook_secret, body), "X-Credit-Event": EVENT_TYPE,

@@ -17,15 +17,21 @@ from credit.v1 import admin_pb2, authority_pb2, types_pb2
 
 from ..errors import InvalidArgument
 from ..model import (
+    Account,
     AlertEvent,
     AlertThreshold,
     AlertWebhook,
     ApiKeyRow,
     Balance,
+    Forecast,
+    ForecastLine,
     MemberRow,
     OrgSummary,
     PaymentOutcome,
     Purchase,
+    Statement,
+    StatementLine,
+    StatementUsage,
     UsageGroup,
     UsageRecord,
 )
@@ -202,3 +208,46 @@ def payment_outcome_message(outcome: PaymentOutcome) -> admin_pb2.ApplyPaymentEv
     return admin_pb2.ApplyPaymentEventResponse(
         event_id=outcome.event_id, event_type=outcome.event_type, outcome=outcome.outcome,
         purchase=purchase_message(outcome.purchase) if outcome.purchase is not None else None)
+
+
+# ---- statements and forecasts ----
+
+
+def account_message(account: Account) -> admin_pb2.AccountRef:
+    return admin_pb2.AccountRef(org_id=account.org_id or "", user_id=account.user_id or "")
+
+
+def statement_line_message(line: StatementLine) -> admin_pb2.StatementLine:
+    return admin_pb2.StatementLine(at=timestamp(line.at), kind=line.kind, amount_millicredits=line.amount_mc,
+                                   source=line.source, reference=line.reference, note=line.note)
+
+
+def statement_usage_message(usage: StatementUsage) -> admin_pb2.StatementUsage:
+    return admin_pb2.StatementUsage(key=usage.key, requests=usage.requests,
+                                    credits_used_millicredits=usage.credits_used_mc)
+
+
+def statement_message(s: Statement) -> admin_pb2.Statement:
+    return admin_pb2.Statement(
+        account=account_message(s.account), start_time=timestamp(s.start), end_time=timestamp(s.end),
+        opening_balance_millicredits=s.opening_mc, closing_balance_millicredits=s.closing_mc,
+        credits_in=[statement_line_message(x) for x in s.credits_in],
+        adjustments=[statement_line_message(x) for x in s.adjustments],
+        allocation_changes=[statement_line_message(x) for x in s.allocation_changes],
+        credits_in_millicredits=s.credits_in_mc, adjustments_millicredits=s.adjustments_mc,
+        allocation_changes_millicredits=s.allocation_changes_mc, usage_millicredits=s.usage_mc,
+        usage_by_model=[statement_usage_message(u) for u in s.usage_by_model],
+        usage_by_member=[statement_usage_message(u) for u in s.usage_by_member])
+
+
+def forecast_line_message(line: ForecastLine) -> admin_pb2.ForecastLine:
+    return admin_pb2.ForecastLine(user_id=line.user_id or "", remaining_millicredits=line.remaining_mc,
+                                  used_in_window_millicredits=line.used_in_window_mc,
+                                  burn_rate_millicredits_per_day=line.burn_rate_mc_per_day,
+                                  runs_out_at=timestamp(line.runs_out_at))
+
+
+def forecast_message(f: Forecast) -> admin_pb2.Forecast:
+    return admin_pb2.Forecast(account=account_message(f.account), window_days=f.window_days,
+                              computed_at=timestamp(f.computed_at), total=forecast_line_message(f.total),
+                              members=[forecast_line_message(m) for m in f.members])

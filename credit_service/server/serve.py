@@ -23,6 +23,7 @@ from ..embedded_db import ensure_database
 from ..jobs import Sweeper, start_jobs
 from ..migrate import migrate
 from ..payments import Payments
+from ..reports import Reports
 from ..settings import Settings
 from ..storage import Storage
 from .rpc import DATABASE_DOWN, MAX_MESSAGE_BYTES
@@ -63,8 +64,8 @@ async def start_server(settings: Settings, storage: Storage,
     authority_pb2_grpc.add_CreditAuthorityServicer_to_server(AuthorityServicer(authority, auth, settings.access_log),
                                                              server)
     payments = Payments(storage, settings.payments)
-    admin_pb2_grpc.add_CreditAdminServicer_to_server(AdminServicer(authority, auth, settings.access_log, payments),
-                                                     server)
+    admin = AdminServicer(authority, auth, settings.access_log, payments, Reports(storage))
+    admin_pb2_grpc.add_CreditAdminServicer_to_server(admin, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (authority_pb2.DESCRIPTOR.services_by_name["CreditAuthority"].full_name,

@@ -9,6 +9,7 @@ from .. import metrics
 from ..auth import Caller, Role, TokenAuthenticator
 from ..authority import CreditAuthority, UsageQuery
 from ..payments import Payments
+from ..reports import Reports
 from .messages import (
     GROUPINGS,
     KEY_KINDS,
@@ -19,12 +20,14 @@ from .messages import (
     alert_webhook_message,
     balance_response,
     enum_value,
+    forecast_message,
     funding_message,
     key_message,
     member_message,
     org_message,
     payment_outcome_message,
     purchase_message,
+    statement_message,
     struct_to_dict,
     time_field,
     timestamp,
@@ -84,9 +87,11 @@ class AuthorityServicer(Servicer, authority_pb2_grpc.CreditAuthorityServicer):
 class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
     """credit.v1.CreditAdmin: everything that is not the hot path."""
 
-    def __init__(self, authority: CreditAuthority, auth: TokenAuthenticator, access_log: bool, payments: Payments):
+    def __init__(self, authority: CreditAuthority, auth: TokenAuthenticator, access_log: bool, payments: Payments,
+                 reports: Reports):
         super().__init__(authority, auth, access_log)
         self.payments = payments
+        self.reports = reports
 
     @rpc(Role.ADMIN)
     async def CreateUser(self, request: admin_pb2.CreateUserRequest, caller: Caller) -> admin_pb2.User:
@@ -239,3 +244,16 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
                             caller: Caller) -> admin_pb2.ListPurchasesResponse:
         purchases = await self.payments.list_purchases(request.org_id, request.limit)
         return admin_pb2.ListPurchasesResponse(purchases=[purchase_message(p) for p in purchases])
+
+    # ---- statements and forecasts (credit_service/reports.py) ----
+
+    @rpc(Role.ADMIN, Role.READ)
+    async def GetStatement(self, request: admin_pb2.GetStatementRequest, caller: Caller) -> admin_pb2.Statement:
+        return statement_message(await self.reports.statement(
+            request.account.org_id, request.account.user_id, time_field(request, "start_time"),
+            time_field(request, "end_time")))
+
+    @rpc(Role.ADMIN, Role.READ)
+    async def GetForecast(self, request: admin_pb2.GetForecastRequest, caller: Caller) -> admin_pb2.Forecast:
+        return forecast_message(await self.reports.forecast(request.account.org_id, request.account.user_id,
+                                                            request.window_days))

@@ -3,6 +3,8 @@ fires, and the worker's side: consuming pool checks, leasing due deliveries, rec
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import asyncpg
 
 from ..errors import FailedPrecondition, NotFound
@@ -215,6 +217,18 @@ class AlertQueries(Queries):
                           last_status_code = $5, last_error = $6, lease_until = NULL
                     WHERE org_id = $1 AND event_id = $2""",
                 org_id, event_id, delivered, retry_in_seconds, status_code, error)
+
+    async def fix_alert_forecast(self, org_id: str, event_id: int, burn_rate_mc_per_day: int,
+                                 runs_out_at: datetime | None) -> tuple[int, datetime | None]:
+        """Keeps the first forecast computed for an alert (a replica that computed one concurrently gets
+        the stored one back): (burn rate, run-out time) as stored."""
+        row = await self.pool.fetchrow(
+            """UPDATE alert_events
+                  SET burn_rate_mc_per_day = coalesce(burn_rate_mc_per_day, $3),
+                      runs_out_at = CASE WHEN burn_rate_mc_per_day IS NULL THEN $4 ELSE runs_out_at END
+                WHERE org_id = $1 AND event_id = $2
+            RETURNING burn_rate_mc_per_day, runs_out_at""", org_id, event_id, burn_rate_mc_per_day, runs_out_at)
+        return row["burn_rate_mc_per_day"], row["runs_out_at"]
 
     async def next_alert_due_seconds(self) -> float | None:
         """Seconds until the next pending alert is due (0 when overdue), or None when none is pending."""
