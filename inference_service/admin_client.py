@@ -6,7 +6,8 @@ that create something new each time they run, CreateApiKey and CreateAlertThresh
 once: a retry after a lost answer could create a second key or threshold. DeleteAlertThreshold is
 sent once too: its retry would answer NOT_FOUND for a threshold the first attempt deleted.
 RecordCheckout is repeatable (one purchase per Stripe session id), and so is ApplyPaymentEvent
-(the authority applies each Stripe event once, however often it is delivered).
+(the authority applies each Stripe event once, however often it is delivered). GetStatement and
+GetForecast are reads.
 
 Errors are the authority's `grpc.aio.AioRpcError`, or whatever `with_errors` maps them to.
 """
@@ -111,3 +112,11 @@ class AdminCalls:
 
     async def list_purchases(self, request: admin_pb2.ListPurchasesRequest) -> admin_pb2.ListPurchasesResponse:
         return await self._send(self.stub.ListPurchases, request)
+
+    # ---- statements and forecasts ----
+
+    async def get_statement(self, request: admin_pb2.GetStatementRequest) -> admin_pb2.Statement:
+        return await self._send(self.stub.GetStatement, request)  # a read
+
+    async def get_forecast(self, request: admin_pb2.GetForecastRequest) -> admin_pb2.Forecast:
+        return await self._send(self.stub.GetForecast, request)  # a read

@@ -54,6 +54,7 @@ _STATUS_NAMES = {admin_pb2.ALERT_DELIVERY_STATUS_PENDING: "pending",
                  admin_pb2.ALERT_DELIVERY_STATUS_FAILED: "failed",
                  admin_pb2.ALERT_DELIVERY_STATUS_NO_WEBHOOK: "no_webhook"}
 _CREDITS = re.compile(r"\d{1,13}(\.\d{1,3})?")
+_NUMBER = re.compile(r"-?\d{1,30}(\.\d{1,30})?")  # what csv_cell leaves alone: no formula is only digits
 # The console's pages load only from this origin: no CDN, no inline script.
 STATIC_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -243,9 +244,13 @@ def record_dict(r: admin_pb2.UsageRecord) -> dict[str, Any]:
             "overrun": r.overrun, "late": r.late, "metadata": metadata}
 
 
-def _csv_cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
+    """One CSV cell that a spreadsheet shows as written, never runs: text starting with = + - @ tab or CR
+    gets a leading quote (a plain number such as -5.000 stays a number). Every CSV the console serves
+    writes its cells through this."""
     text = "" if value is None else json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
-    # Keep spreadsheets from running a cell as a formula.
+    if _NUMBER.fullmatch(text):
+        return text
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
@@ -259,7 +264,7 @@ def csv_of_records(records: list[dict[str, Any]]) -> str:
                "provider": meta.get("provider"), "prompt_tokens": meta.get("prompt_tokens"),
                "completion_tokens": meta.get("completion_tokens"), "total_tokens": meta.get("total_tokens"),
                "end_user": meta.get("end_user")}
-        writer.writerow([_csv_cell(row.get(c)) for c in CSV_COLUMNS])
+        writer.writerow([csv_cell(row.get(c)) for c in CSV_COLUMNS])
     return out.getvalue()
 
 
