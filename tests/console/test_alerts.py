@@ -11,15 +11,19 @@ import hmac
 import secrets
 import time
 import uuid
+from datetime import datetime, timedelta
 
 import asyncpg
 import grpc
 import pytest
 from conftest import Stub, free_port
 from helpers import reserve_request
+from test_forecast import DAY, MICROSECOND, Charge, write_charges
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
 from credit_service.jobs.alert_delivery import verify_signature
+from credit_service.money import format_credits
+from credit_service.reports import DEFAULT_WINDOW_DAYS
 
 from .conftest import WebhookReceiver
 
@@ -57,6 +61,19 @@ def threshold(admin, org_id: str, user_id: str = "", kind=ABSOLUTE, value: int =
         org_id=org_id, user_id=user_id, kind=kind, value=value)).threshold
 
 
+def assert_forecast(body: dict, used_in_window: int) -> None:
+    """The alert's forecast: the usage of the DEFAULT_WINDOW_DAYS before it fired per day, rounded up, and when
+    the remaining credits it reports run out at that rate, counted from when it fired (to the microsecond)."""
+    rate = -(-used_in_window // DEFAULT_WINDOW_DAYS)
+    runs_out = datetime.fromisoformat(body["fired_at"]) + timedelta(
+        microseconds=body["remaining_millicredits"] * (DAY // MICROSECOND) // rate)
+    forecast = body["forecast"]
+    assert (forecast["window_days"], forecast["burn_rate_millicredits_per_day"],
+            forecast["burn_rate_credits_per_day"]) == (DEFAULT_WINDOW_DAYS, rate, format_credits(rate))
+    assert datetime.fromisoformat(forecast["runs_out_at"]) == runs_out
+    assert f"runs out on {runs_out:%Y-%m-%d %H:%M} UTC" in forecast["summary"]
+
+
 def test_a_commit_crossing_an_allocation_threshold_sends_exactly_one_signed_alert(
         console_authority, world, admin, spend, receiver):
     org_id, user_id = world.funded_member(allocation_mc=10_000)
@@ -65,10 +82,10 @@ def test_a_commit_crossing_an_allocation_threshold_sends_exactly_one_signed_aler
     assert created.state == admin_pb2.ALERT_THRESHOLD_STATE_ARMED
     assert (created.remaining_millicredits, created.threshold_millicredits) == (10_000, 3_000)
 
-    spend_mc(spend, user_id, org_id, 6_000)  # 4,000 left: above
+    above = spend_mc(spend, user_id, org_id, 6_000)  # 4,000 left: above
     time.sleep(0.5)
     assert receiver.received == [] and events(admin, org_id) == []
-    spend_mc(spend, user_id, org_id, 1_500)  # 2,500 left: crosses
+    crossing = spend_mc(spend, user_id, org_id, 1_500)  # 2,500 left: crosses
     for _ in range(3):  # more spending below the threshold: no second alert
         spend_mc(spend, user_id, org_id, 100)
 
@@ -88,6 +105,8 @@ def test_a_commit_crossing_an_allocation_threshold_sends_exactly_one_signed_aler
     assert body["threshold"] == {"id": created.threshold_id, "kind": "absolute", "value": 3_000,
                                  "millicredits": 3_000, "credits": "3.000"}
     assert call.headers["x-credit-event-id"] == body["id"]
+    # The spending after the alert fired is not in its forecast.
+    assert_forecast(body, above.charged_millicredits + crossing.charged_millicredits)
 
     [event] = wait_status(admin, org_id, admin_pb2.ALERT_DELIVERY_STATUS_DELIVERED)
     assert event.attempts == 1 and event.remaining_millicredits == 2_500
@@ -175,14 +194,19 @@ def test_concurrent_commits_crossing_a_pool_threshold_alert_exactly_once(console
 
 
 def test_a_failed_delivery_is_retried_with_backoff_and_every_attempt_recorded(console_authority, world, admin,
-                                                                             spend, receiver):
+                                                                             spend, receiver, database_url):
     org_id, user_id = world.funded_member(allocation_mc=5_000)
+    # Earlier usage, with known timestamps: three days ago (in the alert's forecast window), ten days ago (not).
+    history = [Charge(user_id, org_id, 500, 3 * DAY), Charge(user_id, org_id, 1_000, 10 * DAY)]
+    write_charges(database_url, history)
     secret = webhook(admin, org_id, receiver)
     receiver.statuses = [500, 503]
     threshold(admin, org_id, user_id, ABSOLUTE, 1_000)
-    spend_mc(spend, user_id, org_id, 4_500)
+    crossing = spend_mc(spend, user_id, org_id, 3_000)  # 500 left
     calls = receiver.wait_for(3, timeout=30)
     assert len({c.body for c in calls}) == 1, "every attempt sends the same body"
+    in_window = sum(c.amount for c in history if c.ago < DEFAULT_WINDOW_DAYS * DAY)
+    assert_forecast(calls[0].json(), in_window + crossing.charged_millicredits)
     assert [c.headers["x-credit-delivery-attempt"] for c in calls] == ["1", "2", "3"]
     assert all(verify_signature(secret, c.body, c.headers["x-credit-signature"]) for c in calls)
     [event] = wait_status(admin, org_id, admin_pb2.ALERT_DELIVERY_STATUS_DELIVERED)
