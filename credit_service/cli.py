@@ -8,8 +8,10 @@ unset it falls back to the values `make run` wrote to .data/demo.env.
 from __future__ import annotations
 
 import argparse
+import csv
+import re
 import sys
-from datetime import datetime, timezone
+from datetime import date, datetime, time, timedelta, timezone
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -23,6 +25,9 @@ from .settings import LOCAL_AUTHORITY_ADDR, AdminCliSettings
 ROLES = {"owner": admin_pb2.MEMBER_ROLE_OWNER, "admin": admin_pb2.MEMBER_ROLE_ADMIN,
          "member": admin_pb2.MEMBER_ROLE_MEMBER}
 ROLE_NAMES = {v: k for k, v in ROLES.items()}
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+STATEMENT_CSV_COLUMNS = ("section", "at", "kind", "key", "requests", "credits", "millicredits", "source",
+                         "reference", "note")
 GROUPS = {"user": admin_pb2.USAGE_GROUP_BY_USER, "model": admin_pb2.USAGE_GROUP_BY_MODEL,
           "service_type": admin_pb2.USAGE_GROUP_BY_SERVICE_TYPE, "day": admin_pb2.USAGE_GROUP_BY_DAY}
 
@@ -50,6 +55,56 @@ def timestamp(text: str) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(moment)
     return ts
+
+
+def day(text: str) -> date:
+    try:
+        if DATE.fullmatch(text):
+            return date.fromisoformat(text)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"not a date written YYYY-MM-DD: {text!r}")
+
+
+def statement_period(first: date | None, last: date | None, now: datetime) -> tuple[datetime, datetime | None]:
+    """[start, end) in UTC of the days asked for, `last` included; by default this month so far. The end is
+    None (now) when the last day has not ended yet."""
+    last_day = last or now.date()
+    start = datetime.combine(first or last_day.replace(day=1), time(), timezone.utc)
+    end = datetime.combine(last_day + timedelta(days=1), time(), timezone.utc)
+    return start, None if end > now else end
+
+
+def time_text(ts: timestamp_pb2.Timestamp, timespec: str = "seconds") -> str:
+    return ts.ToDatetime(timezone.utc).isoformat(timespec=timespec)
+
+
+def csv_cell(value: object) -> str:
+    """A cell a spreadsheet shows as written, never runs (as the console's CSV exports escape them): text
+    starting with = + - @ tab or CR gets a leading quote, unless it is a plain number such as -5.000."""
+    text = "" if value is None else str(value)
+    if re.fullmatch(r"-?\d+(\.\d+)?", text) or text[:1] not in ("=", "+", "-", "@", "\t", "\r"):
+        return text
+    return "'" + text
+
+
+def account_text(account: admin_pb2.AccountRef) -> str:
+    if not account.user_id:
+        return f"pool of {account.org_id}"
+    return f"allocation of {account.user_id} in {account.org_id}" if account.org_id else \
+        f"individual balance of {account.user_id}"
+
+
+class UsageError(Exception):
+    """A command line that names no account, or two."""
+
+
+def account_ref(a: argparse.Namespace) -> admin_pb2.AccountRef:
+    if a.individual and (a.org_id or a.user):
+        raise UsageError("--individual USER names an individual balance: give it without ORG or --user")
+    if not (a.individual or a.org_id):
+        raise UsageError("give ORG (its pool, or with --user a member's allocation) or --individual USER")
+    return admin_pb2.AccountRef(org_id=a.org_id or "", user_id=a.individual or a.user or "")
 
 
 def funding_text(funding: types_pb2.Funding) -> str:
@@ -170,6 +225,82 @@ class Commands:
                          for r in result.records])
         print(f"total: {result.total_requests} requests, {format_credits(result.total_millicredits)} credits")
 
+    def cmd_statement(self, a):
+        start, end = statement_period(a.since, a.until, datetime.now(timezone.utc))
+        request = admin_pb2.GetStatementRequest(account=account_ref(a))
+        request.start_time.FromDatetime(start)
+        if end is not None:
+            request.end_time.FromDatetime(end)
+        s = self._call(self.admin.GetStatement, request)
+        (print_statement_csv if a.csv else print_statement)(s)
+
+    def cmd_forecast(self, a):
+        f = self._call(self.admin.GetForecast, admin_pb2.GetForecastRequest(account=account_ref(a),
+                                                                            window_days=a.window_days))
+        print(f"forecast of the {account_text(f.account)} over the last {f.window_days} days, "
+              f"computed at {time_text(f.computed_at, 'microseconds')}")
+        lines = [("pool" if f.account.org_id else "individual", f.total)] + [("member", m) for m in f.members]
+        print_table(["account", "user", "remaining", "used in window", "burn rate per day", "runs out at"],
+                    [[kind, line.user_id, format_credits(line.remaining_millicredits),
+                      format_credits(line.used_in_window_millicredits),
+                      format_credits(line.burn_rate_millicredits_per_day),
+                      time_text(line.runs_out_at, "microseconds") if line.HasField("runs_out_at") else "never"]
+                     for kind, line in lines])
+
+
+STATEMENT_LISTS = (("credits in", "credits_in"), ("adjustments", "adjustments"),
+                   ("allocation changes", "allocation_changes"))
+
+
+def print_statement(s: admin_pb2.Statement) -> None:
+    """The statement as text: balances and totals as `label: credits` lines, each list as a table."""
+    print(f"statement of the {account_text(s.account)}")
+    print(f"period: {time_text(s.start_time)} to {time_text(s.end_time)} (UTC)")
+    print(f"opening balance: {format_credits(s.opening_balance_millicredits)}")
+    for label, name in STATEMENT_LISTS:
+        print(f"{label}: {format_credits(getattr(s, name + '_millicredits'))}")
+        lines = getattr(s, name)
+        if lines:
+            print_table(["time", "kind", "credits", "source", "reference"],
+                        [[time_text(x.at), x.kind, format_credits(x.amount_millicredits), x.source,
+                          x.reference] for x in lines])
+    print(f"usage: {format_credits(s.usage_millicredits)}")
+    for label, groups in (("model", s.usage_by_model), ("member", s.usage_by_member)):
+        if groups:
+            print_table([label, "requests", "credits"],
+                        [[g.key or "(none)", str(g.requests), format_credits(g.credits_used_millicredits)]
+                         for g in groups])
+    print(f"closing balance: {format_credits(s.closing_balance_millicredits)}")
+
+
+def print_statement_csv(s: admin_pb2.Statement) -> None:
+    """The statement as the console's CSV export writes it: one table; the totals signed (+ in, − out)."""
+    writer = csv.writer(sys.stdout, lineterminator="\r\n")
+    writer.writerow(STATEMENT_CSV_COLUMNS)
+
+    def row(section: str, mc: int | None = None, **cells) -> None:
+        if mc is not None:
+            cells.update(credits=format_credits(mc), millicredits=mc)
+        writer.writerow([csv_cell(section if c == "section" else cells.get(c)) for c in STATEMENT_CSV_COLUMNS])
+
+    row("account", kind=account_text(s.account).split(" ")[0], key=s.account.user_id or s.account.org_id,
+        source=s.account.org_id, note=f"{time_text(s.start_time)} to {time_text(s.end_time)}")
+    row("opening_balance", s.opening_balance_millicredits, at=time_text(s.start_time))
+    for section, name in (("credits_in", "credits_in"), ("adjustment", "adjustments"),
+                          ("allocation_change", "allocation_changes")):
+        for x in getattr(s, name):
+            row(section, x.amount_millicredits, at=time_text(x.at), kind=x.kind, source=x.source,
+                reference=x.reference, note=x.note)
+    for section, groups in (("usage_by_model", s.usage_by_model), ("usage_by_member", s.usage_by_member)):
+        for g in groups:
+            row(section, g.credits_used_millicredits, key=g.key, requests=g.requests)
+    for section, mc in (("total_credits_in", s.credits_in_millicredits),
+                        ("total_adjustments", s.adjustments_millicredits),
+                        ("total_allocation_changes", s.allocation_changes_millicredits),
+                        ("total_usage", -s.usage_millicredits)):
+        row(section, mc)
+    row("closing_balance", s.closing_balance_millicredits, at=time_text(s.end_time))
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creditctl", description=__doc__.splitlines()[0])
@@ -208,6 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("usage", "usage rows or groups", arg("--org", default=""), arg("--user", default=""),
         arg("--model", default=""), arg("--service-type", default=""), arg("--since", type=timestamp),
         arg("--until", type=timestamp), arg("--by", choices=list(GROUPS)), arg("--limit", type=int, default=50))
+    add("statement", "an account's statement: opening balance, credits in with their source, refunds and "
+                     "adjustments, allocation changes, usage by model and member, closing balance",
+        arg("org_id", nargs="?", metavar="ORG"), arg("--user", help="a member: the statement of their allocation"),
+        arg("--individual", metavar="USER", help="an individual balance (instead of ORG)"),
+        arg("--from", dest="since", type=day, metavar="YYYY-MM-DD", help="first day (UTC; default: the 1st of the "
+                                                                          "month of --to, or of this month)"),
+        arg("--to", dest="until", type=day, metavar="YYYY-MM-DD", help="last day, included (default: today)"),
+        arg("--csv", action="store_true", help="CSV, as the console exports it"))
+    forecast = add("forecast", "burn rate over a trailing window and the projected run-out time of a pool and each "
+                    "member's allocation, or of an individual balance",
+        arg("org_id", nargs="?", metavar="ORG"), arg("--individual", metavar="USER"),
+        arg("--window-days", type=int, default=0, help="trailing window in days, 1-365 (default 7)"))
+    forecast.set_defaults(user=None)  # an organization's forecast covers every member
     return parser
 
 
@@ -225,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
                             (("authorization", f"Bearer {token}"),))
         try:
             commands.run(args)
+        except UsageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         except grpc.RpcError as error:
             print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1
