@@ -1,13 +1,17 @@
 /* The credit console: plain JavaScript over the console REST API (/api/v1/console/…).
  * No build step. The API key lives in sessionStorage (this tab only) and is sent as
- * `Authorization: Bearer …`. Everything shown is built with textContent, never HTML. */
+ * `Authorization: Bearer …`. Everything shown is built with textContent, never HTML.
+ * This file signs in and shows the balance, the organization and usage; the other parts (keys.js,
+ * alerts.js, payments.js, reports.js) use its helpers (window.creditConsole), start on
+ * `console:started` (detail: the signed-in viewer, /me) and fill their member lists on
+ * `console:members` (detail: the org's members, admins only). */
 (function () {
   "use strict";
 
   const KEY = "creditConsole.apiKey";
   const ORG = "creditConsole.org";
   const $ = (selector, root) => (root || document).querySelector(selector);
-  const state = { me: null, members: [], charts: {} };
+  const state = { me: null, members: [], charts: {}, startJobs: [] };
   window.consoleCharts = state.charts; // read by the browser tests
 
   // ---- small helpers ----
@@ -116,6 +120,7 @@
     sessionStorage.removeItem(KEY);
     sessionStorage.removeItem(ORG);
     state.me = null;
+    state.members = [];
     document.body.className = "";
     $("#app").hidden = true;
     $("#identity").hidden = true;
@@ -136,11 +141,29 @@
     $("#who").textContent = `Signed in as ${me.user_id}${where}`;
     showBalance(me);
     setRange(30, false);
-    const jobs = [loadUsage(), loadKeys()];
+    const jobs = [loadUsage()];
     if (me.view === "admin") jobs.push(loadOrg());
-    if (me.org_id) jobs.push(loadAlerts());
-    await Promise.all(jobs.map((job) => job.catch((error) => fail(error.message))));
-    document.dispatchEvent(new CustomEvent("console:started", { detail: me })); // payments.js
+    state.startJobs = [];
+    document.dispatchEvent(new CustomEvent("console:started", { detail: me }));
+    await Promise.all([...jobs, ...state.startJobs].map((job) => job.catch((error) => fail(error.message))));
+  }
+
+  /** Runs `handler(me)` whenever the console starts, and now when it already has (a script loaded late). */
+  function onStart(handler) {
+    document.addEventListener("console:started", (event) => handler(event.detail));
+    if (state.me) handler(state.me);
+  }
+
+  /** A part's first load, which signing in waits for (so the page is complete when it shows). */
+  function duringStart(job) {
+    state.startJobs.push(job);
+    return job;
+  }
+
+  /** Runs `handler(members)` whenever the organization's members are (re)loaded, and now if they were. */
+  function onMembers(handler) {
+    document.addEventListener("console:members", (event) => handler(event.detail));
+    if (state.members.length) handler(state.members);
   }
 
   function showBalance(me) {
@@ -194,20 +217,17 @@
         el("td", { class: "num", text: credits(m.held) }), el("td", { class: "num", text: credits(m.remaining) }),
         el("td", {}, form));
     });
-    const options = (label) => data.members.map((m) => el("option", { value: m.user_id, text: label(m.user_id) }));
-    const rangeSelect = $("#range-form select[name=user_id]");
-    const keepRange = rangeSelect.value;
-    rangeSelect.replaceChildren(el("option", { value: "", text: "All members" }), ...options((u) => u));
-    rangeSelect.value = keepRange;
-    const keySelect = $("#key-form select[name=user_id]");
-    const keepKey = keySelect.value || state.me.user_id;
-    keySelect.replaceChildren(...options((u) => u));
-    keySelect.value = keepKey;
-    const thresholdSelect = $("#threshold-form select[name=user_id]");
-    const keepThreshold = thresholdSelect.value;
-    thresholdSelect.replaceChildren(el("option", { value: "", text: "The organization's pool" }),
-      ...options((u) => `${u}'s allocation`));
-    thresholdSelect.value = keepThreshold;
+    fillMembers($("#range-form select[name=user_id]"), data.members, (u) => u, "All members");
+    document.dispatchEvent(new CustomEvent("console:members", { detail: data.members })); // keys.js, alerts.js
+  }
+
+  /** A <select> of the members (after an optional first option with value ""), keeping its choice. */
+  function fillMembers(select, members, label, first, fallback) {
+    const keep = select.value || fallback || "";
+    const options = members.map((m) => el("option", { value: m.user_id, text: label(m.user_id) }));
+    select.replaceChildren(...(first ? [el("option", { value: "", text: first })] : []), ...options);
+    select.value = keep;
+    if (select.selectedIndex < 0) select.selectedIndex = 0; // the kept one is gone
   }
 
   // ---- usage ----
@@ -331,109 +351,10 @@
     }, "CSV exported.");
   });
 
-  // ---- API keys ----
+  // ---- what keys.js, alerts.js, payments.js and reports.js use ----
 
-  async function loadKeys() {
-    const keys = (await api("/api/v1/console/keys")).data;
-    fillTable($("#keys-table"), keys, (k) => {
-      const mine = state.me && k.key_id === state.me.key_id;
-      const action = k.active
-        ? el("button", { type: "button", class: "danger", "aria-label": `Revoke ${k.key_id}`, text: "Revoke",
-          onclick: (event) => {
-            const warning = mine ? "This is the key you are signed in with. " : "";
-            if (!window.confirm(`${warning}Revoke ${k.key_id}? Requests with it stop within seconds.`)) return;
-            act(event.target, async () => {
-              await api(`/api/v1/console/keys/${encodeURIComponent(k.key_id)}`, { method: "DELETE" });
-              await loadKeys();
-            }, `Key ${k.key_id} revoked.`);
-          } })
-        : "";
-      return el("tr", { "data-key": k.key_id },
-        el("td", {}, el("code", { text: k.key_id }), mine ? " (this session)" : ""), el("td", { text: k.user_id }),
-        el("td", { text: k.name }), el("td", { text: k.org_id || "—" }), el("td", { text: when(k.created_at) }),
-        el("td", {}, el("span", { class: `badge ${k.active ? "ok" : "bad"}`,
-          text: k.active ? "active" : `revoked ${when(k.revoked_at)}` })),
-        el("td", {}, action));
-    });
-  }
-
-  $("#key-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const form = event.target;
-    const body = { name: form.elements.name.value.trim() };
-    if (state.me.view === "admin") body.user_id = form.elements.user_id.value;
-    act($("button", form), async () => {
-      const created = await api("/api/v1/console/keys", { method: "POST", body });
-      $("#new-secret-user").textContent = created.user_id;
-      $("#new-secret-value").textContent = created.secret;
-      $("#new-secret").hidden = false;
-      $("#new-secret").focus();
-      form.elements.name.value = "";
-      await loadKeys();
-    }, "Key created.");
-  });
-
-  // ---- alerts ----
-
-  function thresholdText(t) {
-    return t.kind === "percent" ? `${t.value} % (${credits(t.threshold)} credits)` : `${credits(t.threshold)} credits`;
-  }
-
-  async function loadAlerts() {
-    const data = await api("/api/v1/console/alerts");
-    const admin = state.me.view === "admin";
-    if (data.webhook) {
-      $("#webhook-current").textContent = data.webhook.url
-        ? `Alerts go to ${data.webhook.url} (secret set; it is never shown).` : "No webhook yet: alerts are only recorded.";
-      $("#webhook-form").elements.url.value = data.webhook.url || "";
-    }
-    fillTable($("#thresholds-table"), data.thresholds, (t) => {
-      const remove = el("button", { type: "button", class: "danger", text: "Remove",
-        "aria-label": `Remove threshold ${t.threshold_id}`, onclick: (event) => act(event.target, async () => {
-          await api(`/api/v1/console/alerts/thresholds/${t.threshold_id}`, { method: "DELETE" });
-          await loadAlerts();
-        }, "Threshold removed.") });
-      return el("tr", { "data-threshold": t.threshold_id },
-        el("td", { text: t.scope === "pool" ? "Organization pool" : `${t.user_id}'s allocation` }),
-        el("td", { text: thresholdText(t) }), el("td", { class: "num", text: credits(t.remaining) }),
-        el("td", {}, el("span", { class: `badge ${t.state === "armed" ? "ok" : "warn"}`,
-          text: t.state === "armed" ? "armed" : "fired (re-arms above)" })),
-        admin ? el("td", { "data-view": "admin" }, remove) : null);
-    });
-    fillTable($("#events-table"), data.events, (e) => el("tr", { "data-event": e.event_id },
-      el("td", { text: when(e.created_at) }),
-      el("td", { text: e.scope === "pool" ? "Organization pool" : `${e.user_id}'s allocation` }),
-      el("td", { text: thresholdText(e) }), el("td", { class: "num", text: credits(e.remaining) }),
-      el("td", {}, el("span", { class: `badge ${e.status === "delivered" ? "ok" : e.status === "pending" ? "warn"
-        : "bad"}`, text: e.status.replace("_", " ") })),
-      el("td", { class: "num", text: e.attempts }), el("td", { text: e.last_error || "" })));
-  }
-
-  $("#webhook-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const form = event.target;
-    const body = { url: form.elements.url.value.trim(), secret: form.elements.secret.value };
-    act($("button", form), async () => {
-      await api("/api/v1/console/alerts/webhook", { method: "POST", body });
-      form.elements.secret.value = "";
-      await loadAlerts();
-    }, body.url ? "Webhook saved." : "Webhook removed.");
-  });
-
-  $("#threshold-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const form = event.target;
-    const body = Object.fromEntries(new FormData(form));
-    act($("button", form), async () => {
-      await api("/api/v1/console/alerts/thresholds", { method: "POST", body });
-      form.elements.value.value = "";
-      await loadAlerts();
-    }, "Threshold added.");
-  });
-
-  // ---- what payments.js (Buy credits) uses ----
-
-  window.creditConsole = { api, act, el, credits, when, say, fail, fillTable, refreshAll };
+  window.creditConsole = { api, act, el, credits, when, say, fail, fillTable, fillMembers, refreshAll, onStart,
+    onMembers, duringStart, me: () => state.me };
 
   // ---- wiring ----
 

@@ -96,9 +96,9 @@
     notice.textContent = "Stripe has not confirmed the payment yet; the purchase stays pending below.";
   }
 
-  document.addEventListener("console:started", (event) => {
+  window.creditConsole.onStart((me) => {
     const c = window.creditConsole;
-    if (!c || event.detail.view !== "admin") return;
+    if (me.view !== "admin") return;
     c.act(null, async () => {
       options = await c.api("/api/v1/console/payments");
       showOptions(c);

@@ -2,7 +2,7 @@
  * credits in, with their source → refunds and adjustments → allocation changes → usage by model and by
  * member → closing balance), the same as CSV, and where each balance is heading at its recent burn rate.
  * Owners and admins see the pool (or a member's allocation); members their allocation; individuals their
- * balance. Uses console.js's helpers (window.creditConsole); listens for `console:started`. */
+ * balance. Uses console.js's helpers (window.creditConsole); starts on `console:started`. */
 (function () {
   "use strict";
 
@@ -116,24 +116,18 @@
     c.fillTable($("#forecast-table"), rows, ([label, line]) => forecastRow(c, label, line, f.window_days));
     const [label, first] = rows[0] || [];
     $("#forecast-summary").textContent = first ? `${label}: ${runsOut(first, f.window_days)}.` : "";
-    if (f.scope === "org") fillAccounts(c, f.members.map((m) => m.user_id));
   }
 
-  function fillAccounts(c, users) {
-    const select = $("#statement-form select[name=user_id]");
-    const keep = select.value;
-    select.replaceChildren(c.el("option", { value: "", text: "The organization's pool" }),
-      ...users.map((u) => c.el("option", { value: u, text: `${u}'s allocation` })));
-    select.value = users.includes(keep) ? keep : "";
-  }
-
-  document.addEventListener("console:started", (event) => {
+  window.creditConsole.onStart((viewer) => {
     const c = window.creditConsole;
-    if (!c) return;
-    me = event.detail;
+    me = viewer;
     setPeriod("this");
     c.act(null, () => Promise.all([loadForecast(c), loadStatement(c)]));
   });
+
+  // Admins read the pool's statement or any member's allocation's.
+  window.creditConsole.onMembers((members) => window.creditConsole.fillMembers(
+    $("#statement-form select[name=user_id]"), members, (u) => `${u}'s allocation`, "The organization's pool"));
 
   $("#statement-form").addEventListener("submit", (event) => {
     event.preventDefault();
