@@ -197,8 +197,9 @@ class Viewer:
             where = f"organization '{self.org_id}'" if self.org_id else "an organization"
             raise errors.forbidden(f"Only an owner or admin of {where} may do this.")
 
-    def usage_scope(self, user_id: str | None) -> tuple[str, str]:
-        """(org_id, user_id) a usage query may cover: admins the org or one member, others themselves."""
+    def account_scope(self, user_id: str | None, what: str = "usage") -> tuple[str, str]:
+        """(org_id, user_id) a usage query or statement may cover: admins the org or one member, others
+        themselves (an individual: ("", their id))."""
         if user_id:
             require_id("user_id", user_id)
         if self.is_admin:
@@ -206,7 +207,7 @@ class Viewer:
                 raise errors.forbidden(f"'{user_id}' is not a member of '{self.org_id}'.")
             return self.org_id, user_id or ""
         if user_id and user_id != self.user_id:
-            raise errors.forbidden("You may only see your own usage.")
+            raise errors.forbidden(f"You may only see your own {what}.")
         return self.org_id, self.user_id
 
 

@@ -179,7 +179,7 @@ async def revoke_key(key_id: str = PathParam(description="key to revoke, e.g. ck
 
 async def query(who: Viewer, user_id: str | None, start, end, group_by: admin_pb2.UsageGroupBy.ValueType,
                 limit: int):
-    org_id, user = who.usage_scope(user_id)
+    org_id, user = who.account_scope(user_id)
     request = admin_pb2.QueryUsageRequest(org_id=org_id, user_id=user, group_by=group_by, limit=limit)
     start, end = time_range(start, end)
     if start is not None:

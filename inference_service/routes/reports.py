@@ -18,8 +18,7 @@ from fastapi.responses import Response
 
 from credit.v1 import admin_pb2
 
-from .. import errors
-from ..console import Viewer, require_id
+from ..console import Viewer
 from ..reports import csv_of_statement, forecast_dict, statement_dict, statement_period
 from .console import READS, viewer
 
@@ -29,15 +28,8 @@ router = APIRouter()
 
 def statement_account(who: Viewer, user_id: str | None) -> admin_pb2.AccountRef:
     """Whose statement this viewer may read: admins the pool or any member's allocation, others their own."""
-    if user_id:
-        require_id("user_id", user_id)
-    if who.is_admin:
-        if user_id and user_id not in who.member_ids():
-            raise errors.forbidden(f"'{user_id}' is not a member of '{who.org_id}'.")
-        return admin_pb2.AccountRef(org_id=who.org_id, user_id=user_id or "")
-    if user_id and user_id != who.user_id:
-        raise errors.forbidden("You may only see your own statement.")
-    return admin_pb2.AccountRef(org_id=who.org_id, user_id=who.user_id)
+    org_id, user = who.account_scope(user_id, "statement")
+    return admin_pb2.AccountRef(org_id=org_id, user_id=user)
 
 
 async def statement_view(who: Viewer, start: str | None, end: str | None, user_id: str | None) -> dict:
