@@ -8,19 +8,13 @@ hold live in PostgreSQL so they are atomic (see migrations/functions/).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import json
-import math
-import re
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from .errors import InvalidArgument, NotFound
-from .ids import API_KEY_ID, ID, REQUEST_ID
+from .ids import API_KEY_ID, REQUEST_ID
 from .model import (
     AlertEvent,
     AlertThreshold,
@@ -35,88 +29,28 @@ from .model import (
     UserRow,
     hash_secret,
 )
-from .money import MAX_MILLICREDITS, is_committable, is_reservable
+from .money import MAX_MILLICREDITS, is_committable
 from .storage import Storage
-
-MAX_METADATA_BYTES = 16 * 1024
-MAX_LABEL = 256
-MAX_QUERY_LIMIT = 10_000
-ROLES = ("owner", "admin", "member")
-GROUPINGS = (None, "user", "model", "service_type", "day")
-
-
-def require_id(field: str, value: str) -> str:
-    if not value:
-        raise InvalidArgument(field, "is required")
-    if not ID.fullmatch(value):
-        raise InvalidArgument(field, "must be 1-128 characters of A-Z a-z 0-9 . _ : @ - "
-                                     "starting with a letter or digit")
-    return value
-
-
-def optional_id(field: str, value: str) -> str:
-    return require_id(field, value) if value else ""
-
-
-def require_label(field: str, value: str, limit: int = MAX_LABEL) -> str:
-    if len(value) > limit:
-        raise InvalidArgument(field, f"must be at most {limit} characters")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-        raise InvalidArgument(field, "must not contain control characters")
-    return value
-
-
-def require_creator(created_by: str) -> str:
-    """Who creates credits (the operator's token name): every credit-creating row names it."""
-    return require_label("created_by", created_by, 128) if created_by else require_id("created_by", "")
-
-
-def require_amount(field: str, value: int, *, allow_zero: bool = False) -> int:
-    ok = is_committable(value) if allow_zero else is_reservable(value)
-    if not ok:
-        low = 0 if allow_zero else 1
-        raise InvalidArgument(field, f"must be an integer from {low} to {MAX_MILLICREDITS} millicredits")
-    return value
-
-
-def require_reservation_id(value: str) -> uuid.UUID:
-    if not value:
-        raise InvalidArgument("reservation_id", "is required")
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        raise InvalidArgument("reservation_id", "must be a reservation id returned by Reserve") from None
-    if str(parsed) != value.lower():
-        raise InvalidArgument("reservation_id", "must be a reservation id returned by Reserve")
-    return parsed
-
-
-def _check_json_value(value: Any) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidArgument("metadata", "numbers must be finite")
-    if isinstance(value, str) and "\x00" in value:
-        raise InvalidArgument("metadata", "strings must not contain NUL characters")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_json_value(key)
-            _check_json_value(item)
-    if isinstance(value, list):
-        for item in value:
-            _check_json_value(item)
-
-
-def require_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    _check_json_value(value)
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-    if size > MAX_METADATA_BYTES:
-        raise InvalidArgument("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}")
-    return value
-
-
-def request_fingerprint(*parts: Any) -> bytes:
-    """Hash of a request's arguments: a retry must match it exactly."""
-    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).digest()
+from .validators import (
+    ALERT_KINDS,
+    GROUPINGS,
+    MAX_ALERT_EVENTS,
+    MAX_QUERY_LIMIT,
+    MAX_WEBHOOK_SECRET,
+    MIN_WEBHOOK_SECRET,
+    ROLES,
+    decimal_text,
+    optional_id,
+    request_fingerprint,
+    require_amount,
+    require_creator,
+    require_id,
+    require_label,
+    require_metadata,
+    require_reservation_id,
+    require_tokens,
+    require_webhook_url,
+)
 
 
 @dataclass(frozen=True)
@@ -160,7 +94,7 @@ class CreditAuthority:
 
     async def reserve(self, *, caller: str, request_id: str, user_id: str, org_id: str, amount_mc: int,
                       ttl_seconds: int, service_type: str, service_name: str,
-                      metadata: dict[str, Any]) -> Hold:
+                      metadata: dict[str, Any], api_key_id: str = "", estimated_tokens: int = 0) -> Hold:
         if not request_id:
             raise InvalidArgument("request_id", "is required (a caller-chosen idempotency key)")
         if not REQUEST_ID.fullmatch(request_id):
@@ -172,18 +106,27 @@ class CreditAuthority:
         require_label("service_type", service_type, 128)
         require_label("service_name", service_name, 128)
         require_metadata(metadata)
+        if api_key_id and not API_KEY_ID.fullmatch(api_key_id):
+            raise InvalidArgument("api_key_id", "must be an API key id (ck_ and 16 hex digits) or empty")
+        require_tokens("estimated_tokens", estimated_tokens)
+        # The limits' inputs join the fingerprint only when given: a Reserve without them hashes as before.
+        limits = (api_key_id, estimated_tokens) if api_key_id or estimated_tokens else ()
         fingerprint = request_fingerprint(user_id, org_id, amount_mc, ttl_seconds, service_type,
-                                          service_name, metadata)
+                                          service_name, metadata, *limits)
         return await self._storage.reserve(
             caller=caller, request_id=request_id, request_hash=fingerprint, user_id=user_id, org_id=org_id,
             amount_mc=amount_mc, ttl_seconds=ttl, service_type=service_type, service_name=service_name,
-            metadata=metadata)
+            metadata=metadata, api_key_id=api_key_id, tokens=estimated_tokens)
 
-    async def commit(self, *, caller: str, reservation_id: str, amount_mc: int, metadata: dict[str, Any]) -> Charge:
+    async def commit(self, *, caller: str, reservation_id: str, amount_mc: int, metadata: dict[str, Any],
+                     tokens: int | None = None) -> Charge:
         rid = require_reservation_id(reservation_id)
         require_amount("amount_millicredits", amount_mc, allow_zero=True)
         require_metadata(metadata)
-        return await self._storage.commit(caller=caller, reservation_id=rid, amount_mc=amount_mc, metadata=metadata)
+        if tokens is not None:
+            require_tokens("tokens", tokens)
+        return await self._storage.commit(caller=caller, reservation_id=rid, amount_mc=amount_mc, metadata=metadata,
+                                          tokens=tokens)
 
     async def release(self, *, caller: str, reservation_id: str, reason: str) -> None:
         rid = require_reservation_id(reservation_id)
@@ -227,7 +170,7 @@ class CreditAuthority:
             raise InvalidArgument("purchase_reference", "is required (it makes the top-up idempotent)")
         require_label("purchase_reference", purchase_reference, 128)
         require_label("purchase_currency", purchase_currency, 8)
-        amount = _decimal_text("purchase_amount", purchase_amount)
+        amount = decimal_text("purchase_amount", purchase_amount)
         return await self._storage.top_up_pool(org_id, amount_mc, purchase_reference, amount, purchase_currency,
                                                require_creator(created_by))
 
@@ -362,36 +305,3 @@ class CreditAuthority:
         if not 0 <= limit <= MAX_ALERT_EVENTS:
             raise InvalidArgument("limit", f"must be 0 (default 100) to {MAX_ALERT_EVENTS}")
         return await self._storage.list_alert_events(org_id, user_id or None, limit or 100)
-
-
-ALERT_KINDS = ("absolute", "percent")
-MIN_WEBHOOK_SECRET = 16
-MAX_WEBHOOK_SECRET = 256
-MAX_WEBHOOK_URL = 2048
-MAX_ALERT_EVENTS = 1000
-
-
-def require_webhook_url(url: str) -> str:
-    """An absolute http(s) URL with a host, no credentials, no whitespace or control characters."""
-    if len(url) > MAX_WEBHOOK_URL:
-        raise InvalidArgument("url", f"must be at most {MAX_WEBHOOK_URL} characters")
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
-        raise InvalidArgument("url", "must not contain spaces or control characters")
-    try:
-        parts = urlsplit(url)
-        host, _ = parts.hostname, parts.port  # .port raises on a bad port
-    except ValueError:
-        raise InvalidArgument("url", "must be a valid http(s) URL") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise InvalidArgument("url", "must be an absolute http:// or https:// URL")
-    if parts.username or parts.password:
-        raise InvalidArgument("url", "must not carry credentials (the secret signs each request)")
-    return url
-
-
-def _decimal_text(field: str, text: str) -> str | None:
-    if not text:
-        return None
-    if not re.fullmatch(r"\d{1,15}(\.\d{1,4})?", text):
-        raise InvalidArgument(field, "must be a non-negative decimal with at most 4 places, e.g. 99.00")
-    return text

@@ -49,6 +49,7 @@ ROLE_REQUIRED = "ROLE_REQUIRED"  # PERMISSION_DENIED: the token lacks the role t
 ALLOCATION_BELOW_COMMITTED = "ALLOCATION_BELOW_COMMITTED"  # FAILED_PRECONDITION: below used + held
 ACCOUNT_TOTAL_LIMIT = "ACCOUNT_TOTAL_LIMIT"  # FAILED_PRECONDITION: a total would pass 2^62 − 1 mc
 PAYMENTS_NOT_CONFIGURED = "PAYMENTS_NOT_CONFIGURED"  # FAILED_PRECONDITION: no STRIPE_WEBHOOK_SECRET set
+RATE_LIMITED = "RATE_LIMITED"  # RESOURCE_EXHAUSTED + RetryInfo: metadata limit, value, scope, window
 
 
 class Unavailable(CreditError):
@@ -65,3 +66,30 @@ class InsufficientCredits(CreditError):
         self.available = available
         self.requested = requested
         self.funding = funding
+
+
+class RateLimited(CreditError):
+    """A rate or parallel limit refused a Reserve (RESOURCE_EXHAUSTED + RetryInfo / 429); nothing was held.
+    `limit` names it (requests_per_minute, tokens_per_minute, max_parallel, credits_per_day,
+    credits_per_month), `scope` whose it is (org, member, key, individual), `window` its period (minute,
+    parallel, day, month); `retry_after_ms` is when the request would pass, unless `exceeds` (the request
+    alone is larger than the limit)."""
+
+    def __init__(self, limit: str, value: int, scope: str, window: str, retry_after_ms: int, exceeds: bool):
+        what = "the request alone exceeds" if exceeds else "reached"
+        super().__init__(f"rate limited: {what} the {scope}'s {limit.replace('_', ' ')} limit of {value}"
+                         + ("" if exceeds else f"; retry in {retry_after_ms / 1000:.3f} s"),
+                         RATE_LIMITED, {"limit": limit, "value": str(value), "scope": scope, "window": window,
+                                        "retry_after_ms": str(retry_after_ms), "exceeds": str(exceeds).lower()})
+        self.limit = limit
+        self.value = value
+        self.scope = scope
+        self.window = window
+        self.retry_after_ms = retry_after_ms
+        self.exceeds = exceeds
+
+    @classmethod
+    def of(cls, refusal: dict) -> RateLimited:
+        """From the refusal credit_limits_take answers."""
+        return cls(refusal["limit"], int(refusal["value"]), refusal["scope"], refusal["window"],
+                   int(refusal["retry_after_ms"]), bool(refusal.get("exceeds")))

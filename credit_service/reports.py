@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from .authority import optional_id
 from .errors import InvalidArgument
 from .model import Account, Forecast, ForecastLine, Statement, WindowUsage
 from .storage import Storage
+from .validators import optional_id
 
 MAX_PERIOD_DAYS = 366
 DEFAULT_WINDOW_DAYS = 7

@@ -17,6 +17,8 @@ SINGLE = "migrations/functions/credit_commit.sql"
 RELEASE = "migrations/functions/credit_release.sql"
 RESERVE_OP = "migrations/functions/credit_reserve_op.sql"
 FUNDING = "migrations/functions/credit_resolve_funding.sql"
+LIMIT_TRY = "migrations/functions/credit_limit_try.sql"
+LIMIT_FINISH = "migrations/functions/credit_limit_finish.sql"
 METERING = "inference_service/metering.py"
 CLIENT = "inference_service/authority_client.py"
 INTEGRITY = "tests/inference/test_billing_integrity.py"
@@ -84,6 +86,18 @@ MUTANTS: tuple[Mutant, ...] = (
            """PERFORM 1 FROM org_members m WHERE m.org_id = p_org_id AND m.user_id = p_user_id;""",
            """PERFORM 1 FROM organizations m WHERE m.org_id = p_org_id;""", "tests/test_funding_resolution.py",
            function="credit_resolve_funding"),
+    # ---- SQL: rate limits ----
+    mutant("rpm-burst-off-by-one", "a requests-per-minute limit of N admits N + 1 at once", LIMIT_TRY,
+           "IF tat - now_ns > l.rpm * t THEN", "IF tat - now_ns > (l.rpm + 1) * t THEN", "tests/test_rate_limits.py",
+           function="credit_limit_try"),
+    mutant("parallel-never-given-back", "a finished hold keeps counting against max_parallel", LIMIT_FINISH,
+           "l.open_holds := greatest(l.open_holds - 1, 0);", "l.open_holds := l.open_holds;",
+           "tests/test_rate_limits.py", function="credit_limit_finish"),
+    mutant("tokens-not-corrected", "Commit keeps the estimated tokens in the window, not the real count",
+           LIMIT_FINISH, "WHEN 'commit' THEN coalesce(p_tokens, p_estimated_tokens) - p_estimated_tokens",
+           "WHEN 'commit' THEN 0", "tests/test_rate_limits.py", function="credit_limit_finish"),
+    mutant("batch-limits-not-saved", "a hot-path batch forgets what its Reserves took from the limits", BATCH,
+           "        PERFORM credit_limits_save(lim);\n", "", "tests/test_rate_limits.py", function="credit_batch"),
     mutant("batcher-no-max-batch", "the group commit sends the whole queue as one batch, past max_batch",
            "credit_service/storage/batcher.py",
            "batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]",

@@ -31,7 +31,7 @@ from credit_service.embedded_db import EmbeddedPostgres
 from credit_service.migrate import migrate
 
 # Fixtures that live beside their helpers: `payments` (an authority configured for Stripe events).
-pytest_plugins = ["payment_events"]
+pytest_plugins = ["payment_events", "two_authorities"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -35,6 +35,10 @@ def bad_request(error: grpc.RpcError) -> error_details_pb2.BadRequest | None:
     return _detail(error, error_details_pb2.BadRequest)
 
 
+def retry_info(error: grpc.RpcError) -> error_details_pb2.RetryInfo | None:
+    return _detail(error, error_details_pb2.RetryInfo)
+
+
 def reserve_request(user_id: str, amount: int, org_id: str = "", request_id: str | None = None,
                     **kwargs) -> authority_pb2.ReserveRequest:
     return authority_pb2.ReserveRequest(request_id=request_id or uuid.uuid4().hex, user_id=user_id,

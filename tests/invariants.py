@@ -98,6 +98,10 @@ CHECKS = {
                     GROUP BY 1, 2, 3) u
                ON u.user_id = x.user_id AND u.org_id IS NOT DISTINCT FROM x.org_id AND u.funding_kind = x.k
         WHERE x.used_mc <> coalesce(u.s, 0)""",
+    "each rate limit's open holds are the held reservations counted against it": """
+        SELECT l.limit_id, l.open_holds, count(r.reservation_id) AS held FROM rate_limits l
+        LEFT JOIN reservations r ON r.status = 'held' AND l.limit_id = ANY(r.limit_ids)
+        GROUP BY l.limit_id HAVING l.open_holds <> count(r.reservation_id)""",
 }
 
 
@@ -118,7 +122,7 @@ async def assert_invariants(conn: asyncpg.Connection) -> None:
 
 TABLES = ("users", "organizations", "org_members", "org_pools", "pool_top_ups", "allocations",
           "individual_balances", "individual_grants", "reservations", "usage_attribution",
-          "ledger_entries", "api_keys", "purchases", "payment_events")
+          "ledger_entries", "api_keys", "purchases", "payment_events", "rate_limits")
 
 
 async def row_counts(conn: asyncpg.Connection) -> dict[str, int]:

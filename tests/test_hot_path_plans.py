@@ -17,17 +17,18 @@ import uuid
 
 import asyncpg
 
+from credit.v1 import admin_pb2
 from credit_service.storage import init_connection
 
 SCAN = re.compile(r"Seq Scan on (?!pg_)(\w+)")  # our tables (not the catalogue asyncpg reads)
 
 HOT_PATH_FUNCTIONS = (
     "credit_resolve_funding(TEXT, TEXT)", "credit_balance(TEXT, TEXT)",
-    "credit_reserve_op(TEXT, TEXT, BYTEA, TEXT, TEXT, BIGINT, INT, TEXT, TEXT, JSONB)",
-    "credit_commit(TEXT, UUID, BIGINT, JSONB)", "credit_release(TEXT, UUID, TEXT)",
+    "credit_reserve_op(TEXT, TEXT, BYTEA, TEXT, TEXT, BIGINT, INT, TEXT, TEXT, JSONB, TEXT, BIGINT)",
+    "credit_commit(TEXT, UUID, BIGINT, JSONB, BIGINT)", "credit_release(TEXT, UUID, TEXT)",
     "credit_expire_holds(INT)",
     "credit_batch(TEXT[], TEXT[], TEXT[], BYTEA[], TEXT[], TEXT[], BIGINT[], INT[], TEXT[], TEXT[], JSONB[], "
-    "UUID[], TEXT[])",
+    "UUID[], TEXT[], TEXT[], BIGINT[])",
 )
 
 
@@ -52,28 +53,31 @@ async def _every_hot_path_call(conn: asyncpg.Connection, org_id: str, user_id: s
 
     async def reserve() -> uuid.UUID:
         row = await conn.fetchrow(
-            "SELECT * FROM credit_reserve_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            caller, uuid.uuid4().hex, b"h", user_id, org_id, 1_000, 600, "llm", "m", {"k": 1})
+            "SELECT * FROM credit_reserve_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            caller, uuid.uuid4().hex, b"h", user_id, org_id, 1_000, 600, "llm", "m", {"k": 1}, "", 50)
         assert row["outcome"] == "ok", row
         return row["reservation_id"]
 
     await conn.fetchrow("SELECT * FROM credit_balance($1, $2)", user_id, org_id)
     committed = await reserve()
-    assert (await conn.fetchrow("SELECT * FROM credit_commit($1, $2, $3, $4)",
-                                caller, committed, 600, {"t": 1}))["outcome"] == "ok"
+    assert (await conn.fetchrow("SELECT * FROM credit_commit($1, $2, $3, $4, $5)",
+                                caller, committed, 600, {"t": 1}, 40))["outcome"] == "ok"
     assert await conn.fetchval("SELECT credit_release($1, $2, $3)", caller, await reserve(), "test") == "ok"
     held = await reserve()
     batch = await conn.fetch(
-        "SELECT * FROM credit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        "SELECT * FROM credit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         ["reserve", "commit"], [caller, caller], [uuid.uuid4().hex, None], [b"h", None], [user_id, None],
         [org_id, None], [1_000, 500], [600, None], ["llm", None], ["m", None], [{"k": 2}, {"t": 2}],
-        [None, held], [None, None])
+        [None, held], [None, None], ["", None], [50, 30])
     assert [r["outcome"] for r in batch] == ["ok", "ok"]
     await conn.fetchval("SELECT credit_expire_holds(10)")
 
 
-async def test_no_hot_path_statement_scans_a_table(database_url, world):
+async def test_no_hot_path_statement_scans_a_table(database_url, world, admin):
     org_id, user_id = world.funded_member(1_000_000)
+    for scope in ({"org_id": org_id}, {"org_id": org_id, "user_id": user_id}):  # the rate-limit paths run too
+        admin.SetRateLimit(admin_pb2.SetRateLimitRequest(**scope, requests_per_minute=1_000, tokens_per_minute=10**6,
+                                                         max_parallel=100))
     plans: list[str] = []
     conn = await _explained_connection(database_url, plans)
     try:

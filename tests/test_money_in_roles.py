@@ -27,7 +27,8 @@ MOVES_NO_CREDITS_IN = {
     "CreateUser", "CreateOrganization", "AddMember", "RemoveMember", "SetAllocation", "GetOrganization",
     "ListMembers", "QueryUsage", "CreateApiKey", "RevokeApiKey", "VerifyApiKey", "ListApiKeys", "SetAlertWebhook",
     "GetAlertWebhook", "CreateAlertThreshold", "DeleteAlertThreshold", "ListAlertThresholds", "ListAlertEvents",
-    "ListPurchases", "GetStatement", "GetForecast", "Check", "Reserve", "Commit", "Release", "GetBalance"}
+    "ListPurchases", "GetStatement", "GetForecast", "SetRateLimit", "ListRateLimits", "Check", "Reserve", "Commit",
+    "Release", "GetBalance"}
 
 
 def methods() -> list[tuple[str, str, type]]:

@@ -2267,3 +2267,236 @@ class Forecast(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Forecast: _TypeAlias = Forecast  # noqa: Y015
+
+@_typing.final
+class SetRateLimitRequest(_message.Message):
+    """---- rate limits ----
+
+    Sets the limits of one scope: org_id alone (the organization), org_id and user_id (a member in it),
+    key_id (an API key; with org_id, the key must belong to it) or user_id alone (an individual user).
+    Each limit that is set replaces the current one; unset ones stay as they are. clear removes them all.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    MAX_PARALLEL_FIELD_NUMBER: _builtins.int
+    CREDITS_PER_DAY_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    CREDITS_PER_MONTH_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    CLEAR_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization."""
+    user_id: _builtins.str
+    """Member (with org_id) or individual user."""
+    key_id: _builtins.str
+    """API key."""
+    requests_per_minute: _builtins.int
+    """Requests per minute, 1 … 1,000,000."""
+    tokens_per_minute: _builtins.int
+    """Tokens per minute, 1 … 1,000,000,000."""
+    max_parallel: _builtins.int
+    """Open holds (requests in flight) at once, 1 … 100,000."""
+    credits_per_day_millicredits: _builtins.int
+    """Credits per UTC day, members only, 1 … 10^15 millicredits."""
+    credits_per_month_millicredits: _builtins.int
+    """Credits per UTC month, members only, 1 … 10^15 millicredits."""
+    clear: _builtins.bool
+    """Remove every limit of the scope (the other limit fields must be unset)."""
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        requests_per_minute: _builtins.int | None = ...,
+        tokens_per_minute: _builtins.int | None = ...,
+        max_parallel: _builtins.int | None = ...,
+        credits_per_day_millicredits: _builtins.int | None = ...,
+        credits_per_month_millicredits: _builtins.int | None = ...,
+        clear: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_credits_per_day_millicredits", b"_credits_per_day_millicredits", "_credits_per_month_millicredits", b"_credits_per_month_millicredits", "_max_parallel", b"_max_parallel", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "credits_per_day_millicredits", b"credits_per_day_millicredits", "credits_per_month_millicredits", b"credits_per_month_millicredits", "max_parallel", b"max_parallel", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_credits_per_day_millicredits", b"_credits_per_day_millicredits", "_credits_per_month_millicredits", b"_credits_per_month_millicredits", "_max_parallel", b"_max_parallel", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "clear", b"clear", "credits_per_day_millicredits", b"credits_per_day_millicredits", "credits_per_month_millicredits", b"credits_per_month_millicredits", "key_id", b"key_id", "max_parallel", b"max_parallel", "org_id", b"org_id", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__credits_per_day_millicredits: _TypeAlias = _typing.Literal["credits_per_day_millicredits"]  # noqa: Y015
+    _WhichOneofArgType__credits_per_day_millicredits: _TypeAlias = _typing.Literal["_credits_per_day_millicredits", b"_credits_per_day_millicredits"]  # noqa: Y015
+    _WhichOneofReturnType__credits_per_month_millicredits: _TypeAlias = _typing.Literal["credits_per_month_millicredits"]  # noqa: Y015
+    _WhichOneofArgType__credits_per_month_millicredits: _TypeAlias = _typing.Literal["_credits_per_month_millicredits", b"_credits_per_month_millicredits"]  # noqa: Y015
+    _WhichOneofReturnType__max_parallel: _TypeAlias = _typing.Literal["max_parallel"]  # noqa: Y015
+    _WhichOneofArgType__max_parallel: _TypeAlias = _typing.Literal["_max_parallel", b"_max_parallel"]  # noqa: Y015
+    _WhichOneofReturnType__requests_per_minute: _TypeAlias = _typing.Literal["requests_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__requests_per_minute: _TypeAlias = _typing.Literal["_requests_per_minute", b"_requests_per_minute"]  # noqa: Y015
+    _WhichOneofReturnType__tokens_per_minute: _TypeAlias = _typing.Literal["tokens_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__tokens_per_minute: _TypeAlias = _typing.Literal["_tokens_per_minute", b"_tokens_per_minute"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__credits_per_day_millicredits) -> _WhichOneofReturnType__credits_per_day_millicredits | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__credits_per_month_millicredits) -> _WhichOneofReturnType__credits_per_month_millicredits | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_parallel) -> _WhichOneofReturnType__max_parallel | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__requests_per_minute) -> _WhichOneofReturnType__requests_per_minute | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tokens_per_minute) -> _WhichOneofReturnType__tokens_per_minute | None: ...
+
+Global___SetRateLimitRequest: _TypeAlias = SetRateLimitRequest  # noqa: Y015
+
+@_typing.final
+class RateLimit(_message.Message):
+    """The limits of one scope and what is in use now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    MAX_PARALLEL_FIELD_NUMBER: _builtins.int
+    CREDITS_PER_DAY_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    CREDITS_PER_MONTH_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    REQUESTS_REMAINING_FIELD_NUMBER: _builtins.int
+    TOKENS_REMAINING_FIELD_NUMBER: _builtins.int
+    OPEN_HOLDS_FIELD_NUMBER: _builtins.int
+    CREDITS_TODAY_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    CREDITS_THIS_MONTH_MILLICREDITS_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
+    scope: _builtins.str
+    """"org", "member", "key" or "individual"."""
+    org_id: _builtins.str
+    """Organization (org, member, and a key of an organization)."""
+    user_id: _builtins.str
+    """Member or individual user (and a key's owner)."""
+    key_id: _builtins.str
+    """API key."""
+    requests_per_minute: _builtins.int
+    """Limits; unset means none."""
+    tokens_per_minute: _builtins.int
+    """Tokens per minute."""
+    max_parallel: _builtins.int
+    """Open holds at once."""
+    credits_per_day_millicredits: _builtins.int
+    """Credits per UTC day."""
+    credits_per_month_millicredits: _builtins.int
+    """Credits per UTC month."""
+    requests_remaining: _builtins.int
+    """Requests that may still start at once under requests_per_minute."""
+    tokens_remaining: _builtins.int
+    """Tokens that may still be reserved at once under tokens_per_minute."""
+    open_holds: _builtins.int
+    """Open holds now."""
+    credits_today_millicredits: _builtins.int
+    """Credits reserved or charged today (UTC) and this month."""
+    credits_this_month_millicredits: _builtins.int
+    """This month."""
+    updated_by: _builtins.str
+    """Who made it."""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """Last change."""
+
+    def __init__(
+        self,
+        *,
+        scope: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        requests_per_minute: _builtins.int | None = ...,
+        tokens_per_minute: _builtins.int | None = ...,
+        max_parallel: _builtins.int | None = ...,
+        credits_per_day_millicredits: _builtins.int | None = ...,
+        credits_per_month_millicredits: _builtins.int | None = ...,
+        requests_remaining: _builtins.int = ...,
+        tokens_remaining: _builtins.int = ...,
+        open_holds: _builtins.int = ...,
+        credits_today_millicredits: _builtins.int = ...,
+        credits_this_month_millicredits: _builtins.int = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_credits_per_day_millicredits", b"_credits_per_day_millicredits", "_credits_per_month_millicredits", b"_credits_per_month_millicredits", "_max_parallel", b"_max_parallel", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "credits_per_day_millicredits", b"credits_per_day_millicredits", "credits_per_month_millicredits", b"credits_per_month_millicredits", "max_parallel", b"max_parallel", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_credits_per_day_millicredits", b"_credits_per_day_millicredits", "_credits_per_month_millicredits", b"_credits_per_month_millicredits", "_max_parallel", b"_max_parallel", "_requests_per_minute", b"_requests_per_minute", "_tokens_per_minute", b"_tokens_per_minute", "credits_per_day_millicredits", b"credits_per_day_millicredits", "credits_per_month_millicredits", b"credits_per_month_millicredits", "credits_this_month_millicredits", b"credits_this_month_millicredits", "credits_today_millicredits", b"credits_today_millicredits", "key_id", b"key_id", "max_parallel", b"max_parallel", "open_holds", b"open_holds", "org_id", b"org_id", "requests_per_minute", b"requests_per_minute", "requests_remaining", b"requests_remaining", "scope", b"scope", "tokens_per_minute", b"tokens_per_minute", "tokens_remaining", b"tokens_remaining", "updated_at", b"updated_at", "updated_by", b"updated_by", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__credits_per_day_millicredits: _TypeAlias = _typing.Literal["credits_per_day_millicredits"]  # noqa: Y015
+    _WhichOneofArgType__credits_per_day_millicredits: _TypeAlias = _typing.Literal["_credits_per_day_millicredits", b"_credits_per_day_millicredits"]  # noqa: Y015
+    _WhichOneofReturnType__credits_per_month_millicredits: _TypeAlias = _typing.Literal["credits_per_month_millicredits"]  # noqa: Y015
+    _WhichOneofArgType__credits_per_month_millicredits: _TypeAlias = _typing.Literal["_credits_per_month_millicredits", b"_credits_per_month_millicredits"]  # noqa: Y015
+    _WhichOneofReturnType__max_parallel: _TypeAlias = _typing.Literal["max_parallel"]  # noqa: Y015
+    _WhichOneofArgType__max_parallel: _TypeAlias = _typing.Literal["_max_parallel", b"_max_parallel"]  # noqa: Y015
+    _WhichOneofReturnType__requests_per_minute: _TypeAlias = _typing.Literal["requests_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__requests_per_minute: _TypeAlias = _typing.Literal["_requests_per_minute", b"_requests_per_minute"]  # noqa: Y015
+    _WhichOneofReturnType__tokens_per_minute: _TypeAlias = _typing.Literal["tokens_per_minute"]  # noqa: Y015
+    _WhichOneofArgType__tokens_per_minute: _TypeAlias = _typing.Literal["_tokens_per_minute", b"_tokens_per_minute"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__credits_per_day_millicredits) -> _WhichOneofReturnType__credits_per_day_millicredits | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__credits_per_month_millicredits) -> _WhichOneofReturnType__credits_per_month_millicredits | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_parallel) -> _WhichOneofReturnType__max_parallel | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__requests_per_minute) -> _WhichOneofReturnType__requests_per_minute | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tokens_per_minute) -> _WhichOneofReturnType__tokens_per_minute | None: ...
+
+Global___RateLimit: _TypeAlias = RateLimit  # noqa: Y015
+
+@_typing.final
+class ListRateLimitsRequest(_message.Message):
+    """Asks for the limits of an organization (org_id; with user_id, only that member's and the
+    organization's) or of an individual user (user_id alone).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """Organization."""
+    user_id: _builtins.str
+    """Member or individual user."""
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["org_id", b"org_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRateLimitsRequest: _TypeAlias = ListRateLimitsRequest  # noqa: Y015
+
+@_typing.final
+class ListRateLimitsResponse(_message.Message):
+    """Limits, the organization's first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___RateLimit]:
+        """Limits."""
+
+    def __init__(
+        self,
+        *,
+        limits: _abc.Iterable[Global___RateLimit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRateLimitsResponse: _TypeAlias = ListRateLimitsResponse  # noqa: Y015

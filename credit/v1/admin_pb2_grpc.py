@@ -165,6 +165,16 @@ class CreditAdminStub:
                 request_serializer=credit_dot_v1_dot_admin__pb2.GetForecastRequest.SerializeToString,
                 response_deserializer=credit_dot_v1_dot_admin__pb2.Forecast.FromString,
                 _registered_method=True)
+        self.SetRateLimit = channel.unary_unary(
+                '/credit.v1.CreditAdmin/SetRateLimit',
+                request_serializer=credit_dot_v1_dot_admin__pb2.SetRateLimitRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.RateLimit.FromString,
+                _registered_method=True)
+        self.ListRateLimits = channel.unary_unary(
+                '/credit.v1.CreditAdmin/ListRateLimits',
+                request_serializer=credit_dot_v1_dot_admin__pb2.ListRateLimitsRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.ListRateLimitsResponse.FromString,
+                _registered_method=True)
 
 
 class CreditAdminServicer:
@@ -357,6 +367,22 @@ class CreditAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRateLimit(self, request, context):
+        """Sets or clears the rate limits of an organization, a member in it, an API key or an individual
+        user (role admin). Enforced by Reserve on every replica at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRateLimits(self, request, context):
+        """The rate limits of an organization (its own, its members' and its keys') or of an individual
+        user, with what is in use now (role admin or read).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -484,6 +510,16 @@ def add_CreditAdminServicer_to_server(servicer, server):
                     servicer.GetForecast,
                     request_deserializer=credit_dot_v1_dot_admin__pb2.GetForecastRequest.FromString,
                     response_serializer=credit_dot_v1_dot_admin__pb2.Forecast.SerializeToString,
+            ),
+            'SetRateLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRateLimit,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.SetRateLimitRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.RateLimit.SerializeToString,
+            ),
+            'ListRateLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRateLimits,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.ListRateLimitsRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.ListRateLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1167,6 +1203,60 @@ class CreditAdmin:
             '/credit.v1.CreditAdmin/GetForecast',
             credit_dot_v1_dot_admin__pb2.GetForecastRequest.SerializeToString,
             credit_dot_v1_dot_admin__pb2.Forecast.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRateLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/SetRateLimit',
+            credit_dot_v1_dot_admin__pb2.SetRateLimitRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.RateLimit.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRateLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/ListRateLimits',
+            credit_dot_v1_dot_admin__pb2.ListRateLimitsRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.ListRateLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

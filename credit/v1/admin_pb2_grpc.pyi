@@ -100,6 +100,14 @@ class CreditAdminStub:
     """Burn rate over a trailing window and the projected run-out date of an organization's pool and of
     each member's allocation, or of an individual balance (role admin or read).
     """
+    SetRateLimit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetRateLimitRequest, _admin_pb2.RateLimit]
+    """Sets or clears the rate limits of an organization, a member in it, an API key or an individual
+    user (role admin). Enforced by Reserve on every replica at once.
+    """
+    ListRateLimits: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListRateLimitsRequest, _admin_pb2.ListRateLimitsResponse]
+    """The rate limits of an organization (its own, its members' and its keys') or of an individual
+    user, with what is in use now (role admin or read).
+    """
 
 @_typing.type_check_only
 class CreditAdminAsyncStub(CreditAdminStub):
@@ -170,6 +178,14 @@ class CreditAdminAsyncStub(CreditAdminStub):
     GetForecast: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetForecastRequest, _admin_pb2.Forecast]  # type: ignore[assignment]
     """Burn rate over a trailing window and the projected run-out date of an organization's pool and of
     each member's allocation, or of an individual balance (role admin or read).
+    """
+    SetRateLimit: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetRateLimitRequest, _admin_pb2.RateLimit]  # type: ignore[assignment]
+    """Sets or clears the rate limits of an organization, a member in it, an API key or an individual
+    user (role admin). Enforced by Reserve on every replica at once.
+    """
+    ListRateLimits: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListRateLimitsRequest, _admin_pb2.ListRateLimitsResponse]  # type: ignore[assignment]
+    """The rate limits of an organization (its own, its members' and its keys') or of an individual
+    user, with what is in use now (role admin or read).
     """
 
 class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -388,6 +404,26 @@ class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.Forecast, _abc.Awaitable[_admin_pb2.Forecast]]:
         """Burn rate over a trailing window and the projected run-out date of an organization's pool and of
         each member's allocation, or of an individual balance (role admin or read).
+        """
+
+    @_abc_1.abstractmethod
+    def SetRateLimit(
+        self,
+        request: _admin_pb2.SetRateLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RateLimit, _abc.Awaitable[_admin_pb2.RateLimit]]:
+        """Sets or clears the rate limits of an organization, a member in it, an API key or an individual
+        user (role admin). Enforced by Reserve on every replica at once.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRateLimits(
+        self,
+        request: _admin_pb2.ListRateLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListRateLimitsResponse, _abc.Awaitable[_admin_pb2.ListRateLimitsResponse]]:
+        """The rate limits of an organization (its own, its members' and its keys') or of an individual
+        user, with what is in use now (role admin or read).
         """
 
 def add_CreditAdminServicer_to_server(servicer: CreditAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

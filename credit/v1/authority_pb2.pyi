@@ -97,6 +97,8 @@ class ReserveRequest(_message.Message):
     SERVICE_TYPE_FIELD_NUMBER: _builtins.int
     SERVICE_NAME_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    API_KEY_ID_FIELD_NUMBER: _builtins.int
+    ESTIMATED_TOKENS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Caller-chosen idempotency key (1 … 128 printable ASCII characters)."""
     user_id: _builtins.str
@@ -111,6 +113,12 @@ class ReserveRequest(_message.Message):
     """Kind of service, e.g. "llm_inference" or "image_generation"."""
     service_name: _builtins.str
     """Service or model name, e.g. "gpt-4o"."""
+    api_key_id: _builtins.str
+    """The API key the request came in with, if any: its rate limits apply too (see SetRateLimit)."""
+    estimated_tokens: _builtins.int
+    """Tokens the call is estimated to use, 0 … 10^9: counted against tokens-per-minute limits now and
+    corrected by CommitRequest.tokens.
+    """
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """Free-form request metadata, kept with the reservation (at most 16 KiB)."""
@@ -126,14 +134,76 @@ class ReserveRequest(_message.Message):
         service_type: _builtins.str = ...,
         service_name: _builtins.str = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        api_key_id: _builtins.str = ...,
+        estimated_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_millicredits", b"amount_millicredits", "metadata", b"metadata", "org_id", b"org_id", "request_id", b"request_id", "service_name", b"service_name", "service_type", b"service_type", "ttl_seconds", b"ttl_seconds", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_millicredits", b"amount_millicredits", "api_key_id", b"api_key_id", "estimated_tokens", b"estimated_tokens", "metadata", b"metadata", "org_id", b"org_id", "request_id", b"request_id", "service_name", b"service_name", "service_type", b"service_type", "ttl_seconds", b"ttl_seconds", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReserveRequest: _TypeAlias = ReserveRequest  # noqa: Y015
+
+@_typing.final
+class RateLimitWindow(_message.Message):
+    """What is left of the tightest limit of one kind that applied to a granted Reserve."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    RESET_MS_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """The limit (requests or tokens per minute)."""
+    remaining: _builtins.int
+    """What may still be used at once."""
+    reset_ms: _builtins.int
+    """Milliseconds until the limit is whole again."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+        reset_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "remaining", b"remaining", "reset_ms", b"reset_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RateLimitWindow: _TypeAlias = RateLimitWindow  # noqa: Y015
+
+@_typing.final
+class RateLimitStatus(_message.Message):
+    """The rate limits that applied to a granted Reserve (unset: none did)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> Global___RateLimitWindow:
+        """Requests per minute."""
+
+    @_builtins.property
+    def tokens(self) -> Global___RateLimitWindow:
+        """Tokens per minute."""
+
+    def __init__(
+        self,
+        *,
+        requests: Global___RateLimitWindow | None = ...,
+        tokens: Global___RateLimitWindow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests", "tokens", b"tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RateLimitStatus: _TypeAlias = RateLimitStatus  # noqa: Y015
 
 @_typing.final
 class ReserveResponse(_message.Message):
@@ -148,6 +218,7 @@ class ReserveResponse(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    RATE_LIMITS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """Identifier to Commit or Release with."""
     reserved_millicredits: _builtins.int
@@ -166,6 +237,10 @@ class ReserveResponse(_message.Message):
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When an uncommitted hold is released by the sweeper."""
 
+    @_builtins.property
+    def rate_limits(self) -> Global___RateLimitStatus:
+        """The per-minute limits that applied, and what is left of them (unset on a replay)."""
+
     def __init__(
         self,
         *,
@@ -176,10 +251,11 @@ class ReserveResponse(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         replayed: _builtins.bool = ...,
         status: _builtins.str = ...,
+        rate_limits: Global___RateLimitStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "funding", b"funding"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "funding", b"funding", "rate_limits", b"rate_limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_millicredits", b"available_millicredits", "expires_at", b"expires_at", "funding", b"funding", "replayed", b"replayed", "reservation_id", b"reservation_id", "reserved_millicredits", b"reserved_millicredits", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_millicredits", b"available_millicredits", "expires_at", b"expires_at", "funding", b"funding", "rate_limits", b"rate_limits", "replayed", b"replayed", "reservation_id", b"reservation_id", "reserved_millicredits", b"reserved_millicredits", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -194,10 +270,15 @@ class CommitRequest(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_MILLICREDITS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """Reservation returned by Reserve."""
     amount_millicredits: _builtins.int
     """Actual amount to charge, 0 … 10^15 millicredits; may exceed the hold."""
+    tokens: _builtins.int
+    """Tokens the call really used, 0 … 10^9; corrects ReserveRequest.estimated_tokens in the
+    tokens-per-minute windows (unset: the estimate stands).
+    """
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """Usage metadata (provider, model, tokens, cost …), stored on the attribution row."""
@@ -208,12 +289,15 @@ class CommitRequest(_message.Message):
         reservation_id: _builtins.str = ...,
         amount_millicredits: _builtins.int = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        tokens: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tokens", b"_tokens", "metadata", b"metadata", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_millicredits", b"amount_millicredits", "metadata", b"metadata", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tokens", b"_tokens", "amount_millicredits", b"amount_millicredits", "metadata", b"metadata", "reservation_id", b"reservation_id", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tokens: _TypeAlias = _typing.Literal["tokens"]  # noqa: Y015
+    _WhichOneofArgType__tokens: _TypeAlias = _typing.Literal["_tokens", b"_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tokens) -> _WhichOneofReturnType__tokens | None: ...
 
 Global___CommitRequest: _TypeAlias = CommitRequest  # noqa: Y015
 

@@ -29,6 +29,7 @@ from ..model import (
     OrgSummary,
     PaymentOutcome,
     Purchase,
+    RateLimitRow,
     Statement,
     StatementLine,
     StatementUsage,
@@ -85,6 +86,15 @@ def funding_message(kind: str, org_id: str | None) -> types_pb2.Funding:
     if kind == "org":
         return types_pb2.Funding(kind=types_pb2.Funding.ORG, org_id=org_id or "")
     return types_pb2.Funding(kind=types_pb2.Funding.INDIVIDUAL)
+
+
+def rate_limit_status(limits: dict[str, list[int]] | None) -> authority_pb2.RateLimitStatus | None:
+    """What is left of a granted Reserve's per-minute limits (credit_limit_try's status), None when none applied."""
+    if not limits:
+        return None
+    windows = {kind: authority_pb2.RateLimitWindow(limit=int(v[0]), remaining=int(v[1]), reset_ms=int(v[2]))
+               for kind, v in limits.items()}
+    return authority_pb2.RateLimitStatus(**windows)
 
 
 def balance_response(balance: Balance) -> authority_pb2.GetBalanceResponse:
@@ -251,3 +261,24 @@ def forecast_message(f: Forecast) -> admin_pb2.Forecast:
     return admin_pb2.Forecast(account=account_message(f.account), window_days=f.window_days,
                               computed_at=timestamp(f.computed_at), total=forecast_line_message(f.total),
                               members=[forecast_line_message(m) for m in f.members])
+
+
+# ---- rate limits ----
+
+
+def limits_of(request: admin_pb2.SetRateLimitRequest) -> dict[str, int | None]:
+    """The limits a SetRateLimit sets (None: left as they are), by the domain's names."""
+    fields: dict[str, Any] = {"rpm": "requests_per_minute", "tpm": "tokens_per_minute", "max_parallel": "max_parallel",
+              "credits_per_day_mc": "credits_per_day_millicredits",
+              "credits_per_month_mc": "credits_per_month_millicredits"}
+    return {name: getattr(request, field) if request.HasField(field) else None for name, field in fields.items()}
+
+
+def rate_limit_message(r: RateLimitRow) -> admin_pb2.RateLimit:
+    return admin_pb2.RateLimit(
+        scope=r.scope.scope, org_id=r.scope.org_id or "", user_id=r.scope.user_id or "",
+        key_id=r.scope.key_id or "", requests_per_minute=r.rpm, tokens_per_minute=r.tpm, max_parallel=r.max_parallel,
+        credits_per_day_millicredits=r.credits_per_day_mc, credits_per_month_millicredits=r.credits_per_month_mc,
+        requests_remaining=r.requests_remaining, tokens_remaining=r.tokens_remaining, open_holds=r.open_holds,
+        credits_today_millicredits=r.credits_today_mc, credits_this_month_millicredits=r.credits_this_month_mc,
+        updated_at=timestamp(r.updated_at), updated_by=r.updated_by)

@@ -30,6 +30,7 @@ from ..errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    RateLimited,
     Unavailable,
 )
 
@@ -50,16 +51,18 @@ _STATUS = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     InsufficientCredits: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 
-def _rich_status(code: grpc.StatusCode, message: str, detail: Any | None = None) -> grpc.Status:
+def _rich_status(code: grpc.StatusCode, message: str, *details: Any) -> grpc.Status:
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
-    if detail is not None:
-        packed = any_pb2.Any()
-        packed.Pack(detail)
-        status.details.append(packed)
+    for detail in details:
+        if detail is not None:
+            packed = any_pb2.Any()
+            packed.Pack(detail)
+            status.details.append(packed)
     return rpc_status.to_status(status)
 
 
@@ -76,7 +79,11 @@ def status_for(error: CreditError) -> grpc.Status:
                       "funding": error.funding})
     elif error.reason:
         detail = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.details)
-    return _rich_status(code, error.message, detail)
+    retry = None
+    if isinstance(error, RateLimited) and not error.exceeds:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(error.retry_after_ms)
+    return _rich_status(code, error.message, detail, retry)
 
 
 def rpc(*roles: Role) -> Callable:

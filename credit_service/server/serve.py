@@ -23,6 +23,7 @@ from ..embedded_db import ensure_database
 from ..jobs import Sweeper, start_jobs
 from ..migrate import migrate
 from ..payments import Payments
+from ..rate_limits import RateLimits
 from ..reports import Reports
 from ..settings import Settings
 from ..storage import Storage
@@ -64,7 +65,8 @@ async def start_server(settings: Settings, storage: Storage,
     authority_pb2_grpc.add_CreditAuthorityServicer_to_server(AuthorityServicer(authority, auth, settings.access_log),
                                                              server)
     payments = Payments(storage, settings.payments)
-    admin = AdminServicer(authority, auth, settings.access_log, payments, Reports(storage))
+    admin = AdminServicer(authority, auth, settings.access_log, payments, Reports(storage),
+                          RateLimits(storage))
     admin_pb2_grpc.add_CreditAdminServicer_to_server(admin, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -9,6 +9,7 @@ from .. import metrics
 from ..auth import Caller, Role, TokenAuthenticator
 from ..authority import CreditAuthority, UsageQuery
 from ..payments import Payments
+from ..rate_limits import RateLimits
 from ..reports import Reports
 from .messages import (
     GROUPINGS,
@@ -23,10 +24,13 @@ from .messages import (
     forecast_message,
     funding_message,
     key_message,
+    limits_of,
     member_message,
     org_message,
     payment_outcome_message,
     purchase_message,
+    rate_limit_message,
+    rate_limit_status,
     statement_message,
     struct_to_dict,
     time_field,
@@ -53,19 +57,22 @@ class AuthorityServicer(Servicer, authority_pb2_grpc.CreditAuthorityServicer):
             caller=caller.name, request_id=request.request_id, user_id=request.user_id, org_id=request.org_id,
             amount_mc=request.amount_millicredits, ttl_seconds=request.ttl_seconds,
             service_type=request.service_type, service_name=request.service_name,
-            metadata=struct_to_dict(request.metadata))
+            metadata=struct_to_dict(request.metadata), api_key_id=request.api_key_id,
+            estimated_tokens=request.estimated_tokens)
         if not hold.replayed:
             metrics.RESERVED.inc(hold.reserved_mc)
         return authority_pb2.ReserveResponse(
             reservation_id=str(hold.reservation_id), funding=funding_message(hold.funding_kind, hold.org_id),
             reserved_millicredits=hold.reserved_mc, available_millicredits=hold.available_mc,
-            expires_at=timestamp(hold.expires_at), replayed=hold.replayed, status=hold.status)
+            expires_at=timestamp(hold.expires_at), replayed=hold.replayed, status=hold.status,
+            rate_limits=rate_limit_status(hold.limits))
 
     @rpc(Role.SPEND)
     async def Commit(self, request: authority_pb2.CommitRequest, caller: Caller) -> authority_pb2.CommitResponse:
         charge = await self.authority.commit(caller=caller.name, reservation_id=request.reservation_id,
                                              amount_mc=request.amount_millicredits,
-                                             metadata=struct_to_dict(request.metadata))
+                                             metadata=struct_to_dict(request.metadata),
+                                             tokens=request.tokens if request.HasField("tokens") else None)
         metrics.COMMITTED.inc(charge.charged_mc)
         return authority_pb2.CommitResponse(
             charged_millicredits=charge.charged_mc, available_millicredits=charge.available_mc,
@@ -88,10 +95,11 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
     """credit.v1.CreditAdmin: everything that is not the hot path."""
 
     def __init__(self, authority: CreditAuthority, auth: TokenAuthenticator, access_log: bool, payments: Payments,
-                 reports: Reports):
+                 reports: Reports, rate_limits: RateLimits):
         super().__init__(authority, auth, access_log)
         self.payments = payments
         self.reports = reports
+        self.rate_limits = rate_limits
 
     @rpc(Role.ADMIN)
     async def CreateUser(self, request: admin_pb2.CreateUserRequest, caller: Caller) -> admin_pb2.User:
@@ -257,3 +265,16 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
     async def GetForecast(self, request: admin_pb2.GetForecastRequest, caller: Caller) -> admin_pb2.Forecast:
         return forecast_message(await self.reports.forecast(request.account.org_id, request.account.user_id,
                                                             request.window_days))
+
+    # ---- rate limits (credit_service/rate_limits.py) ----
+
+    @rpc(Role.ADMIN)
+    async def SetRateLimit(self, request: admin_pb2.SetRateLimitRequest, caller: Caller) -> admin_pb2.RateLimit:
+        return rate_limit_message(await self.rate_limits.set(request.org_id, request.user_id, request.key_id,
+                                                             limits_of(request), request.clear, caller.name))
+
+    @rpc(Role.ADMIN, Role.READ)
+    async def ListRateLimits(self, request: admin_pb2.ListRateLimitsRequest,
+                             caller: Caller) -> admin_pb2.ListRateLimitsResponse:
+        rows = await self.rate_limits.list(request.org_id, request.user_id)
+        return admin_pb2.ListRateLimitsResponse(limits=[rate_limit_message(r) for r in rows])

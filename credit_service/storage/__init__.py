@@ -1,6 +1,6 @@
 """PostgreSQL storage of the credit authority: every SQL statement outside migrations/ lives here.
 
-`Storage` is the one object the authority holds. It is the sum of six parts, each a module:
+`Storage` is the one object the authority holds. It is the sum of seven parts, each a module:
 
 * hot_path.py  Check, Reserve, Commit, Release, expiry: one round trip each to the functions of
                migrations/functions/, alone or group-committed by batcher.py (one answer shape)
@@ -9,6 +9,7 @@
 * alerts.py    low-balance alert webhooks, thresholds, events and their delivery state
 * payments.py  purchases through Stripe Checkout: pending, paid (the pool topped up once), expired, refunded
 * reports.py   statements and forecasts, read from the ledger
+* rate_limits.py  setting and listing rate limits (Reserve enforces them in SQL)
 
 All statements are parameterized; the domain's types come from credit_service.model.
 """
@@ -23,13 +24,15 @@ from .batcher import HotPathBatcher
 from .common import init_connection, keep_session
 from .hot_path import BATCH_SQL, HotOp, HotPathQueries, run_batch
 from .payments import PaymentQueries
+from .rate_limits import RateLimitQueries
 from .reports import ReportQueries
 from .usage import UsageQueries
 
 __all__ = ["BATCH_SQL", "HotOp", "HotPathBatcher", "Storage", "init_connection"]
 
 
-class Storage(HotPathQueries, AdminQueries, UsageQueries, AlertQueries, PaymentQueries, ReportQueries):
+class Storage(HotPathQueries, AdminQueries, UsageQueries, AlertQueries, PaymentQueries, ReportQueries,
+              RateLimitQueries):
     """The authority's only door to PostgreSQL."""
 
     @classmethod

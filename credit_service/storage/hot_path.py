@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from .. import metrics
-from ..errors import AlreadyExists, FailedPrecondition, InsufficientCredits, NotFound
+from ..errors import AlreadyExists, FailedPrecondition, InsufficientCredits, NotFound, RateLimited
 from ..model import Balance, Charge, Hold, funding_label
 from .batcher import HotPathBatcher
 from .common import Queries, past_largest_total, raise_resolution
@@ -37,16 +37,18 @@ class HotOp(NamedTuple):
     metadata: dict[str, Any] | None = None
     reservation_id: uuid.UUID | None = None
     reason: str | None = None
+    api_key_id: str | None = None
+    tokens: int | None = None  # estimated (reserve) or real (commit; None: the estimate stands)
 
 
 BATCH_SQL = "SELECT * FROM credit_batch(" + ", ".join(f"${i}" for i in range(1, len(HotOp._fields) + 1)) + ")"
 
 # The single-call functions, their columns named as credit_batch names them.
 RESERVE_SQL = """SELECT outcome, reservation_id, funding_kind, org_id, reserved_mc AS amount_mc, available_mc,
-                        expires_at, status
-                   FROM credit_reserve_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"""
+                        expires_at, status, limit_info
+                   FROM credit_reserve_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"""
 COMMIT_SQL = """SELECT outcome, charged_mc AS amount_mc, available_mc, overrun, late, funding_kind, org_id
-                  FROM credit_commit($1, $2, $3, $4)"""
+                  FROM credit_commit($1, $2, $3, $4, $5)"""
 RELEASE_SQL = "SELECT credit_release($1, $2, $3) AS outcome"
 
 
@@ -66,6 +68,7 @@ class HotRow:
     status: Any = None  # str
     overrun: Any = None  # bool
     late: Any = None  # bool
+    limit_info: Any = None  # dict: a Reserve's refusal ('rate_limited') or what is left of its limits ('ok')
 
     @classmethod
     def of(cls, row: Mapping[str, Any], batched: bool) -> HotRow:
@@ -99,12 +102,12 @@ class HotPathQueries(Queries):
 
     async def reserve(self, *, caller: str, request_id: str, request_hash: bytes, user_id: str,
                       org_id: str, amount_mc: int, ttl_seconds: int, service_type: str,
-                      service_name: str, metadata: dict[str, Any]) -> Hold:
+                      service_name: str, metadata: dict[str, Any], api_key_id: str = "", tokens: int = 0) -> Hold:
         operation = HotOp("reserve", caller, request_id, request_hash, user_id, org_id, amount_mc, ttl_seconds,
-                          service_type, service_name, metadata)
+                          service_type, service_name, metadata, api_key_id=api_key_id, tokens=tokens)
         for _ in range(5):
             row = await self._run(operation, RESERVE_SQL, caller, request_id, request_hash, user_id, org_id,
-                                  amount_mc, ttl_seconds, service_type, service_name, metadata)
+                                  amount_mc, ttl_seconds, service_type, service_name, metadata, api_key_id, tokens)
             if row.outcome != "retry":  # "retry": a concurrent Reserve with this request_id won the race
                 break
             metrics.RESERVE_RETRIES.labels("batch" if row.batched else "single").inc()
@@ -115,14 +118,16 @@ class HotPathQueries(Queries):
             raise AlreadyExists(f"request_id {request_id!r} was already used with different arguments")
         if row.outcome == "insufficient":
             raise InsufficientCredits(row.available_mc or 0, amount_mc, funding_label(row.funding_kind, row.org_id))
+        if row.outcome == "rate_limited":
+            raise RateLimited.of(row.limit_info)
         return Hold(row.reservation_id, row.funding_kind, row.org_id, row.amount_mc, row.available_mc or 0,
-                    row.expires_at, row.outcome == "replay", row.status)
+                    row.expires_at, row.outcome == "replay", row.status, row.limit_info or None)
 
     async def commit(self, *, caller: str, reservation_id: uuid.UUID, amount_mc: int,
-                     metadata: dict[str, Any]) -> Charge:
+                     metadata: dict[str, Any], tokens: int | None = None) -> Charge:
         row = await self._run(HotOp("commit", caller, amount_mc=amount_mc, metadata=metadata,
-                                    reservation_id=reservation_id),
-                              COMMIT_SQL, caller, reservation_id, amount_mc, metadata)
+                                    reservation_id=reservation_id, tokens=tokens),
+                              COMMIT_SQL, caller, reservation_id, amount_mc, metadata, tokens)
         if row.outcome == "not_found":
             raise NotFound(f"reservation {reservation_id} not found")
         if row.outcome == "out_of_range":

@@ -3,16 +3,20 @@
 -- 'reserve', 'commit' or 'release'; the other arrays hold each operation's
 -- arguments (unused ones NULL). Lock order is the global one: the reservation
 -- rows (sorted), then accounts by credit_account_lock_key, arrival order
--- within an account; each account is written once per batch.
+-- within an account; each account is written once per batch. Rate limits: the
+-- rate_limits rows of every operation are locked after the reservation rows
+-- and before the accounts (limit_id order), worked on in memory (lim) and
+-- written back once at the end; a Reserve a limit refuses is 'rate_limited'
+-- (limit_info: the refusal; on 'ok', what is left of the limits).
 -- History: 0004; one write per account 0006; key lookups and enable_seqscan =
--- off 0007; credit_account_lock_key 0009; 'out_of_range' 0010.
+-- off 0007; credit_account_lock_key 0009; 'out_of_range' 0010; rate limits 0013.
 CREATE OR REPLACE FUNCTION credit_batch(kinds TEXT[], callers TEXT[], request_ids TEXT[], hashes BYTEA[],
                                         user_ids TEXT[], org_ids TEXT[], amounts BIGINT[], ttls INT[],
                                         service_types TEXT[], service_names TEXT[], metadatas JSONB[],
-                                        reservation_ids UUID[], reasons TEXT[])
+                                        reservation_ids UUID[], reasons TEXT[], api_key_ids TEXT[], tokens BIGINT[])
 RETURNS TABLE (idx INT, outcome TEXT, reservation_id UUID, funding_kind TEXT, org_id TEXT,
                amount_mc BIGINT, available_mc BIGINT, expires_at TIMESTAMPTZ, status TEXT,
-               overrun BOOLEAN, late BOOLEAN)
+               overrun BOOLEAN, late BOOLEAN, limit_info JSONB)
 LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
     n INT := coalesce(array_length(kinds, 1), 0);
@@ -30,6 +34,10 @@ DECLARE
     res reservations%ROWTYPE;
     v_rid UUID;
     v_outcome TEXT; v_org TEXT; v_hash BYTEA; v_hold BIGINT; v_late BOOLEAN; v_over BOOLEAN;
+    -- rate limits: the rows of the whole batch (NULL: none apply), and one operation's share of them
+    lim rate_limits[]; lim_keys TEXT[] := '{}'; lim_ids BIGINT[] := '{}'; v_lids BIGINT[];
+    v_pos INT[]; v_sub rate_limits[]; v_new rate_limits[]; v_refusal JSONB; v_status JSONB; v_keys TEXT[];
+    v_now TIMESTAMPTZ;
 BEGIN
     -- 1. Where each operation will write (read only, no locks yet).
     FOR i IN 1 .. n LOOP
@@ -37,9 +45,13 @@ BEGIN
         IF kinds[i] = 'reserve' THEN
             SELECT f.outcome, f.org_id, user_ids[i] INTO v_kind, v_org, v_user
               FROM credit_resolve_funding(user_ids[i], org_ids[i]) f;
+            IF v_kind IN ('org', 'individual') THEN
+                lim_keys := lim_keys || credit_limit_keys(v_kind, v_org, v_user, api_key_ids[i]);
+            END IF;
         ELSE
-            SELECT x.funding_kind, x.org_id, x.user_id INTO v_kind, v_org, v_user
+            SELECT x.funding_kind, x.org_id, x.user_id, x.limit_ids INTO v_kind, v_org, v_user, v_lids
               FROM reservations x WHERE x.reservation_id = reservation_ids[i];
+            lim_ids := lim_ids || coalesce(v_lids, '{}');
         END IF;
         acct_kinds[i] := coalesce(v_kind, ''); acct_orgs[i] := v_org; acct_users[i] := coalesce(v_user, '');
         lock_keys[i] := credit_account_lock_key(acct_kinds[i], acct_orgs[i], acct_users[i]);
@@ -49,6 +61,11 @@ BEGIN
                   WHERE u.id IS NOT NULL ORDER BY u.id LOOP
         PERFORM 1 FROM reservations x WHERE x.reservation_id = v_rid FOR UPDATE;
     END LOOP;
+    -- 2b. Then the rate_limits rows that apply, by limit_id.
+    IF lim_keys <> '{}' OR lim_ids <> '{}' THEN
+        lim := credit_limits_lock(lim_keys, lim_ids);
+        v_now := clock_timestamp();  -- after the locks: later than the time of whoever held them before
+    END IF;
 
     -- 3. Operations by account in the global account order, arrival order within an account.
     FOR i IN SELECT o.i FROM generate_subscripts(kinds, 1) AS o(i)
@@ -78,6 +95,7 @@ BEGIN
         idx := i;
         outcome := NULL; reservation_id := NULL; funding_kind := NULL; org_id := NULL; amount_mc := NULL;
         available_mc := NULL; expires_at := NULL; status := NULL; overrun := NULL; late := NULL;
+        limit_info := NULL;
 
         IF kinds[i] = 'reserve' THEN
             SELECT x.* INTO res FROM reservations x WHERE x.caller = callers[i] AND x.request_id = request_ids[i];
@@ -93,28 +111,51 @@ BEGIN
                 END IF;
             ELSIF a_kind NOT IN ('org', 'individual') THEN
                 outcome := a_kind;  -- unknown_user, unknown_org or not_member
-            ELSIF a_limit - a_used - a_held < amounts[i] THEN
-                outcome := 'insufficient'; funding_kind := a_kind; org_id := a_org;
-                available_mc := a_limit - a_used - a_held;
             ELSE
-                expires_at := now() + make_interval(secs => ttls[i]);
-                INSERT INTO reservations AS r (reservation_id, caller, request_id, request_hash, user_id,
-                                               funding_kind, org_id, amount_mc, service_type, service_name,
-                                               metadata, expires_at)
-                VALUES (gen_random_uuid(), callers[i], request_ids[i], hashes[i], a_user, a_kind, a_org,
-                        amounts[i], service_types[i], service_names[i], metadatas[i], expires_at)
-                ON CONFLICT (caller, request_id) DO NOTHING
-                RETURNING r.reservation_id INTO reservation_id;
-                IF reservation_id IS NULL THEN
-                    outcome := 'retry';  -- a concurrent Reserve with this request_id won
-                    expires_at := NULL;
+                -- the batch's rate_limits rows that apply to this request
+                v_pos := '{}'; v_sub := '{}'; v_refusal := NULL; v_status := NULL;
+                IF lim IS NOT NULL THEN
+                    v_keys := credit_limit_keys(a_kind, a_org, a_user, api_key_ids[i]);
+                    FOR j IN 1 .. array_length(lim, 1) LOOP
+                        IF (lim[j]).scope_key = ANY(v_keys) THEN
+                            v_pos := v_pos || j; v_sub := v_sub || lim[j];
+                        END IF;
+                    END LOOP;
+                    IF v_pos <> '{}' THEN
+                        SELECT t.rows, t.refusal, t.status INTO v_new, v_refusal, v_status
+                          FROM credit_limits_take(v_sub, v_now, coalesce(tokens[i], 0), amounts[i]) t;
+                    END IF;
+                END IF;
+                IF v_refusal IS NOT NULL THEN
+                    outcome := 'rate_limited'; funding_kind := a_kind; org_id := a_org; limit_info := v_refusal;
+                ELSIF a_limit - a_used - a_held < amounts[i] THEN
+                    outcome := 'insufficient'; funding_kind := a_kind; org_id := a_org;
+                    available_mc := a_limit - a_used - a_held;
                 ELSE
-                    a_held := a_held + amounts[i]; a_dirty := true;
-                    INSERT INTO ledger_entries (account, org_id, user_id, kind, delta_held_mc, reservation_id)
-                    VALUES (CASE WHEN a_kind = 'org' THEN 'allocation' ELSE 'individual' END,
-                            a_org, a_user, 'hold', amounts[i], reservation_id);
-                    outcome := 'ok'; funding_kind := a_kind; org_id := a_org; amount_mc := amounts[i];
-                    available_mc := a_limit - a_used - a_held; status := 'held';
+                    expires_at := now() + make_interval(secs => ttls[i]);
+                    INSERT INTO reservations AS r (reservation_id, caller, request_id, request_hash, user_id,
+                                                   funding_kind, org_id, amount_mc, service_type, service_name,
+                                                   metadata, expires_at, api_key_id, estimated_tokens, limit_ids)
+                    VALUES (gen_random_uuid(), callers[i], request_ids[i], hashes[i], a_user, a_kind, a_org,
+                            amounts[i], service_types[i], service_names[i], metadatas[i], expires_at,
+                            nullif(api_key_ids[i], ''), coalesce(tokens[i], 0),
+                            coalesce((SELECT array_agg((x).limit_id) FROM unnest(v_sub) x), '{}'))
+                    ON CONFLICT (caller, request_id) DO NOTHING
+                    RETURNING r.reservation_id INTO reservation_id;
+                    IF reservation_id IS NULL THEN
+                        outcome := 'retry';  -- a concurrent Reserve with this request_id won
+                        expires_at := NULL;
+                    ELSE
+                        a_held := a_held + amounts[i]; a_dirty := true;
+                        INSERT INTO ledger_entries (account, org_id, user_id, kind, delta_held_mc, reservation_id)
+                        VALUES (CASE WHEN a_kind = 'org' THEN 'allocation' ELSE 'individual' END,
+                                a_org, a_user, 'hold', amounts[i], reservation_id);
+                        FOR k IN 1 .. coalesce(array_length(v_pos, 1), 0) LOOP
+                            lim[v_pos[k]] := v_new[k];
+                        END LOOP;
+                        outcome := 'ok'; funding_kind := a_kind; org_id := a_org; amount_mc := amounts[i];
+                        available_mc := a_limit - a_used - a_held; status := 'held'; limit_info := v_status;
+                    END IF;
                 END IF;
             END IF;
 
@@ -150,6 +191,13 @@ BEGIN
                     VALUES (res.reservation_id, res.org_id, res.user_id, res.funding_kind, res.service_type,
                             res.service_name, amounts[i], res.request_id, res.metadata || metadatas[i],
                             v_over, v_late);
+                    FOR j IN 1 .. coalesce(array_length(lim, 1), 0) LOOP
+                        IF (lim[j]).limit_id = ANY(res.limit_ids) THEN
+                            lim[j] := credit_limit_finish(lim[j], 'commit', res.status = 'held', res.created_at,
+                                                          res.amount_mc, amounts[i], res.estimated_tokens, tokens[i],
+                                                          v_now);
+                        END IF;
+                    END LOOP;
                     outcome := 'ok'; amount_mc := amounts[i]; overrun := v_over; late := v_late;
                     available_mc := a_limit - a_used - a_held;
                 END IF;
@@ -165,6 +213,12 @@ BEGIN
                     INSERT INTO ledger_entries (account, org_id, user_id, kind, delta_held_mc, reservation_id, note)
                     VALUES (CASE WHEN res.funding_kind = 'org' THEN 'allocation' ELSE 'individual' END,
                             res.org_id, res.user_id, 'release', -res.amount_mc, res.reservation_id, reasons[i]);
+                    FOR j IN 1 .. coalesce(array_length(lim, 1), 0) LOOP
+                        IF (lim[j]).limit_id = ANY(res.limit_ids) THEN
+                            lim[j] := credit_limit_finish(lim[j], 'release', true, res.created_at, res.amount_mc, 0,
+                                                          res.estimated_tokens, NULL, v_now);
+                        END IF;
+                    END LOOP;
                     outcome := 'ok';
                 END IF;
             END IF;
@@ -174,5 +228,8 @@ BEGIN
 
     IF a_dirty THEN
         PERFORM credit_apply_to_account(a_kind, a_org, a_user, a_used - a_used0, a_held - a_held0);
+    END IF;
+    IF lim IS NOT NULL THEN
+        PERFORM credit_limits_save(lim);
     END IF;
 END $$;

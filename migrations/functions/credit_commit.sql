@@ -4,9 +4,13 @@
 -- amount replays. The account is updated first: a charge past the largest
 -- account total is refused before any write.
 -- outcome: 'ok' | 'replay' | 'not_found' | 'finalized' | 'out_of_range'
+-- Rate limits the hold was counted against get back what it did not use
+-- (credit_limit_finish; p_tokens: the real token count, NULL keeps the
+-- estimate). Locks: the reservation, its rate_limits rows, the account.
 -- History: 0002; primary-key lookup and enable_seqscan = off since 0007;
--- 'out_of_range' since 0010.
+-- 'out_of_range' since 0010; rate limits since 0013.
 CREATE OR REPLACE FUNCTION credit_commit(p_caller TEXT, p_reservation_id UUID, p_amount_mc BIGINT, p_metadata JSONB,
+                              p_tokens BIGINT,
                               OUT outcome TEXT, OUT charged_mc BIGINT, OUT available_mc BIGINT,
                               OUT overrun BOOLEAN, OUT late BOOLEAN, OUT funding_kind TEXT,
                               OUT org_id TEXT)
@@ -14,6 +18,7 @@ LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
     r reservations%ROWTYPE;
     v_hold_removed BIGINT;
+    v_limits rate_limits[];
 BEGIN
     SELECT * INTO r FROM reservations WHERE reservation_id = p_reservation_id FOR UPDATE;
     IF NOT FOUND OR r.caller <> p_caller THEN outcome := 'not_found'; RETURN; END IF;
@@ -34,6 +39,9 @@ BEGIN
     overrun := p_amount_mc > r.amount_mc;
     charged_mc := p_amount_mc;
 
+    IF r.limit_ids <> '{}' THEN
+        v_limits := credit_limits_lock('{}', r.limit_ids);
+    END IF;
     -- The account first: it refuses (NULL) a charge that would pass the largest total, before any write.
     available_mc := credit_apply_to_account(r.funding_kind, r.org_id, r.user_id, p_amount_mc, -v_hold_removed);
     IF available_mc IS NULL THEN
@@ -51,5 +59,11 @@ BEGIN
                                    overrun, late)
     VALUES (r.reservation_id, r.org_id, r.user_id, r.funding_kind, r.service_type, r.service_name,
             p_amount_mc, r.request_id, r.metadata || p_metadata, overrun, late);
+    IF v_limits IS NOT NULL THEN
+        PERFORM credit_limits_save(array_agg(credit_limit_finish(x, 'commit', r.status = 'held', r.created_at,
+                                                                 r.amount_mc, p_amount_mc, r.estimated_tokens,
+                                                                 p_tokens, clock_timestamp())))
+           FROM unnest(v_limits) x;
+    END IF;
     outcome := 'ok';
 END $$;

@@ -1,7 +1,10 @@
 -- Release: voids a held reservation. Releasing an already released or
 -- expired reservation replays; releasing a committed one is refused.
 -- outcome: 'ok' | 'replay' | 'not_found' | 'finalized'
--- History: 0002; primary-key lookup and enable_seqscan = off since 0007.
+-- Rate limits the hold was counted against get it back (credit_limit_finish).
+-- Locks: the reservation, its rate_limits rows, the account.
+-- History: 0002; primary-key lookup and enable_seqscan = off since 0007; rate
+-- limits since 0013.
 CREATE OR REPLACE FUNCTION credit_release(p_caller TEXT, p_reservation_id UUID, p_reason TEXT)
 RETURNS TEXT LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
@@ -12,6 +15,11 @@ BEGIN
     IF r.status = 'committed' THEN RETURN 'finalized'; END IF;
     IF r.status <> 'held' THEN RETURN 'replay'; END IF;
 
+    IF r.limit_ids <> '{}' THEN
+        PERFORM credit_limits_save(array_agg(credit_limit_finish(x, 'release', true, r.created_at, r.amount_mc, 0,
+                                                                 r.estimated_tokens, NULL, clock_timestamp())))
+           FROM unnest(credit_limits_lock('{}', r.limit_ids)) x;
+    END IF;
     UPDATE reservations SET status = 'released', finalized_at = now(), release_reason = p_reason
      WHERE reservation_id = r.reservation_id;
     PERFORM credit_apply_to_account(r.funding_kind, r.org_id, r.user_id, 0, -r.amount_mc);

@@ -17,7 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from credit_service.authority import (
+from credit_service.errors import InsufficientCredits, InvalidArgument, NotFound
+from credit_service.money import MAX_MILLICREDITS
+from credit_service.server.rpc import status_for
+from credit_service.validators import (
     MAX_LABEL,
     MAX_METADATA_BYTES,
     MAX_WEBHOOK_URL,
@@ -30,9 +33,6 @@ from credit_service.authority import (
     require_reservation_id,
     require_webhook_url,
 )
-from credit_service.errors import InsufficientCredits, InvalidArgument, NotFound
-from credit_service.money import MAX_MILLICREDITS
-from credit_service.server.rpc import status_for
 from inference_service.schemas import ChatCompletionRequest, ImageGenerationRequest, printable
 
 MESSAGES = [{"role": "user", "content": "hello"}]

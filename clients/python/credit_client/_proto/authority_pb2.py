@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63redit/v1/authority.proto\x12\tcredit.v1\x1a\x15\x63redit/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"L\n\x0c\x43heckRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x03 \x01(\x03\"e\n\rCheckResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12#\n\x07\x66unding\x18\x02 \x01(\x0b\x32\x12.credit.v1.Funding\x12\x1e\n\x16\x61vailable_millicredits\x18\x03 \x01(\x03\"\xce\x01\n\x0eReserveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06org_id\x18\x03 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x04 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x05\x12\x14\n\x0cservice_type\x18\x06 \x01(\t\x12\x14\n\x0cservice_name\x18\x07 \x01(\t\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xdf\x01\n\x0fReserveResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12#\n\x07\x66unding\x18\x02 \x01(\x0b\x32\x12.credit.v1.Funding\x12\x1d\n\x15reserved_millicredits\x18\x03 \x01(\x03\x12\x1e\n\x16\x61vailable_millicredits\x18\x04 \x01(\x03\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08replayed\x18\x06 \x01(\x08\x12\x0e\n\x06status\x18\x07 \x01(\t\"o\n\rCommitRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x02 \x01(\x03\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x92\x01\n\x0e\x43ommitResponse\x12\x1c\n\x14\x63harged_millicredits\x18\x01 \x01(\x03\x12\x1e\n\x16\x61vailable_millicredits\x18\x02 \x01(\x03\x12\x0f\n\x07overrun\x18\x03 \x01(\x08\x12\x0c\n\x04late\x18\x04 \x01(\x08\x12#\n\x07\x66unding\x18\x05 \x01(\x0b\x32\x12.credit.v1.Funding\"8\n\x0eReleaseRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x11\n\x0fReleaseResponse\"4\n\x11GetBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\"\xab\x01\n\x12GetBalanceResponse\x12#\n\x07\x66unding\x18\x01 \x01(\x0b\x32\x12.credit.v1.Funding\x12\x1a\n\x12limit_millicredits\x18\x02 \x01(\x03\x12\x19\n\x11used_millicredits\x18\x03 \x01(\x03\x12\x19\n\x11held_millicredits\x18\x04 \x01(\x03\x12\x1e\n\x16\x61vailable_millicredits\x18\x05 \x01(\x03\x32\xdb\x02\n\x0f\x43reditAuthority\x12:\n\x05\x43heck\x12\x17.credit.v1.CheckRequest\x1a\x18.credit.v1.CheckResponse\x12@\n\x07Reserve\x12\x19.credit.v1.ReserveRequest\x1a\x1a.credit.v1.ReserveResponse\x12=\n\x06\x43ommit\x12\x18.credit.v1.CommitRequest\x1a\x19.credit.v1.CommitResponse\x12@\n\x07Release\x12\x19.credit.v1.ReleaseRequest\x1a\x1a.credit.v1.ReleaseResponse\x12I\n\nGetBalance\x12\x1c.credit.v1.GetBalanceRequest\x1a\x1d.credit.v1.GetBalanceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63redit/v1/authority.proto\x12\tcredit.v1\x1a\x15\x63redit/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"L\n\x0c\x43heckRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x03 \x01(\x03\"e\n\rCheckResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12#\n\x07\x66unding\x18\x02 \x01(\x0b\x32\x12.credit.v1.Funding\x12\x1e\n\x16\x61vailable_millicredits\x18\x03 \x01(\x03\"\xfc\x01\n\x0eReserveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06org_id\x18\x03 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x04 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x05\x12\x14\n\x0cservice_type\x18\x06 \x01(\t\x12\x14\n\x0cservice_name\x18\x07 \x01(\t\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\napi_key_id\x18\t \x01(\t\x12\x18\n\x10\x65stimated_tokens\x18\n \x01(\x03\"E\n\x0fRateLimitWindow\x12\r\n\x05limit\x18\x01 \x01(\x03\x12\x11\n\tremaining\x18\x02 \x01(\x03\x12\x10\n\x08reset_ms\x18\x03 \x01(\x03\"k\n\x0fRateLimitStatus\x12,\n\x08requests\x18\x01 \x01(\x0b\x32\x1a.credit.v1.RateLimitWindow\x12*\n\x06tokens\x18\x02 \x01(\x0b\x32\x1a.credit.v1.RateLimitWindow\"\x90\x02\n\x0fReserveResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12#\n\x07\x66unding\x18\x02 \x01(\x0b\x32\x12.credit.v1.Funding\x12\x1d\n\x15reserved_millicredits\x18\x03 \x01(\x03\x12\x1e\n\x16\x61vailable_millicredits\x18\x04 \x01(\x03\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08replayed\x18\x06 \x01(\x08\x12\x0e\n\x06status\x18\x07 \x01(\t\x12/\n\x0brate_limits\x18\x08 \x01(\x0b\x32\x1a.credit.v1.RateLimitStatus\"\x8f\x01\n\rCommitRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x1b\n\x13\x61mount_millicredits\x18\x02 \x01(\x03\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x06tokens\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\t\n\x07_tokens\"\x92\x01\n\x0e\x43ommitResponse\x12\x1c\n\x14\x63harged_millicredits\x18\x01 \x01(\x03\x12\x1e\n\x16\x61vailable_millicredits\x18\x02 \x01(\x03\x12\x0f\n\x07overrun\x18\x03 \x01(\x08\x12\x0c\n\x04late\x18\x04 \x01(\x08\x12#\n\x07\x66unding\x18\x05 \x01(\x0b\x32\x12.credit.v1.Funding\"8\n\x0eReleaseRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x11\n\x0fReleaseResponse\"4\n\x11GetBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\"\xab\x01\n\x12GetBalanceResponse\x12#\n\x07\x66unding\x18\x01 \x01(\x0b\x32\x12.credit.v1.Funding\x12\x1a\n\x12limit_millicredits\x18\x02 \x01(\x03\x12\x19\n\x11used_millicredits\x18\x03 \x01(\x03\x12\x19\n\x11held_millicredits\x18\x04 \x01(\x03\x12\x1e\n\x16\x61vailable_millicredits\x18\x05 \x01(\x03\x32\xdb\x02\n\x0f\x43reditAuthority\x12:\n\x05\x43heck\x12\x17.credit.v1.CheckRequest\x1a\x18.credit.v1.CheckResponse\x12@\n\x07Reserve\x12\x19.credit.v1.ReserveRequest\x1a\x1a.credit.v1.ReserveResponse\x12=\n\x06\x43ommit\x12\x18.credit.v1.CommitRequest\x1a\x19.credit.v1.CommitResponse\x12@\n\x07Release\x12\x19.credit.v1.ReleaseRequest\x1a\x1a.credit.v1.ReleaseResponse\x12I\n\nGetBalance\x12\x1c.credit.v1.GetBalanceRequest\x1a\x1d.credit.v1.GetBalanceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,21 +39,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKRESPONSE']._serialized_start=204
   _globals['_CHECKRESPONSE']._serialized_end=305
   _globals['_RESERVEREQUEST']._serialized_start=308
-  _globals['_RESERVEREQUEST']._serialized_end=514
-  _globals['_RESERVERESPONSE']._serialized_start=517
-  _globals['_RESERVERESPONSE']._serialized_end=740
-  _globals['_COMMITREQUEST']._serialized_start=742
-  _globals['_COMMITREQUEST']._serialized_end=853
-  _globals['_COMMITRESPONSE']._serialized_start=856
-  _globals['_COMMITRESPONSE']._serialized_end=1002
-  _globals['_RELEASEREQUEST']._serialized_start=1004
-  _globals['_RELEASEREQUEST']._serialized_end=1060
-  _globals['_RELEASERESPONSE']._serialized_start=1062
-  _globals['_RELEASERESPONSE']._serialized_end=1079
-  _globals['_GETBALANCEREQUEST']._serialized_start=1081
-  _globals['_GETBALANCEREQUEST']._serialized_end=1133
-  _globals['_GETBALANCERESPONSE']._serialized_start=1136
-  _globals['_GETBALANCERESPONSE']._serialized_end=1307
-  _globals['_CREDITAUTHORITY']._serialized_start=1310
-  _globals['_CREDITAUTHORITY']._serialized_end=1657
+  _globals['_RESERVEREQUEST']._serialized_end=560
+  _globals['_RATELIMITWINDOW']._serialized_start=562
+  _globals['_RATELIMITWINDOW']._serialized_end=631
+  _globals['_RATELIMITSTATUS']._serialized_start=633
+  _globals['_RATELIMITSTATUS']._serialized_end=740
+  _globals['_RESERVERESPONSE']._serialized_start=743
+  _globals['_RESERVERESPONSE']._serialized_end=1015
+  _globals['_COMMITREQUEST']._serialized_start=1018
+  _globals['_COMMITREQUEST']._serialized_end=1161
+  _globals['_COMMITRESPONSE']._serialized_start=1164
+  _globals['_COMMITRESPONSE']._serialized_end=1310
+  _globals['_RELEASEREQUEST']._serialized_start=1312
+  _globals['_RELEASEREQUEST']._serialized_end=1368
+  _globals['_RELEASERESPONSE']._serialized_start=1370
+  _globals['_RELEASERESPONSE']._serialized_end=1387
+  _globals['_GETBALANCEREQUEST']._serialized_start=1389
+  _globals['_GETBALANCEREQUEST']._serialized_end=1441
+  _globals['_GETBALANCERESPONSE']._serialized_start=1444
+  _globals['_GETBALANCERESPONSE']._serialized_end=1615
+  _globals['_CREDITAUTHORITY']._serialized_start=1618
+  _globals['_CREDITAUTHORITY']._serialized_end=1965
 # @@protoc_insertion_point(module_scope)
