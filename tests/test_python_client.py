@@ -9,6 +9,7 @@ import pytest
 from conftest import free_port
 from invariants import assert_invariants
 
+from credit.v1 import admin_pb2
 from credit_client import (
     AlreadyExists,
     AlreadyFinalized,
@@ -21,6 +22,7 @@ from credit_client import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    RateLimited,
     Unauthenticated,
 )
 
@@ -147,6 +149,29 @@ async def test_insufficient_credits_raises_with_the_numbers(client, world):
     check = await client.check(user_id, 1_000)
     assert (check.allowed, check.available_millicredits, str(check.funding)) == (False, 250, "individual")
     assert (await client.balance(user_id)).held_millicredits == 0
+
+
+async def test_a_rate_limit_raises_rate_limited_with_the_limit_and_the_delay_never_insufficient_credits(
+        client, world, admin):
+    org_id, user_id = world.funded_member(allocation_mc=1_000)
+    admin.SetRateLimit(admin_pb2.SetRateLimitRequest(org_id=org_id, user_id=user_id, requests_per_minute=1,
+                                                     tokens_per_minute=600))
+    with pytest.raises(InsufficientCredits):  # too much: insufficient credits, whatever the limits say
+        await client.reserve(user_id=user_id, org_id=org_id, amount_millicredits=5_000)
+    with pytest.raises(RateLimited) as raised:  # alone larger than the tokens per minute: waiting will not help
+        await client.reserve(user_id=user_id, org_id=org_id, amount_millicredits=10, estimated_tokens=601)
+    assert (raised.value.limit, raised.value.exceeds, raised.value.retry_after) == ("tokens_per_minute", True, None)
+    async with client.hold(user_id=user_id, org_id=org_id, amount_millicredits=100, estimated_tokens=500) as hold:
+        hold.commit(40, tokens=30)  # the real count: 470 of the 500 estimated come back
+    [limit] = admin.ListRateLimits(admin_pb2.ListRateLimitsRequest(org_id=org_id, user_id=user_id)).limits
+    assert 600 - 30 <= limit.tokens_remaining <= 600 - 30 + 20  # plus what came back meanwhile (10 a second)
+    with pytest.raises(RateLimited) as raised:
+        await client.reserve(user_id=user_id, org_id=org_id, amount_millicredits=10)
+    error = raised.value
+    assert not isinstance(error, InsufficientCredits) and error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (error.limit, error.value, error.scope, error.window, error.exceeds) == (
+        "requests_per_minute", 1, "member", "minute", False)
+    assert error.retry_after is not None and 55 < error.retry_after <= 60
 
 
 async def test_a_lost_reserve_answer_is_retried_without_a_second_hold(authority, tokens, world, db):

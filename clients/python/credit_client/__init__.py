@@ -30,7 +30,12 @@ Billing one call is one block::
   raise at once.
 * Errors are :class:`CreditClientError` subclasses, one per row of the
   authority's error table; :class:`InsufficientCredits` carries ``available``,
-  ``requested`` and ``funding`` from the ``google.rpc.ErrorInfo`` detail.
+  ``requested`` and ``funding`` from the ``google.rpc.ErrorInfo`` detail;
+  :class:`RateLimited` (a rate limit, never insufficient credits) carries
+  ``limit``, ``value``, ``scope``, ``window``, ``exceeds`` and ``retry_after``
+  (seconds, from ``google.rpc.RetryInfo``). Pass ``api_key_id`` and
+  ``estimated_tokens`` to ``reserve``/``hold`` and the real ``tokens`` to
+  ``commit`` so the key's and the tokens-per-minute limits apply.
 * Entering ``hold()`` with a ``request_id`` whose reservation is still held
   picks that hold up again (no second hold); with one that was already
   committed, released or expired it raises :class:`AlreadyFinalized`, so a
@@ -56,6 +61,7 @@ from .errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    RateLimited,
     Unauthenticated,
     error_from_rpc,
 )
@@ -64,6 +70,7 @@ from .retry import RETRYABLE, RetryPolicy
 __all__ = [
     "RETRYABLE", "AlreadyExists", "AlreadyFinalized", "AuthorityUnavailable", "Balance", "Charge", "CheckResult",
     "CommitFailed", "CreditClient", "CreditClientError", "FailedPrecondition", "Funding", "Hold",
-    "InsufficientCredits", "InvalidArgument", "NotFound", "PermissionDenied", "Reservation", "RetryPolicy",
+    "InsufficientCredits", "InvalidArgument", "NotFound", "PermissionDenied", "RateLimited", "Reservation",
+    "RetryPolicy",
     "Unauthenticated", "error_from_rpc",
 ]

@@ -194,23 +194,28 @@ class CreditClient:
 
     async def reserve(self, *, user_id: str, amount_millicredits: int, request_id: str | None = None,
                       org_id: str = "", service_type: str = "llm_inference", service_name: str = "",
-                      ttl_seconds: int = 0, metadata: Mapping[str, Any] | None = None) -> Reservation:
-        """Places a hold; retries reuse ``request_id`` (a new UUID when not given)."""
+                      ttl_seconds: int = 0, metadata: Mapping[str, Any] | None = None, api_key_id: str = "",
+                      estimated_tokens: int = 0) -> Reservation:
+        """Places a hold; retries reuse ``request_id`` (a new UUID when not given). The rate limits of the
+        org, member or user apply, and of ``api_key_id`` when given; ``estimated_tokens`` counts against
+        tokens-per-minute limits (raises :class:`RateLimited` when a limit refuses)."""
         request_id = request_id or uuid.uuid4().hex
         response = await self._call(self._stub.Reserve, authority_pb2.ReserveRequest(
             request_id=request_id, user_id=user_id, org_id=org_id, amount_millicredits=amount_millicredits,
             ttl_seconds=ttl_seconds, service_type=service_type, service_name=service_name,
-            metadata=_struct(metadata)))
+            metadata=_struct(metadata), api_key_id=api_key_id, estimated_tokens=estimated_tokens))
         expires = (response.expires_at.ToDatetime(timezone.utc) if response.HasField("expires_at") else None)
         return Reservation(response.reservation_id, request_id, Funding.from_proto(response.funding),
                            response.reserved_millicredits, response.available_millicredits, expires,
                            response.replayed, response.status or "held")
 
     async def commit(self, reservation_id: str, amount_millicredits: int,
-                     metadata: Mapping[str, Any] | None = None) -> Charge:
-        """Charges the actual amount (may exceed the hold: charged in full, flagged overrun)."""
+                     metadata: Mapping[str, Any] | None = None, tokens: int | None = None) -> Charge:
+        """Charges the actual amount (may exceed the hold: charged in full, flagged overrun); ``tokens``,
+        the real count, corrects the Reserve's estimate in tokens-per-minute limits."""
         response = await self._call(self._stub.Commit, authority_pb2.CommitRequest(
-            reservation_id=reservation_id, amount_millicredits=amount_millicredits, metadata=_struct(metadata)))
+            reservation_id=reservation_id, amount_millicredits=amount_millicredits, metadata=_struct(metadata),
+            tokens=tokens))
         return Charge(reservation_id, response.charged_millicredits, response.available_millicredits,
                       response.overrun, response.late, Funding.from_proto(response.funding))
 
@@ -221,12 +226,12 @@ class CreditClient:
 
     def hold(self, *, user_id: str, amount_millicredits: int, request_id: str | None = None, org_id: str = "",
              service_type: str = "llm_inference", service_name: str = "", ttl_seconds: int = 0,
-             metadata: Mapping[str, Any] | None = None) -> Hold:
+             metadata: Mapping[str, Any] | None = None, api_key_id: str = "", estimated_tokens: int = 0) -> Hold:
         """An async context manager: Reserve on enter, Commit on success, Release on exception."""
         return Hold(self, dict(user_id=user_id, amount_millicredits=amount_millicredits,
                                request_id=request_id or uuid.uuid4().hex, org_id=org_id,
                                service_type=service_type, service_name=service_name, ttl_seconds=ttl_seconds,
-                               metadata=metadata))
+                               metadata=metadata, api_key_id=api_key_id, estimated_tokens=estimated_tokens))
 
 
 class Hold:
@@ -239,6 +244,7 @@ class Hold:
         self.reservation: Reservation | None = None
         self.actual_millicredits: int | None = None
         self.commit_metadata: dict[str, Any] = {}
+        self.tokens: int | None = None  # the real token count, sent with the Commit
         self.release_reason: str | None = None
         self.result: Charge | None = None  # set after a successful Commit
         self.released = False
@@ -257,14 +263,18 @@ class Hold:
     def funding(self) -> Funding | None:
         return self.reservation.funding if self.reservation else None
 
-    def commit(self, amount_millicredits: int, metadata: Mapping[str, Any] | None = None) -> None:
-        """Sets the actual amount to charge when the block ends (and usage metadata for the attribution row)."""
+    def commit(self, amount_millicredits: int, metadata: Mapping[str, Any] | None = None,
+               tokens: int | None = None) -> None:
+        """Sets the actual amount to charge when the block ends (and usage metadata for the attribution row,
+        and the real token count for tokens-per-minute limits)."""
         if isinstance(amount_millicredits, bool) or not isinstance(amount_millicredits, int):
             raise TypeError("amount_millicredits must be an int (millicredits)")
         if amount_millicredits < 0:
             raise ValueError("amount_millicredits must be >= 0")
         self.actual_millicredits = amount_millicredits
         self.release_reason = None
+        if tokens is not None:
+            self.tokens = tokens
         if metadata:
             self.commit_metadata.update(metadata)
 
@@ -294,7 +304,8 @@ class Hold:
         if amount is None:  # documented choice: the usage happened, charge the worst case that was held
             amount = self.reservation.reserved_millicredits
         try:
-            self.result = await self._client.commit(self.reservation_id, amount, self.commit_metadata or None)
+            self.result = await self._client.commit(self.reservation_id, amount, self.commit_metadata or None,
+                                                    self.tokens)
         except CreditClientError as error:
             raise CommitFailed(error, self.reservation_id, amount) from error
         return False

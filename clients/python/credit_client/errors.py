@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -84,6 +83,27 @@ class InsufficientCredits(CreditClientError):
         self.funding = funding
 
 
+class RateLimited(CreditClientError):
+    """RESOURCE_EXHAUSTED with ErrorInfo reason RATE_LIMITED: a rate limit refused the Reserve (nothing held).
+
+    ``limit`` is "requests_per_minute", "tokens_per_minute", "max_parallel", "credits_per_day" or
+    "credits_per_month"; ``value`` its setting; ``scope`` "org", "member", "key" or "individual";
+    ``window`` "minute", "parallel", "day" or "month". ``retry_after`` is the delay (seconds, from
+    google.rpc.RetryInfo) after which the same request passes, None when ``exceeds``: the request alone is
+    larger than the limit and waiting does not help. Never raised for insufficient credits.
+    """
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, *, limit: str = "", value: int = 0,
+                 scope: str = "", window: str = "", retry_after: float | None = None, exceeds: bool = False):
+        super().__init__(message, code)
+        self.limit = limit
+        self.value = value
+        self.scope = scope
+        self.window = window
+        self.retry_after = retry_after
+        self.exceeds = exceeds
+
+
 class AuthorityUnavailable(CreditClientError):
     """UNAVAILABLE or DEADLINE_EXCEEDED after every retry: fail closed (do not call the model)."""
 
@@ -123,20 +143,34 @@ def _details(error: grpc.aio.AioRpcError) -> list[Any]:
     return list(status.details) if status is not None else []
 
 
+def _exhausted(error: grpc.aio.AioRpcError, message: str) -> CreditClientError:
+    """RESOURCE_EXHAUSTED, told apart by the ErrorInfo reason: RATE_LIMITED or insufficient credits."""
+    code = error.code()
+    reason, meta, retry_after = "", {}, None
+    for detail in _details(error):
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, meta = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.ToMilliseconds() / 1000
+    if reason == "RATE_LIMITED":
+        return RateLimited(message, code, limit=meta.get("limit", ""), value=int(meta.get("value") or 0),
+                           scope=meta.get("scope", ""), window=meta.get("window", ""), retry_after=retry_after,
+                           exceeds=meta.get("exceeds") == "true")
+    return InsufficientCredits(message, code, available=int(meta.get("available", "0")),
+                               requested=int(meta.get("requested", "0")), funding=meta.get("funding", ""))
+
+
 def error_from_rpc(error: grpc.aio.AioRpcError) -> CreditClientError:
     """Maps a failed call to the matching :class:`CreditClientError`, with its details parsed."""
     code = error.code()
     message = error.details() or code.name
     cls = _ERRORS.get(code, CreditClientError)
     if cls is InsufficientCredits:
-        meta: Mapping[str, str] = {}
-        for detail in _details(error):
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                meta = info.metadata
-        return InsufficientCredits(message, code, available=int(meta.get("available", "0")),
-                                   requested=int(meta.get("requested", "0")), funding=meta.get("funding", ""))
+        return _exhausted(error, message)
     if cls is InvalidArgument:
         violations = []
         for detail in _details(error):
