@@ -22,18 +22,18 @@ from grpc_status import rpc_status
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc, types_pb2
 from credit_client.retry import RETRYABLE, RetryPolicy
 from credit_service import logs
-from credit_service.money import format_credits
 
-from . import errors
+from . import errors, ratelimits
 from .admin_client import AdminCalls
 from .outbox import CommitOutbox
 
 log = logging.getLogger("inference_service")
 
-Detail = TypeVar("Detail", error_details_pb2.ErrorInfo, error_details_pb2.BadRequest)
+Detail = TypeVar("Detail", error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo)
 
 # Reserve, Release and Commit: 4 tries, waiting 0.1, 0.3 and 0.9 seconds between them.
 RETRY = RetryPolicy(attempts=4, initial_backoff=0.1, max_backoff=0.9, multiplier=3, jitter=False)
+MAX_TOKENS = 10**9  # the authority's bound on estimated and real token counts
 
 
 @dataclass(frozen=True)
@@ -64,21 +64,24 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | Non
     return _detail(error, error_details_pb2.ErrorInfo)
 
 
-def to_api_error(error: grpc.aio.AioRpcError) -> errors.ApiError:
+def exhausted(error: grpc.aio.AioRpcError, tokens: int = 0) -> errors.ApiError:
+    """RESOURCE_EXHAUSTED, told apart by its ErrorInfo reason: RATE_LIMITED is 429 (with the RetryInfo's
+    delay), anything else is insufficient credits (402). `tokens`: what the refused Reserve estimated."""
+    info = error_info(error)
+    meta = dict(info.metadata) if info else {}
+    if info is not None and info.reason == ratelimits.RATE_LIMITED:
+        retry = _detail(error, error_details_pb2.RetryInfo)
+        return ratelimits.rate_limited(meta, retry.retry_delay.ToMilliseconds() if retry else None, tokens)
+    return errors.InsufficientCredits(int(meta.get("available", "0")), int(meta.get("requested", "0")),
+                                      meta.get("funding", ""))
+
+
+def to_api_error(error: grpc.aio.AioRpcError, tokens: int = 0) -> errors.ApiError:
     code = error.code()
     if code in RETRYABLE:
         return errors.unavailable()
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        info = error_info(error)
-        meta = dict(info.metadata) if info else {}
-        available = int(meta.get("available", "0"))
-        requested = int(meta.get("requested", "0"))
-        return errors.ApiError(
-            402, f"Insufficient credits: this request may cost up to {format_credits(requested)} credits, "
-                 f"{format_credits(available)} available ({meta.get('funding', '')}).",
-            "insufficient_credits", "insufficient_credits",
-            extra={"available": format_credits(available), "requested": format_credits(requested),
-                   "funding": meta.get("funding", "")})
+        return exhausted(error, tokens)
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return errors.forbidden(error.details() or "not allowed")
     if code == grpc.StatusCode.NOT_FOUND:
@@ -118,9 +121,13 @@ def _without_metadata(metadata: dict[str, Any], error: grpc.aio.AioRpcError) -> 
     return {}
 
 
-def _commit_request(reservation_id: str, amount_mc: int, metadata: dict[str, Any]) -> authority_pb2.CommitRequest:
+def _commit_request(reservation_id: str, amount_mc: int, metadata: dict[str, Any],
+                    tokens: int | None) -> authority_pb2.CommitRequest:
+    """The Commit; `tokens` (the real count, when known) corrects the Reserve's estimate in the
+    tokens-per-minute windows."""
     return authority_pb2.CommitRequest(reservation_id=reservation_id, amount_millicredits=amount_mc,
-                                       metadata=to_struct(metadata))
+                                       metadata=to_struct(metadata),
+                                       tokens=None if tokens is None else min(max(tokens, 0), MAX_TOKENS))
 
 
 def to_struct(values: dict[str, Any]) -> struct_pb2.Struct:
@@ -201,12 +208,13 @@ class AuthorityClient:
         (a replay answering one of our own retries is our hold, not a replay).
         """
         metadata = fields.pop("metadata", {})
-        request = authority_pb2.ReserveRequest(metadata=to_struct(metadata), **fields)
+        tokens = min(max(fields.pop("estimated_tokens", 0), 0), MAX_TOKENS)
+        request = authority_pb2.ReserveRequest(metadata=to_struct(metadata), estimated_tokens=tokens, **fields)
         try:
             hold, attempt = await RETRY.call(self._authority.Reserve, request, metadata=self._md,
                                              timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
-            raise to_api_error(error) from None
+            raise to_api_error(error, tokens) from None
         # A replay answering our own retry is our hold (still held); anything else is an earlier request.
         return hold, hold.replayed and (attempt == 0 or hold.status != "held")
 
@@ -225,8 +233,8 @@ class AuthorityClient:
         except grpc.aio.AioRpcError as error:
             log.warning("release of %s failed (%s); its TTL will free it", reservation_id, error.code().name)
 
-    async def commit(self, reservation_id: str, amount_mc: int,
-                     metadata: dict[str, Any]) -> authority_pb2.CommitResponse | None:
+    async def commit(self, reservation_id: str, amount_mc: int, metadata: dict[str, Any],
+                     tokens: int | None = None) -> authority_pb2.CommitResponse | None:
         """Charges a call that was made. Ended only by the authority's final answer for this
         reservation; anything else is retried, then kept in the durable outbox (returns None).
 
@@ -236,8 +244,9 @@ class AuthorityClient:
         try:
             for delay in (*RETRY.delays(), None):  # its own loop: a Commit ends only on a final answer
                 try:
-                    return await self._authority.Commit(_commit_request(reservation_id, amount_mc, metadata),
-                                                        metadata=self._md, timeout=self._timeout)
+                    return await self._authority.Commit(
+                        _commit_request(reservation_id, amount_mc, metadata, tokens), metadata=self._md,
+                        timeout=self._timeout)
                 except grpc.aio.AioRpcError as error:
                     verdict = commit_verdict(error, metadata)
                     if verdict == "resend":
@@ -250,11 +259,11 @@ class AuthorityClient:
                         break
                     await asyncio.sleep(delay)
         except asyncio.CancelledError:  # shutting down mid-commit: keep it for the next start
-            self.outbox.add(reservation_id, amount_mc, metadata)
+            self.outbox.add(reservation_id, amount_mc, metadata, tokens)
             raise
         except Exception:  # never lose a charge to an unexpected client error
             log.exception("commit of %s failed unexpectedly; queued in the outbox", reservation_id)
-        self.outbox.add(reservation_id, amount_mc, metadata)
+        self.outbox.add(reservation_id, amount_mc, metadata, tokens)
         log.warning("authority did not take the commit of %s; queued in the outbox", reservation_id)
         return None
 
@@ -269,8 +278,8 @@ class AuthorityClient:
         for pending in self.outbox.pending():
             rid, amount, metadata = pending.reservation_id, pending.amount_mc, pending.metadata
             try:
-                await self._authority.Commit(_commit_request(rid, amount, metadata), metadata=self._md,
-                                             timeout=self._timeout)
+                await self._authority.Commit(_commit_request(rid, amount, metadata, pending.tokens),
+                                             metadata=self._md, timeout=self._timeout)
             except grpc.aio.AioRpcError as error:
                 verdict = commit_verdict(error, metadata)
                 if verdict == "resend":

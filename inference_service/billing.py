@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -61,6 +61,11 @@ class ChatEstimate:
     max_tokens: int  # sent to the provider: the output per choice the hold pays for
     n: int
     amount_mc: int
+
+    @property
+    def tokens(self) -> int:
+        """The tokens it may use at worst (tokens-per-minute limits): the input paid for and the output cap."""
+        return self.reserved_prompt_tokens + self.max_tokens * self.n
 
 
 def _compact(value: Any) -> str:
@@ -125,8 +130,29 @@ class Pricing:
                    + (TOOLS_OVERHEAD_TOKENS if params.get("tools") or params.get("functions") else 0))
         reserved = math.ceil(counted * PROMPT_SAFETY)
         max_tokens = self.output_budget(entry, requested_max_tokens)
-        cost = self.chat_cost_usd(entry, reserved, max_tokens * n)
-        return ChatEstimate(counted, reserved, max_tokens, n, max(self.to_millicredits(cost), 1))
+        return ChatEstimate(counted, reserved, max_tokens, n, self.chat_worst_mc(entry, reserved, max_tokens, n))
+
+    def chat_worst_mc(self, entry: ModelEntry, prompt_tokens: int, max_tokens: int, n: int) -> int:
+        """The hold for `prompt_tokens` of input and `max_tokens` of output per choice: priced like the charge."""
+        return max(self.to_millicredits(self.chat_cost_usd(entry, prompt_tokens, max_tokens * n)), 1)
+
+    def fit(self, entry: ModelEntry, estimate: ChatEstimate, ceiling_mc: int) -> ChatEstimate | None:
+        """The estimate with the largest `max_tokens` (at most its own) whose worst case is at most
+        `ceiling_mc`, the input unchanged; None when not even one output token per choice fits. Prices
+        never fall as tokens grow, so a binary search over the exact integer price finds it."""
+        if estimate.amount_mc <= ceiling_mc:
+            return estimate
+        low, high = 0, estimate.max_tokens  # worst(low) fits (or low = 0), worst(high) does not
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self.chat_worst_mc(entry, estimate.reserved_prompt_tokens, middle, estimate.n) <= ceiling_mc:
+                low = middle
+            else:
+                high = middle
+        if low == 0:
+            return None
+        return replace(estimate, max_tokens=low,
+                       amount_mc=self.chat_worst_mc(entry, estimate.reserved_prompt_tokens, low, estimate.n))
 
     def image_estimate(self, entry: ModelEntry, n: int, quality: str | None, size: str | None) -> int:
         return max(self.to_millicredits(entry.image_price(quality, size) * n), 1)

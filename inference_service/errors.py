@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from credit_service.money import format_credits
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, type_: str, code: str | None = None,
@@ -48,3 +50,26 @@ def unavailable(message: str = "The credit authority is unavailable; no model wa
 
 def upstream_failed(message: str) -> ApiError:
     return ApiError(502, message, "upstream_error", "upstream_failed")
+
+
+class InsufficientCredits(ApiError):
+    """402: the hold does not fit the funding account; the figures are kept as millicredits too, so a
+    request sent with X-Fit-To-Budget can be fitted to what is available."""
+
+    def __init__(self, available_mc: int, requested_mc: int, funding: str):
+        super().__init__(
+            402, f"Insufficient credits: this request may cost up to {format_credits(requested_mc)} credits, "
+                 f"{format_credits(available_mc)} available ({funding}).",
+            "insufficient_credits", "insufficient_credits",
+            extra={"available": format_credits(available_mc), "requested": format_credits(requested_mc),
+                   "funding": funding})
+        self.available_mc = available_mc
+        self.requested_mc = requested_mc
+
+
+def max_cost_too_low(max_cost_mc: int, minimum_mc: int) -> ApiError:
+    """402: not even a call with one output token fits the request's X-Max-Cost."""
+    return ApiError(402, f"X-Max-Cost {format_credits(max_cost_mc)} is below the least this request may cost "
+                         f"({format_credits(minimum_mc)} credits, with max_tokens 1); nothing was held.",
+                    "insufficient_credits", "max_cost_too_low",
+                    extra={"max_cost": format_credits(max_cost_mc), "minimum": format_credits(minimum_mc)})

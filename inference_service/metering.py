@@ -37,7 +37,9 @@ from credit_service.money import format_credits
 from . import errors, metrics
 from .authority_client import AuthorityClient, funding_label
 from .billing import ChatEstimate, Pricing
+from .budget import CAPPED_HEADER, NO_BUDGET, Budget
 from .catalogue import ModelEntry
+from .ratelimits import ratelimit_headers
 from .schemas import ChatCompletionRequest, ImageGenerationRequest
 from .settings import Settings
 from .upstream import HoldDeadline, close_quietly, reported_tokens, sse, stream_error, upstream_error
@@ -45,6 +47,7 @@ from .upstream import HoldDeadline, close_quietly, reported_tokens, sse, stream_
 log = logging.getLogger("inference_service")
 
 Headers = dict[str, str]
+FIT_ATTEMPTS = 3  # X-Fit-To-Budget: Reserves tried, each fitted to the credits the last refusal found
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Billing:
     end_user: str | None
     request_id: str  # what the client sees (X-Request-Id)
     reserve_id: str  # the Reserve request_id: scoped to the API key
+    key_id: str = ""  # the API key the request came in with: its rate limits apply
+    budget: Budget = NO_BUDGET  # X-Max-Cost, X-Fit-To-Budget
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class Hold:
 
     reserved: authority_pb2.ReserveResponse
     deadline: float
+    headers: Headers = field(default_factory=dict)  # on the response: x-ratelimit-*, X-Max-Tokens-Capped
 
     @property
     def reservation_id(self) -> str:
@@ -105,20 +111,22 @@ class Meter:
             await asyncio.wait(list(self.tasks), timeout=timeout)
 
     async def reserve(self, billing: Billing, amount_mc: int, service_type: str, entry: ModelEntry,
-                      metadata: dict[str, Any]) -> Hold:
-        """Places the hold. `attempt` makes the arguments of this request unique, so a second request
-        with the same Idempotency-Key is ALREADY_EXISTS (409) even while the first is in flight."""
+                      metadata: dict[str, Any], tokens: int = 0) -> Hold:
+        """Places the hold, `tokens` estimated (the authority's rate limits for the key, member, org or
+        user apply; RATE_LIMITED is 429). `attempt` makes the arguments of this request unique, so a second
+        request with the same Idempotency-Key is ALREADY_EXISTS (409) even while the first is in flight."""
         ttl = self.settings.reserve_ttl_seconds
         started = asyncio.get_running_loop().time()
         reserved, earlier = await self.client.reserve(
             request_id=billing.reserve_id, user_id=billing.user_id, org_id=billing.org_id,
             amount_millicredits=amount_mc, ttl_seconds=ttl, service_type=service_type, service_name=entry.name,
-            metadata={**metadata, "attempt": uuid.uuid4().hex})
+            metadata={**metadata, "attempt": uuid.uuid4().hex}, api_key_id=billing.key_id,
+            estimated_tokens=tokens)
         metrics.RESERVED.labels(entry.name).inc(amount_mc)
         if earlier:
             raise errors.conflict(f"A request with Idempotency-Key '{billing.request_id}' was already made; "
                                   "send a new key to make a new request.", "idempotency_key_reused")
-        return Hold(reserved, started + ttl - settle_margin(ttl))
+        return Hold(reserved, started + ttl - settle_margin(ttl), ratelimit_headers(reserved.rate_limits))
 
     async def void(self, entry: ModelEntry, hold: Hold, exc: Exception) -> errors.ApiError:
         """The model call failed before producing anything billable: release the hold and
@@ -127,15 +135,18 @@ class Meter:
         await self.client.release(hold.reservation_id, f"upstream failed: {type(exc).__name__}")
         return upstream_error(exc)
 
-    async def settle(self, hold: Hold, billing: Billing, charged_mc: int, metadata: dict[str, Any]) -> Headers:
-        """Commits the actual cost (never fails: see AuthorityClient.commit); returns the billing headers."""
+    async def settle(self, hold: Hold, billing: Billing, charged_mc: int, metadata: dict[str, Any],
+                     tokens: int | None = None) -> Headers:
+        """Commits the actual cost and `tokens` (the real count, when known; never fails: see
+        AuthorityClient.commit); returns the response's headers."""
         metrics.COMMITTED.labels(str(metadata.get("model", ""))).inc(charged_mc)
-        result = await self.client.commit(hold.reservation_id, charged_mc, metadata)
+        result = await self.client.commit(hold.reservation_id, charged_mc, metadata, tokens)
         if result is None:  # queued in the outbox: the authority will get it
             reserved = hold.reserved
             remaining = reserved.available_millicredits + reserved.reserved_millicredits - charged_mc
-            return billing_headers(billing, charged_mc, remaining, reserved.funding, queued=True)
-        return billing_headers(billing, result.charged_millicredits, result.available_millicredits, result.funding)
+            return {**hold.headers, **billing_headers(billing, charged_mc, remaining, reserved.funding, queued=True)}
+        return {**hold.headers, **billing_headers(billing, result.charged_millicredits,
+                                                  result.available_millicredits, result.funding)}
 
     def usage_metadata(self, entry: ModelEntry, billing: Billing, body: Any, **extra: Any) -> dict[str, Any]:
         return {"provider": entry.provider, "model": entry.name, "upstream_model": entry.litellm_model,
@@ -164,15 +175,41 @@ class Meter:
                    billing: Billing) -> JSONResponse | StreamingResponse:
         params = self.chat_params(entry, body)
         estimate = self.pricing.chat_estimate(entry, params, body.requested_max_tokens, body.n)
+        uncapped = estimate.max_tokens
+        hold, estimate = await self.reserve_chat(entry, billing, estimate, body.stream)
         params["max_tokens"] = estimate.max_tokens  # the provider never writes more than the hold paid for
-        hold = await self.reserve(billing, estimate.amount_mc, "llm_inference", entry,
-                                  {"estimate_millicredits": estimate.amount_mc, "stream": body.stream})
+        if estimate.max_tokens < uncapped:
+            hold.headers[CAPPED_HEADER] = str(estimate.max_tokens)
         if body.stream:
             return await ChatStream(self, entry, body, billing, hold, estimate).open(params)
         # Shielded: a client that goes away cannot stop the settlement of a call already made.
         task = self.spawn(self._chat_once(entry, body, billing, hold, params, estimate), name="settle-chat")
         payload, headers = await asyncio.shield(task)
         return JSONResponse(payload, headers=headers)
+
+    async def reserve_chat(self, entry: ModelEntry, billing: Billing, estimate: ChatEstimate,
+                           stream: bool) -> tuple[Hold, ChatEstimate]:
+        """Holds the worst case, within X-Max-Cost; with X-Fit-To-Budget, `max_tokens` capped to the
+        credits available when the worst case does not fit them. Returns the hold and what it paid for."""
+        budget = billing.budget
+        if budget.max_cost_mc is not None:
+            fitted = self.pricing.fit(entry, estimate, budget.max_cost_mc)
+            if fitted is None:
+                raise errors.max_cost_too_low(budget.max_cost_mc, self.pricing.chat_worst_mc(
+                    entry, estimate.reserved_prompt_tokens, 1, estimate.n))
+            estimate = fitted
+        for attempt in range(FIT_ATTEMPTS):
+            try:
+                hold = await self.reserve(billing, estimate.amount_mc, "llm_inference", entry,
+                                          {"estimate_millicredits": estimate.amount_mc, "stream": stream,
+                                           "max_tokens": estimate.max_tokens}, tokens=estimate.tokens)
+                return hold, estimate
+            except errors.InsufficientCredits as refused:  # nothing was held: fit to what is available
+                fitted = self.pricing.fit(entry, estimate, refused.available_mc) if budget.fit else None
+                if fitted is None or attempt == FIT_ATTEMPTS - 1:
+                    raise
+                estimate = fitted
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _chat_once(self, entry: ModelEntry, body: ChatCompletionRequest, billing: Billing, hold: Hold,
                          params: dict[str, Any], estimate: ChatEstimate) -> tuple[dict[str, Any], Headers]:
@@ -189,13 +226,14 @@ class Meter:
             payload["model"] = entry.name
             prompt, completion = self.response_tokens(entry, estimate, payload)
             charged, extra = self.chat_charge(entry, prompt, completion)
+            tokens: int | None = prompt + completion
         except Exception:  # the call was made: if its cost cannot be read, charge the whole hold
             log.exception("usage of a %s call could not be read; charging its hold", entry.name)
             payload = {"object": "chat.completion", "model": entry.name, "choices": []}
-            charged, extra = hold.reserved.reserved_millicredits, {"cost_unknown": True}
+            charged, extra, tokens = hold.reserved.reserved_millicredits, {"cost_unknown": True}, None
         metadata = self.usage_metadata(entry, billing, body, estimate_millicredits=estimate.amount_mc,
-                                       latency_ms=latency_ms, **extra)
-        return payload, await self.settle(hold, billing, charged, metadata)
+                                       max_tokens=estimate.max_tokens, latency_ms=latency_ms, **extra)
+        return payload, await self.settle(hold, billing, charged, metadata, tokens)
 
     def response_tokens(self, entry: ModelEntry, estimate: ChatEstimate,
                         payload: dict[str, Any]) -> tuple[int, int]:
@@ -219,6 +257,8 @@ class Meter:
             estimate = self.pricing.image_estimate(entry, body.n, body.quality, body.size)
         except ValueError as exc:
             raise errors.bad_request(str(exc), "unsupported_image_option") from None
+        if billing.budget.max_cost_mc is not None and estimate > billing.budget.max_cost_mc:
+            raise errors.max_cost_too_low(billing.budget.max_cost_mc, estimate)  # images cannot be capped
         hold = await self.reserve(billing, estimate, "image_generation", entry, {"estimate_millicredits": estimate})
         task = self.spawn(self._image_once(entry, body, billing, hold, estimate), name="settle-image")
         payload, headers = await asyncio.shield(task)
@@ -273,7 +313,7 @@ class ChatStream:
             raise await self.meter.void(self.entry, self.hold, exc) from None
         # The hold's deadline settles the stream even while a slow reader blocks the relay.
         timer = asyncio.get_running_loop().call_at(self.hold.deadline, self.settle, True)
-        headers = {"X-Request-Id": self.billing.request_id, "Cache-Control": "no-cache",
+        headers = {**self.hold.headers, "X-Request-Id": self.billing.request_id, "Cache-Control": "no-cache",
                    "X-Funding-Source": funding_label(self.hold.reserved.funding)}
         return StreamingResponse(self.events(upstream, timer), media_type="text/event-stream", headers=headers)
 
@@ -291,8 +331,9 @@ class ChatStream:
             completion = self.meter.pricing.count_tokens(self.entry, "".join(self.produced))
         charged, extra = self.meter.chat_charge(self.entry, prompt, completion)
         metadata = self.meter.usage_metadata(self.entry, self.billing, self.body, stream=True, stream_cut=cut,
-                                             estimate_millicredits=self.estimate.amount_mc, **extra)
-        return await self.meter.settle(self.hold, self.billing, charged, metadata)
+                                             estimate_millicredits=self.estimate.amount_mc,
+                                             max_tokens=self.estimate.max_tokens, **extra)
+        return await self.meter.settle(self.hold, self.billing, charged, metadata, prompt + completion)
 
     def observe(self, data: dict[str, Any]) -> None:
         if data.get("usage"):

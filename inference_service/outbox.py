@@ -26,6 +26,7 @@ class PendingCommit:
     amount_mc: int
     metadata: dict[str, Any]
     attempts: int
+    tokens: int | None = None  # the call's real token count, for the tokens-per-minute windows
 
 
 class CommitOutbox:
@@ -43,19 +44,22 @@ class CommitOutbox:
             """CREATE TABLE IF NOT EXISTS refused_commits (
                    reservation_id TEXT PRIMARY KEY, amount_mc INTEGER NOT NULL, metadata TEXT NOT NULL,
                    status TEXT NOT NULL, message TEXT NOT NULL, refused_at REAL NOT NULL)""")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(pending_commits)")}
+        if "tokens" not in columns:  # an outbox written before Commits carried the token count
+            self._db.execute("ALTER TABLE pending_commits ADD COLUMN tokens INTEGER")
 
-    def add(self, reservation_id: str, amount_mc: int, metadata: dict[str, Any]) -> None:
+    def add(self, reservation_id: str, amount_mc: int, metadata: dict[str, Any], tokens: int | None = None) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO pending_commits (reservation_id, amount_mc, metadata, created_at) "
-                "VALUES (?, ?, ?, ?)", (reservation_id, amount_mc, json.dumps(metadata), time.time()))
+                "INSERT OR IGNORE INTO pending_commits (reservation_id, amount_mc, metadata, tokens, created_at) "
+                "VALUES (?, ?, ?, ?, ?)", (reservation_id, amount_mc, json.dumps(metadata), tokens, time.time()))
 
     def pending(self, limit: int = 100) -> list[PendingCommit]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT reservation_id, amount_mc, metadata, attempts FROM pending_commits "
+                "SELECT reservation_id, amount_mc, metadata, attempts, tokens FROM pending_commits "
                 "ORDER BY created_at LIMIT ?", (limit,)).fetchall()
-        return [PendingCommit(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+        return [PendingCommit(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
     def done(self, reservation_id: str) -> None:
         with self._lock:

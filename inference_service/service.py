@@ -22,6 +22,7 @@ from credit_service.money import format_credits
 from . import catalogue, errors
 from .authority_client import ApiKey, AuthorityClient, Tls
 from .billing import Pricing
+from .budget import budget_of
 from .metering import Billing, Meter
 from .outbox import CommitOutbox
 from .schemas import ChatCompletionRequest, ImageGenerationRequest
@@ -163,7 +164,8 @@ class InferenceService:
             if not ID.fullmatch(body_user):
                 raise errors.bad_request("'user' must be a user id when sent with a service key", "invalid_user")
             user_id, org = body_user, key.org_id
-        return Billing(user_id, org, body_user, request_id, f"{key.key_id}:{request_id}")
+        return Billing(user_id, org, body_user, request_id, f"{key.key_id}:{request_id}", key.key_id,
+                       budget_of(request.headers))
 
     async def chat(self, caller: Caller, body: ChatCompletionRequest,
                    request: Request) -> JSONResponse | StreamingResponse:

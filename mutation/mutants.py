@@ -22,6 +22,8 @@ LIMIT_FINISH = "migrations/functions/credit_limit_finish.sql"
 METERING = "inference_service/metering.py"
 CLIENT = "inference_service/authority_client.py"
 INTEGRITY = "tests/inference/test_billing_integrity.py"
+RATE_LIMITS_REST = "tests/inference/test_rate_limits_rest.py"
+BUDGET = "tests/inference/test_budget_controls.py"
 COMMIT_FAULTS = "tests/faults/test_commit_faults.py"
 
 
@@ -133,13 +135,13 @@ MUTANTS: tuple[Mutant, ...] = (
            """            timer.cancel()
             self.settle(cut=True)""", "            timer.cancel()", INTEGRITY),
     mutant("edge-shared-idempotency-key", "a second request with one Idempotency-Key can take the first's hold",
-           METERING, 'metadata={**metadata, "attempt": uuid.uuid4().hex})', "metadata=metadata)", COMMIT_FAULTS),
+           METERING, 'metadata={**metadata, "attempt": uuid.uuid4().hex},', "metadata=metadata,", COMMIT_FAULTS),
     mutant("edge-internal-is-final", "a Commit answered INTERNAL is dropped as refused", CLIENT,
            "if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):",
            "if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INTERNAL):",
            COMMIT_FAULTS),
     mutant("edge-skips-outbox", "a Commit the authority did not take is not kept in the outbox", CLIENT,
-           """        self.outbox.add(reservation_id, amount_mc, metadata)
+           """        self.outbox.add(reservation_id, amount_mc, metadata, tokens)
         log.warning("authority did not take""", """        log.warning("authority did not take""", COMMIT_FAULTS),
     mutant("edge-refused-commit-dropped", "a Commit the authority refused for good is not kept", CLIENT,
            "        self.outbox.refused(reservation_id, amount_mc, metadata, error.code().name, "
@@ -160,4 +162,17 @@ MUTANTS: tuple[Mutant, ...] = (
            "taken_mc = purchase.credits_mc * refunded // purchase.amount_minor - purchase.refunded_mc",
            "taken_mc = -(-purchase.credits_mc * refunded // purchase.amount_minor) - purchase.refunded_mc",
            "tests/test_payment_refunds.py"),
+    # ---- Python: rate limits and budgets at the REST edge (issue #14) ----
+    mutant("rest-rate-limited-is-402", "a RATE_LIMITED refusal is answered 402 insufficient_credits", CLIENT,
+           "if info is not None and info.reason == ratelimits.RATE_LIMITED:", "if False:",
+           RATE_LIMITS_REST),
+    mutant("rest-no-ratelimit-headers", "a granted call's x-ratelimit-* headers are dropped", METERING,
+           "return Hold(reserved, started + ttl - settle_margin(ttl), ratelimit_headers(reserved.rate_limits))",
+           "return Hold(reserved, started + ttl - settle_margin(ttl))", RATE_LIMITS_REST),
+    mutant("rest-max-cost-ignored", "X-Max-Cost is read but the worst case is held and max_tokens not capped",
+           METERING, "        if budget.max_cost_mc is not None:\n            fitted",
+           "        if False:\n            fitted", BUDGET),
+    mutant("rest-commit-without-tokens", "Commits leave out the real token count: the estimate stays in TPM",
+           METERING, "return await self.meter.settle(self.hold, self.billing, charged, metadata, prompt + completion)",
+           "return await self.meter.settle(self.hold, self.billing, charged, metadata)", RATE_LIMITS_REST),
 )

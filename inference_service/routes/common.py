@@ -24,10 +24,12 @@ class ErrorBody(BaseModel):
 
 
 BILLED: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody, "description": text} for code, text in (
-    (400, "bad request"), (401, "missing or invalid API key"), (402, "insufficient credits"),
+    (400, "bad request"), (401, "missing or invalid API key"),
+    (402, "insufficient credits, or X-Max-Cost below a minimal call"),
     (403, "not allowed (organization, service key scope)"), (404, "unknown model"),
     (409, "Idempotency-Key already used"), (413, "body too large"), (415, "not JSON"),
-    (429, "too many failed authentication attempts"), (502, "model provider failed; hold released"),
+    (429, "rate limit reached (Retry-After, retry-after-ms), or too many failed authentication attempts"),
+    (502, "model provider failed; hold released"),
     (503, "credit authority unavailable; no model called"))}
 READS: dict[int | str, dict[str, Any]] = {code: BILLED[code] for code in (400, 401, 403, 404, 429, 503)}
 
