@@ -103,9 +103,18 @@ def conservation(f: Figures) -> str:
                                                  "released_no_output", "unbilled"))
     return (f"`{headline}` of {n(f['requests'])} requests ({counts(f['statuses'])}); "
             f"{sum(f['faults_injected'].values())} Commit faults injected ({counts(f['faults_injected'])}); "
-            f"{f['billing_queued']} billing queued; {failed(f)} (every hostile request 400 naming the field, or "
-            f"503 while the authority was down, with nothing held and no model called; no charge above its hold; "
+            f"{f['billing_queued']} billing queued; {limits(f)}{failed(f)} (every hostile request 400 naming the "
+            f"field, or 503 while the authority was down, with nothing held and no model called; every 429 with "
+            f"nothing held and no model called; no hold above its X-Max-Cost; no charge above its hold; "
             f"no hold left; invariants hold)")
+
+
+def limits(f: Figures) -> str:
+    """The rate-limited member's 429s and the budget-capped calls (figures written since issue 14)."""
+    if "rate_limited" not in f:
+        return ""
+    return (f"{f['rate_limited']} answered 429, {f['retried_after_429']} retried after retry-after-ms "
+            f"({f['served_after_429']} then served), {f['capped']} calls with max_tokens capped; ")
 
 
 # fault name in the figures → (the table's first two columns, the measured outcome)
@@ -139,7 +148,9 @@ ROWS: dict[str, tuple[str, Callable[[Figures], str]]] = {
         "chat, streams (cut at random chunks, or left at the finish chunk while the Commit is in flight), "
         "tool-call streams, images, failing upstreams; 20 % with hostile strings (NUL, control characters, lone "
         "surrogate escapes, 64 KiB) in every client-controlled field and header; Commit answered INTERNAL / "
-        "UNAVAILABLE / lost after landing by a gRPC proxy at 14 %; the authority restarted once", conservation),
+        "UNAVAILABLE / lost after landing by a gRPC proxy at 14 %; the authority restarted once; one member under "
+        "rate limits (30 requests a minute, 2 in flight; a 429 retried once after retry-after-ms, same "
+        "Idempotency-Key); calls with X-Max-Cost or X-Fit-To-Budget", conservation),
 }
 
 

@@ -8,6 +8,11 @@ after the Commit landed) while the authority is also restarted once. The mix
 includes hostile strings in every client-controlled field, streams the client
 cuts, clients that leave right after the last chunk, members funded by org
 allocations, solo users, and an org service key naming the member in `user`.
+One member is under rate limits (requests per minute, requests in flight): its
+429s must hold nothing and call no model, and the client retries each once
+after `retry-after-ms` with the same Idempotency-Key. Some calls carry
+`X-Max-Cost` or `X-Fit-To-Budget: true` (the service caps `max_tokens`): their
+holds stay within the ceiling and they are billed exactly once like the rest.
 
 Each request carries a unique marker (`rid=<hex>`) in its prompt; the upstream
 records which markers it served and whether it produced output. Afterwards
@@ -59,7 +64,10 @@ RECONNECT_GRACE_SECONDS = 3.0
 NO_MODEL_WORDS = ("no model was called", "hold was released")
 CHAT_PATH, IMAGE_PATH = "/api/v1/llm/chat/completions", "/api/v1/llm/images/generations"
 KINDS = (("chat", 22), ("stream", 14), ("stream_tools", 8), ("stream_cut", 12), ("stream_finish", 8),
-         ("image", 10), ("fail", 3), ("tools_heavy", 2), ("overlong", 3), ("hostile", 20))
+         ("image", 10), ("fail", 3), ("tools_heavy", 2), ("overlong", 3), ("hostile", 20), ("max_cost", 5),
+         ("fit", 4))
+LIMITED_RPM, LIMITED_PARALLEL = 30, 2  # the rate-limited member's limits
+MAX_RETRY_WAIT_MS = 5_000  # the client retries a 429 once when told to wait at most this long
 BODY_HOSTILE = {"nul": "a\x00b", "control": "a\x01\x1b[2J\x07\x7f\r\nb", "surrogate": f"a{SURROGATE_SLOT}b",
                 "huge": "h" * 65536}
 # h11 (the client's HTTP/1.1) cannot put NUL, CR or LF in a header; everything else it can.
@@ -81,6 +89,7 @@ class Payer:
     org_id: str  # "" for a solo user
     tight: bool
     service: bool = False  # an org service key naming user_id in the body's `user`
+    limited: bool = False  # under rate limits: may be answered 429
 
 
 def member_payer(world: World, admin: Stub, label: str, allocation: int) -> Payer:
@@ -106,8 +115,15 @@ def service_payers(world: World, admin: Stub) -> list[Payer]:
     return payers
 
 
+def limited_payer(world: World, admin: Stub) -> Payer:
+    payer = member_payer(world, admin, "limited-member", GENEROUS_MC)
+    admin.SetRateLimit(admin_pb2.SetRateLimitRequest(org_id=payer.org_id, user_id=payer.user_id,
+                                                     requests_per_minute=LIMITED_RPM, max_parallel=LIMITED_PARALLEL))
+    return Payer(payer.label, payer.key, payer.user_id, payer.org_id, False, limited=True)
+
+
 def make_payers(world: World, admin: Stub) -> list[Payer]:
-    payers = [member_payer(world, admin, f"member-{n}", GENEROUS_MC) for n in range(4)]
+    payers = [member_payer(world, admin, f"member-{n}", GENEROUS_MC) for n in range(4)] + [limited_payer(world, admin)]
     payers += [member_payer(world, admin, f"tight-member-{n}", TIGHT_MC) for n in range(2)]
     payers += [solo_payer(world, admin, f"solo-{n}", GENEROUS_MC) for n in range(3)]
     payers += [solo_payer(world, admin, "tight-solo", TIGHT_MC)]
@@ -133,6 +149,7 @@ class Spec:
     stop_at_finish: bool = False  # the client closes right after the chunk with finish_reason
     hostile_field: str | None = None
     hostile_kind: str | None = None
+    max_cost_mc: int | None = None  # X-Max-Cost sent
 
     @property
     def label(self) -> str:
@@ -202,7 +219,7 @@ class Planner:
         kind = self.kind()
         base = self.rng.choice(("chat", "stream", "image")) if kind == "hostile" else kind
         payers = self.generous if base == "image" else self.payers
-        if kind == "tools_heavy":
+        if kind in ("tools_heavy", "fit"):
             payers = [p for p in self.payers if p.tight]
         payer = self.rng.choices(payers, [1 if p.tight else 4 for p in payers])[0]
         marker = self.marker()
@@ -219,7 +236,8 @@ class Planner:
         shapers: dict[str, Callable[[Spec], None]] = {
             "chat": self.plain_chat, "stream": self.plain_stream, "stream_tools": self.tool_stream,
             "stream_cut": self.long_cut_stream, "stream_finish": self.finish_stream, "image": self.image,
-            "fail": self.failing, "tools_heavy": self.tools_heavy, "overlong": self.overlong}
+            "fail": self.failing, "tools_heavy": self.tools_heavy, "overlong": self.overlong,
+            "max_cost": self.max_cost, "fit": self.fit}
         shapers[base](spec)
 
     def cap(self) -> int | None:
@@ -279,6 +297,19 @@ class Planner:
         else:
             spec.body = chat_body(prompt(spec.marker, 280), stream=False, include_usage=False, max_tokens=None)
 
+    def max_cost(self, spec: Spec) -> None:
+        """A ceiling below the worst case of the catalogue's output cap (256): max_tokens is capped."""
+        (self.plain_stream if self.rng.random() < 0.5 else self.plain_chat)(spec)
+        spec.body.pop("max_tokens", None)
+        spec.max_cost_mc = self.rng.randint(15, 60)
+        spec.headers["X-Max-Cost"] = f"0.{spec.max_cost_mc:03d}"
+
+    def fit(self, spec: Spec) -> None:
+        """A tight payer's call sent with X-Fit-To-Budget: capped to what is left rather than refused."""
+        (self.plain_stream if self.rng.random() < 0.5 else self.plain_chat)(spec)
+        spec.body.pop("max_tokens", None)
+        spec.headers["X-Fit-To-Budget"] = "true"
+
     def hostile(self, spec: Spec) -> None:
         fields = IMAGE_FIELDS if spec.path == IMAGE_PATH else CHAT_FIELDS
         spec.hostile_field = name = self.rng.choice(fields)
@@ -316,6 +347,9 @@ class Outcome:
     done: bool = False  # [DONE] read
     stream_error: str = ""
     cut: bool = False  # the client closed the stream early
+    capped: int | None = None  # X-Max-Tokens-Capped
+    retry_after_ms: int | None = None  # a 429's retry-after-ms
+    retried_after_429: bool = False  # this is the answer to the one retry of a 429
     started: float = field(default_factory=time.monotonic)
     ended: float = 0.0
 
@@ -323,6 +357,9 @@ class Outcome:
         self.status = response.status_code
         self.response_id = response.headers.get("x-request-id")
         self.billing_status = response.headers.get("x-billing-status")
+        capped, retry = response.headers.get("x-max-tokens-capped"), response.headers.get("retry-after-ms")
+        self.capped = int(capped) if capped else None
+        self.retry_after_ms = int(retry) if retry else None
 
     def read_error(self, payload: bytes) -> None:
         try:
@@ -381,13 +418,22 @@ async def read_plain(client: httpx.AsyncClient, spec: Spec, outcome: Outcome) ->
         outcome.read_error(response.content)
 
 
-async def send(client: httpx.AsyncClient, spec: Spec) -> Outcome:
-    outcome = Outcome()
+async def send_once(client: httpx.AsyncClient, spec: Spec, outcome: Outcome) -> Outcome:
     try:
         await (read_stream if spec.stream else read_plain)(client, spec, outcome)
     except (httpx.HTTPError, ValueError) as error:  # no answer, or a stream chunk that is not JSON
         outcome.message = f"{type(error).__name__}: {error}"
     outcome.ended = time.monotonic()
+    return outcome
+
+
+async def send(client: httpx.AsyncClient, spec: Spec) -> Outcome:
+    """One request; a 429 that says to wait briefly is retried once, as the SDKs do, with the same
+    Idempotency-Key (the refused request left nothing, so the retry is a new request, not a 409)."""
+    outcome = await send_once(client, spec, Outcome())
+    if outcome.status == 429 and outcome.retry_after_ms is not None and outcome.retry_after_ms <= MAX_RETRY_WAIT_MS:
+        await asyncio.sleep(outcome.retry_after_ms / 1000)
+        outcome = await send_once(client, spec, Outcome(started=outcome.started, retried_after_429=True))
     return outcome
 
 
@@ -575,6 +621,24 @@ def check_client_view(seen: list[Seen], problems: Problems) -> None:
         if produced(s) and any(w in (s.outcome.message + s.outcome.stream_error).lower() for w in NO_MODEL_WORDS)]
 
 
+def check_limits_and_budgets(seen: list[Seen], problems: Problems) -> None:
+    """A 429 held nothing and called no model, and only the rate-limited member gets one; a call sent with
+    X-Max-Cost held at most that; a call answered with X-Max-Tokens-Capped produced no more than the cap."""
+    limited = [s for s in seen if s.outcome.status == 429]
+    problems["429 with something held or a model called"] = [
+        s.describe() for s in limited if s.reservations or s.served.calls]
+    problems["429 for a payer without rate limits"] = [s.describe() for s in limited if not s.spec.payer.limited]
+    problems["retry after a 429 answered 409 (the refused request left its key used)"] = [
+        s.describe() for s in seen if s.outcome.retried_after_429 and s.outcome.status == 409]
+    problems["hold above the request's X-Max-Cost"] = [
+        f"{s.describe()} hold={r['amount_mc']} max_cost={s.spec.max_cost_mc}" for s in seen if s.spec.max_cost_mc
+        for r in s.reservations if r["amount_mc"] > s.spec.max_cost_mc]
+    problems["capped call produced more output tokens than its cap"] = [
+        f"{s.describe()} cap={s.outcome.capped} completion_tokens={s.rows[0]['completion_tokens']}"
+        for s in seen if s.outcome.capped and len(s.rows) == 1
+        and int(s.rows[0]["completion_tokens"] or 0) > s.outcome.capped]
+
+
 def received_floor_mc(s: Seen) -> int:
     """The least a cut stream must cost: the output tokens the client itself received."""
     tokens = count_tokens("".join(s.outcome.received))
@@ -674,7 +738,7 @@ async def test_every_model_call_is_billed_exactly_once(own_authority, tokens, wo
 
         seen, problems = await observe(db, specs, outcomes, upstream, users)
         problems["commits left in the outbox"] = [f"{left_in_outbox} pending"] if left_in_outbox else []
-        for check in (check_billing, check_client_view, check_cut_streams):
+        for check in (check_billing, check_client_view, check_cut_streams, check_limits_and_budgets):
             check(seen, problems)
         check_hostile(seen, downtime, problems)
         check_accounts(await db.fetch(ACCOUNTS, users), seen, problems)
@@ -687,6 +751,10 @@ async def test_every_model_call_is_billed_exactly_once(own_authority, tokens, wo
                faults_injected={f.value: n for f, n in proxy.injected.items()},
                billing_queued=sum(1 for s in seen if s.outcome.billing_status == "queued"),
                client_transport_errors=sum(1 for s in seen if produced(s) and client_transport_error(s)),
+               rate_limited=sum(1 for s in seen if s.outcome.status == 429),
+               retried_after_429=sum(1 for s in seen if s.outcome.retried_after_429),
+               served_after_429=sum(1 for s in seen if s.outcome.retried_after_429 and s.outcome.status == 200),
+               capped=sum(1 for s in seen if s.outcome.capped),
                failed_checks={name: len(found) for name, found in problems.items() if found})
         verdict = failure_text(counted["unbilled"], problems)
         if verdict:
