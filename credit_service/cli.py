@@ -18,6 +18,7 @@ from google.protobuf import timestamp_pb2
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc, types_pb2
 
+from .cli_limits import RateLimitCommands, ScopeError, add_rate_limit_commands, option_hint
 from .demo import read_env_file
 from .money import format_credits, parse_credits
 from .settings import LOCAL_AUTHORITY_ADDR, AdminCliSettings
@@ -111,7 +112,7 @@ def funding_text(funding: types_pb2.Funding) -> str:
     return f"org:{funding.org_id}" if funding.kind == types_pb2.Funding.ORG else "individual"
 
 
-class Commands:
+class Commands(RateLimitCommands):
     def __init__(self, admin: admin_pb2_grpc.CreditAdminStub, authority: authority_pb2_grpc.CreditAuthorityStub,
                  metadata: tuple):
         self.admin = admin
@@ -120,6 +121,9 @@ class Commands:
 
     def _call(self, method, request):
         return method(request, metadata=self.metadata, timeout=30)
+
+    def table(self, headers: list[str], rows: list[list[str]]) -> None:
+        print_table(headers, rows)
 
     def show_org(self, org: admin_pb2.Organization) -> None:
         print_table(["org", "pool total", "allocated", "unallocated", "used", "held"],
@@ -352,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         arg("org_id", nargs="?", metavar="ORG"), arg("--individual", metavar="USER"),
         arg("--window-days", type=int, default=0, help="trailing window in days, 1-365 (default 7)"))
     forecast.set_defaults(user=None)  # an organization's forecast covers every member
+    add_rate_limit_commands(add, arg, credits)
     return parser
 
 
@@ -369,11 +374,12 @@ def main(argv: list[str] | None = None) -> int:
                             (("authorization", f"Bearer {token}"),))
         try:
             commands.run(args)
-        except UsageError as error:
+        except (UsageError, ScopeError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         except grpc.RpcError as error:
-            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            details = error.details() or ""
+            print(f"error: {error.code().name}: {details}{option_hint(details)}", file=sys.stderr)
             return 1
     return 0
 

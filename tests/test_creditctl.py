@@ -5,14 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import subprocess
 import sys
 import uuid
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 
+import grpc
+import pytest
 from conftest import uid
-from helpers import reserve_request
+from helpers import error_info, reserve_request
+from rest_support import make_key
 
 from credit.v1 import admin_pb2, authority_pb2
 from credit_service.money import format_credits
@@ -176,3 +180,117 @@ def test_creditctl_forecast_prints_the_rpc_figures(authority, tokens, world, adm
     solo = world.user(1_000)
     quiet = ctl(authority, tokens, "forecast", "--individual", solo).stdout
     assert f"over the last {DEFAULT_WINDOW_DAYS} days" in quiet and quiet.splitlines()[-1].split()[-1] == "never"
+
+
+# ---- rate limits ----
+
+def limit_rows(text: str) -> dict[str, dict[str, str]]:
+    """creditctl's limits table as {who: {column: cell}} (cells are two or more spaces apart)."""
+    lines = [re.split(r"\s{2,}", line.strip()) for line in text.splitlines() if line.strip()]
+    start = next(i for i, cells in enumerate(lines) if cells[0] == "scope")
+    header = lines[start]
+    return {cells[1]: dict(zip(header, cells, strict=True)) for cells in lines[start + 2:]}
+
+
+def listed(admin, org_id: str = "", user_id: str = "") -> dict[str, admin_pb2.RateLimit]:
+    answer = admin.ListRateLimits(admin_pb2.ListRateLimitsRequest(org_id=org_id, user_id=user_id))
+    return {r.key_id or r.user_id or r.org_id: r for r in answer.limits}
+
+
+def rate_limited(call) -> dict[str, str]:
+    """The ErrorInfo metadata of a Reserve the authority refused for a rate limit."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    info = error_info(caught.value)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and info and info.reason == "RATE_LIMITED"
+    return dict(info.metadata)
+
+
+def test_creditctl_rate_limit_sets_a_members_limits_the_authority_enforces(authority, tokens, world, admin, spend):
+    org_id, user_id = world.funded_member(allocation_mc=100_000)
+    shown = ctl(authority, tokens, "rate-limit", org_id, "--user", user_id, "--rpm", "2", "--max-parallel", "5",
+                "--credits-per-day", "10.5").stdout
+    assert f"set the limits of member {user_id}" in shown
+    row = listed(admin, org_id)[user_id]
+    assert (row.scope, row.requests_per_minute, row.max_parallel, row.credits_per_day_millicredits) == (
+        "member", 2, 5, 10_500)
+    assert not row.HasField("tokens_per_minute") and not row.HasField("credits_per_month_millicredits")
+
+    holds = [spend.Reserve(reserve_request(user_id, 1_250, org_id)) for _ in range(2)]
+    meta = rate_limited(lambda: spend.Reserve(reserve_request(user_id, 1_000, org_id)))
+    assert (meta["limit"], meta["value"], meta["scope"]) == ("requests_per_minute", "2", "member")
+    now = limit_rows(ctl(authority, tokens, "rate-limits", org_id).stdout)[user_id]
+    assert (now["rpm"], now["requests left"], now["max parallel"], now["open holds"]) == ("2", "0", "5", "2")
+    assert (now["credits/day"], now["used today"], now["tpm"], now["tokens left"]) == ("10.500", "2.500", "-", "-")
+
+    # Another option later leaves the ones set before as they were; --clear removes them all.
+    ctl(authority, tokens, "rate-limit", org_id, "--user", user_id, "--tpm", "900")
+    row = listed(admin, org_id)[user_id]
+    assert (row.requests_per_minute, row.tokens_per_minute, row.max_parallel) == (2, 900, 5)
+    cleared = ctl(authority, tokens, "rate-limit", org_id, "--user", user_id, "--clear").stdout
+    assert f"cleared the limits of member {user_id}" in cleared
+    row = listed(admin, org_id)[user_id]
+    assert not any(row.HasField(f) for f in ("requests_per_minute", "tokens_per_minute", "max_parallel",
+                                             "credits_per_day_millicredits", "credits_per_month_millicredits"))
+    holds.append(spend.Reserve(reserve_request(user_id, 1_000, org_id)))
+    for hold in holds:
+        spend.Release(authority_pb2.ReleaseRequest(reservation_id=hold.reservation_id, reason="done"))
+
+
+def test_creditctl_rate_limits_of_an_org_a_key_and_an_individual(authority, tokens, world, admin, spend):
+    org_id, user_id = world.funded_member(allocation_mc=100_000)
+    ctl(authority, tokens, "rate-limit", org_id, "--rpm", "5", "--tpm", "600")
+    _, key_id = make_key(admin, user_id, org_id)
+    ctl(authority, tokens, "rate-limit", "--key", key_id, "--max-parallel", "1")
+    rows = limit_rows(ctl(authority, tokens, "rate-limits", org_id).stdout)
+    assert (rows[org_id]["scope"], rows[org_id]["rpm"], rows[org_id]["tpm"]) == ("org", "5", "600")
+    assert rows[f"{key_id} ({user_id})"]["max parallel"] == "1"
+    by_key = listed(admin, org_id)
+    assert by_key[key_id].scope == "key" and by_key[org_id].tokens_per_minute == 600
+
+    hold = spend.Reserve(reserve_request(user_id, 1_000, org_id, api_key_id=key_id, estimated_tokens=500))
+    meta = rate_limited(lambda: spend.Reserve(reserve_request(user_id, 1_000, org_id, api_key_id=key_id)))
+    assert (meta["limit"], meta["scope"]) == ("max_parallel", "key")
+    org_now = limit_rows(ctl(authority, tokens, "rate-limits", org_id).stdout)[org_id]
+    # GCRA refills as time passes: a request per 12 s, 10 tokens per s.
+    assert org_now["requests left"] == "4" and 100 <= int(org_now["tokens left"]) < 200
+    spend.Release(authority_pb2.ReleaseRequest(reservation_id=hold.reservation_id, reason="done"))
+
+    solo = world.user(50_000)
+    ctl(authority, tokens, "rate-limit", "--individual", solo, "--rpm", "1")
+    spend.Reserve(reserve_request(solo, 1_000))
+    meta = rate_limited(lambda: spend.Reserve(reserve_request(solo, 1_000)))
+    assert (meta["limit"], meta["scope"]) == ("requests_per_minute", "individual")
+    mine = limit_rows(ctl(authority, tokens, "rate-limits", "--individual", solo).stdout)[solo]
+    assert (mine["scope"], mine["rpm"], mine["requests left"], mine["open holds"]) == ("individual", "1", "0", "1")
+
+
+@pytest.mark.parametrize(("args", "code", "named"), [
+    (["--rpm", "0"], 1, "requests_per_minute"),
+    (["--rpm", "-3"], 1, "requests_per_minute"),
+    (["--tpm", "1000000001"], 1, "tokens_per_minute"),
+    (["--max-parallel", "100001"], 1, "max_parallel"),
+    (["--max-parallel", "many"], 2, "--max-parallel"),
+    (["--credits-per-day", "0"], 1, "credits_per_day_millicredits"),
+    (["--credits-per-month", "1.0001"], 2, "--credits-per-month"),
+    (["--rpm", "5", "--clear"], 1, "clear"),
+    ([], 1, "requests_per_minute"),  # nothing to set
+    (["--scope-org", "--credits-per-day", "5"], 1, "credits_per_day_millicredits"),  # members only
+    (["--not-a-member", "--rpm", "5"], 1, "user_id"),
+    (["--individual-too", "--rpm", "5"], 2, "--individual"),
+])
+def test_creditctl_rate_limit_refuses_bad_values_naming_the_field_and_changes_nothing(
+        authority, tokens, world, admin, args, code, named):
+    org_id, user_id = world.funded_member(allocation_mc=10_000)
+    ctl(authority, tokens, "rate-limit", org_id, "--user", user_id, "--rpm", "7", "--credits-per-month", "3")
+    before = listed(admin, org_id)
+    scope = ["--user", user_id]
+    if args[:1] == ["--scope-org"]:
+        scope, args = [], args[1:]
+    elif args[:1] == ["--not-a-member"]:
+        scope, args = ["--user", world.user()], args[1:]
+    elif args[:1] == ["--individual-too"]:
+        scope, args = ["--individual", user_id], args[1:]
+    wrong = ctl(authority, tokens, "rate-limit", org_id, *scope, *args, check=False)
+    assert wrong.returncode == code and named in wrong.stderr, wrong.stderr
+    assert listed(admin, org_id) == before
