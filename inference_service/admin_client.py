@@ -7,7 +7,8 @@ once: a retry after a lost answer could create a second key or threshold. Delete
 sent once too: its retry would answer NOT_FOUND for a threshold the first attempt deleted.
 RecordCheckout is repeatable (one purchase per Stripe session id), and so is ApplyPaymentEvent
 (the authority applies each Stripe event once, however often it is delivered). GetStatement and
-GetForecast are reads.
+GetForecast are reads, and so is ListRateLimits; SetRateLimit sets values (the same request twice
+leaves the same limits).
 
 Errors are the authority's `grpc.aio.AioRpcError`, or whatever `with_errors` maps them to.
 """
@@ -120,3 +121,11 @@ class AdminCalls:
 
     async def get_forecast(self, request: admin_pb2.GetForecastRequest) -> admin_pb2.Forecast:
         return await self._send(self.stub.GetForecast, request)  # a read
+
+    # ---- rate limits ----
+
+    async def set_rate_limit(self, request: admin_pb2.SetRateLimitRequest) -> admin_pb2.RateLimit:
+        return await self._send(self.stub.SetRateLimit, request)  # sets values: repeating it changes nothing
+
+    async def list_rate_limits(self, request: admin_pb2.ListRateLimitsRequest) -> admin_pb2.ListRateLimitsResponse:
+        return await self._send(self.stub.ListRateLimits, request)  # a read

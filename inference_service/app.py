@@ -19,7 +19,7 @@ from . import errors, metrics
 from .edge import Edge
 from .payments import Payments
 from .quiet_litellm import skip_unobserved_success_logging
-from .routes import console, credits, llm, payments, reports
+from .routes import console, credits, limits, llm, payments, reports
 from .service import InferenceService
 from .settings import Settings
 
@@ -79,4 +79,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(console.router)  # the org console (/console, /api/v1/console)
     app.include_router(payments.router)  # buying credits (/api/v1/console/org/checkout, Stripe's webhook)
     app.include_router(reports.router)  # statements and forecasts (/api/v1/console/statement, /forecast)
+    app.include_router(limits.router)  # rate limits (/api/v1/console/limits)
     return app

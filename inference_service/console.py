@@ -30,6 +30,8 @@ from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from credit.v1 import admin_pb2
@@ -112,20 +114,36 @@ def millicredits(field: str, value: Any, *, allow_zero: bool) -> int:
     if isinstance(value, float) and value.is_integer():
         text = str(int(value))
     if not _CREDITS.fullmatch(text):
-        raise errors.bad_request(f"{field} must be a number of credits with at most three decimals, e.g. 12.5",
-                                 "invalid_amount")
+        raise invalid(field, f"{field} must be a number of credits with at most three decimals, e.g. 12.5",
+                      "invalid_amount")
     amount = parse_credits(text)
     if amount > MAX_MILLICREDITS or (amount == 0 and not allow_zero):
         low = "0" if allow_zero else "0.001"
-        raise errors.bad_request(f"{field} must be from {low} to {format_credits(MAX_MILLICREDITS)} credits",
-                                 "invalid_amount")
+        raise invalid(field, f"{field} must be from {low} to {format_credits(MAX_MILLICREDITS)} credits",
+                      "invalid_amount")
     return amount
 
 
 def require_id(field: str, value: str) -> str:
     if not ID.fullmatch(value or ""):
-        raise errors.bad_request(f"{field} must be an id (1-128 of A-Z a-z 0-9 . _ : @ -)", "invalid_id")
+        raise invalid(field, f"{field} must be an id (1-128 of A-Z a-z 0-9 . _ : @ -)", "invalid_id")
     return value
+
+
+def invalid(param: str, message: str, code: str = "invalid_value") -> errors.ApiError:
+    """400 in OpenAI's error body, `param` naming the field."""
+    return errors.ApiError(400, message, "invalid_request_error", code, extra={"param": param})
+
+
+def bad_request_field(error: grpc.aio.AioRpcError) -> str:
+    """The field the authority's google.rpc.BadRequest names ("" when it sent none)."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return bad.field_violations[0].field if bad.field_violations else ""
+    return ""
 
 
 def console_error(error: grpc.aio.AioRpcError) -> errors.ApiError:
@@ -148,6 +166,9 @@ def console_error(error: grpc.aio.AioRpcError) -> errors.ApiError:
         return errors.conflict(
             f"An allocation of {format_credits(int(meta['allocation']))} credits is below what {meta['user_id']} "
             f"already used or holds ({format_credits(int(meta['committed']))} credits).", "failed_precondition")
+    if code == grpc.StatusCode.INVALID_ARGUMENT and (name := bad_request_field(error)):
+        # The authority's field, as the console's bodies name it (credits, not millicredits).
+        return invalid(name.removesuffix("_millicredits"), details, "invalid_request")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return errors.conflict(details, "failed_precondition")
     if code == grpc.StatusCode.ALREADY_EXISTS:
