@@ -2,7 +2,7 @@
  * No build step. The API key lives in sessionStorage (this tab only) and is sent as
  * `Authorization: Bearer …`. Everything shown is built with textContent, never HTML.
  * This file signs in and shows the balance, the organization and usage; the other parts (keys.js,
- * alerts.js, payments.js, reports.js) use its helpers (window.creditConsole), start on
+ * alerts.js, payments.js, reports.js, limits.js) use its helpers (window.creditConsole), start on
  * `console:started` (detail: the signed-in viewer, /me) and fill their member lists on
  * `console:members` (detail: the org's members, admins only). */
 (function () {
@@ -351,7 +351,7 @@
     }, "CSV exported.");
   });
 
-  // ---- what keys.js, alerts.js, payments.js and reports.js use ----
+  // ---- what keys.js, alerts.js, payments.js, reports.js and limits.js use ----
 
   window.creditConsole = { api, act, el, credits, when, say, fail, fillTable, fillMembers, refreshAll, onStart,
     onMembers, duringStart, me: () => state.me };

@@ -291,7 +291,7 @@ def test_the_console_is_served_from_this_origin_only(console_inference):
     assert "script-src 'self'" in csp and "default-src 'self'" in csp
     assert page.headers["x-content-type-options"] == "nosniff"
     own = sorted(p for p in STATIC_DIR.iterdir() if p.suffix in (".html", ".js", ".css"))
-    assert {"console.js", "keys.js", "alerts.js", "payments.js", "reports.js"} <= {p.name for p in own}
+    assert {"console.js", "keys.js", "alerts.js", "payments.js", "reports.js", "limits.js"} <= {p.name for p in own}
     for name in (*(p.name for p in own), "vendor/chart.umd.min.js"):
         response = httpx.get(f"{console_inference.url}/console/{name}")
         assert response.status_code == 200, name
