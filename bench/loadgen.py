@@ -84,6 +84,7 @@ def _struct(values: dict) -> struct_pb2.Struct:
 RESERVE_METADATA = {"estimate_millicredits": 1000, "stream": False}
 COMMIT_METADATA = {"provider": "openai", "model": "bench-chat", "prompt_tokens": 12, "completion_tokens": 40,
                    "total_tokens": 52}
+ESTIMATED_TOKENS, TOKENS = 100, 52  # for tokens-per-minute limits (none apply outside authority_hot_limited)
 
 
 def _operation(spec: LoadSpec, channel: grpc.aio.Channel, worker: int):
@@ -108,12 +109,13 @@ def _operation(spec: LoadSpec, channel: grpc.aio.Channel, worker: int):
         async def pair() -> None:
             hold = await stub.Reserve(authority_pb2.ReserveRequest(
                 request_id=prefix + str(next(seq)), user_id=pick(), amount_millicredits=spec.amount_mc,
-                service_type="llm_inference", service_name="bench-chat", metadata=reserve_md),
+                service_type="llm_inference", service_name="bench-chat", metadata=reserve_md,
+                estimated_tokens=ESTIMATED_TOKENS),
                 metadata=auth, timeout=30)
             if spec.call_ms:
                 await asyncio.sleep(spec.call_ms / 1000)
             await stub.Commit(authority_pb2.CommitRequest(
-                reservation_id=hold.reservation_id, amount_millicredits=charge, metadata=commit_md),
+                reservation_id=hold.reservation_id, amount_millicredits=charge, metadata=commit_md, tokens=TOKENS),
                 metadata=auth, timeout=30)
         return pair
     if spec.workload == "naive":

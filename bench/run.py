@@ -37,7 +37,8 @@ from .pgbench import run_pgbench
 
 HERE = Path(__file__).resolve().parent
 IDLE_CORES = 0.3  # busier than this before a contender, and the machine is not ours alone
-CONTENDERS = ("transport", "authority_hot", "authority_spread", "exhaustion", "inference", "naive", "pgbench")
+CONTENDERS = ("transport", "authority_hot", "authority_hot_limited", "authority_spread", "exhaustion", "inference",
+              "naive", "pgbench")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -172,7 +173,7 @@ class Bench:
         env = python_env(
             DATABASE_URL=self.db.url, CREDIT_LISTEN_ADDR=f"127.0.0.1:{port}",
             CREDIT_AUTH_TOKENS=",".join([f"bench:{self.spend_token}:spend+read",
-                                         f"ops:{self.admin_token}:admin+read",
+                                         f"ops:{self.admin_token}:admin+read+mint",
                                          f"inference:{self.inference_token}:spend+read"]),
             CREDIT_DB_POOL_MIN=pool, CREDIT_DB_POOL_MAX=pool, CREDIT_MIGRATE_ON_START="0",
             CREDIT_REUSE_PORT="1" if self.args.authority_procs > 1 else "0", **self.args.authority_env)
@@ -375,6 +376,8 @@ class Bench:
                 self.transport(addr, authority)
             if "authority_hot" in only:
                 self.pairs("authority_hot", addr, authority, [seeding.HOT_USER])
+            if "authority_hot_limited" in only:
+                self.pairs("authority_hot_limited", addr, authority, [seeding.HOT_LIMITED_USER])
             if "authority_spread" in only:
                 self.pairs("authority_spread", addr, authority, seeded.spread_users)
             if "exhaustion" in only:
@@ -413,6 +416,7 @@ class Bench:
         inf = c.get("inference_overhead", {})
         r = {
             "hot_pairs_per_s": rate("authority_hot"),
+            "hot_limited_pairs_per_s": rate("authority_hot_limited"),
             "spread_pairs_per_s": rate("authority_spread"),
             "naive_pairs_per_s": rate("naive"),
             "transport_calls_per_s": rate("transport"),
@@ -428,7 +432,7 @@ class Bench:
             "overspend_naive_call_50ms": ex("naive_call_50ms", "overspend_mc"),
             "authority_rss_mb": self.rss.get("authority_max"),
         }
-        for name in ("authority_hot", "authority_spread", "naive", "transport"):
+        for name in ("authority_hot", "authority_hot_limited", "authority_spread", "naive", "transport"):
             if name in c:
                 r[f"{name}_p50_ms"] = round(c[name]["p50_ms"], 3)
                 r[f"{name}_p99_ms"] = round(c[name]["p99_ms"], 3)

@@ -15,6 +15,10 @@ from credit.v1 import admin_pb2, admin_pb2_grpc
 from . import naive_server
 
 HOT_ORG, HOT_USER = "hot-org", "hot-user"
+# The hot account again, with rate limits at the org and the member set high enough never to trip
+# (authority_hot_limited): what enforcing limits costs the hot path.
+HOT_LIMITED_ORG, HOT_LIMITED_USER = "hot-limited-org", "hot-limited-user"
+NEVER_TRIPPING = {"requests_per_minute": 1_000_000, "tokens_per_minute": 1_000_000_000, "max_parallel": 100_000}
 EXHAUST_CALL_MS = (0, 50)  # simulated LLM call between check/Reserve and debit/Commit
 
 
@@ -65,15 +69,18 @@ async def seed_authority(addr: str, admin_token: str, *, spread_users: int, spre
 
         spread_org_ids = [f"spread-org-{j}" for j in range(spread_orgs)]
         exhaust = [exhaust_account(ms) for ms in EXHAUST_CALL_MS]
-        await asyncio.gather(org(HOT_ORG, BIG), org(INFERENCE_ORG, BIG),
+        await asyncio.gather(org(HOT_ORG, BIG), org(HOT_LIMITED_ORG, BIG), org(INFERENCE_ORG, BIG),
                              *(org(o, exhaust_limit_mc) for o, _ in exhaust),
                              *(org(o, BIG) for o in spread_org_ids))
         seeded.spread_users = [f"spread-user-{i}" for i in range(spread_users)]
         per_user = BIG // max(1, spread_users // spread_orgs + 1)
         await asyncio.gather(
-            member(HOT_ORG, HOT_USER, BIG), *(member(o, u, exhaust_limit_mc) for o, u in exhaust),
+            member(HOT_ORG, HOT_USER, BIG), member(HOT_LIMITED_ORG, HOT_LIMITED_USER, BIG),
+            *(member(o, u, exhaust_limit_mc) for o, u in exhaust),
             member(INFERENCE_ORG, INFERENCE_USER, BIG),
             *(member(spread_org_ids[i % spread_orgs], u, per_user) for i, u in enumerate(seeded.spread_users)))
+        for scope in ({"org_id": HOT_LIMITED_ORG}, {"org_id": HOT_LIMITED_ORG, "user_id": HOT_LIMITED_USER}):
+            await call(admin.SetRateLimit, admin_pb2.SetRateLimitRequest(**scope, **NEVER_TRIPPING))
         key = await call(admin.CreateApiKey, admin_pb2.CreateApiKeyRequest(
             user_id=INFERENCE_USER, org_id=INFERENCE_ORG, name="bench", kind=admin_pb2.API_KEY_KIND_USER))
         seeded.inference_api_key = key.secret

@@ -90,8 +90,8 @@ MUTANTS: tuple[Mutant, ...] = (
            function="credit_resolve_funding"),
     # ---- SQL: rate limits ----
     mutant("rpm-burst-off-by-one", "a requests-per-minute limit of N admits N + 1 at once", LIMIT_TRY,
-           "IF tat - now_ns > l.rpm * t THEN", "IF tat - now_ns > (l.rpm + 1) * t THEN", "tests/test_rate_limits.py",
-           function="credit_limit_try"),
+           "IF tat - p_now_ns > l.rpm * t THEN", "IF tat - p_now_ns > (l.rpm + 1) * t THEN",
+           "tests/test_rate_limits.py", function="credit_limit_try"),
     mutant("parallel-never-given-back", "a finished hold keeps counting against max_parallel", LIMIT_FINISH,
            "l.open_holds := greatest(l.open_holds - 1, 0);", "l.open_holds := l.open_holds;",
            "tests/test_rate_limits.py", function="credit_limit_finish"),

@@ -45,7 +45,7 @@ BATCH_SQL = "SELECT * FROM credit_batch(" + ", ".join(f"${i}" for i in range(1, 
 
 # The single-call functions, their columns named as credit_batch names them.
 RESERVE_SQL = """SELECT outcome, reservation_id, funding_kind, org_id, reserved_mc AS amount_mc, available_mc,
-                        expires_at, status, limit_info
+                        expires_at, status, limit_info, limit_status
                    FROM credit_reserve_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"""
 COMMIT_SQL = """SELECT outcome, charged_mc AS amount_mc, available_mc, overrun, late, funding_kind, org_id
                   FROM credit_commit($1, $2, $3, $4, $5)"""
@@ -68,7 +68,8 @@ class HotRow:
     status: Any = None  # str
     overrun: Any = None  # bool
     late: Any = None  # bool
-    limit_info: Any = None  # dict: a Reserve's refusal ('rate_limited') or what is left of its limits ('ok')
+    limit_info: Any = None  # dict: a Reserve's refusal ('rate_limited')
+    limit_status: Any = None  # list: what is left of a granted Reserve's per-minute limits (credit_limit_try)
 
     @classmethod
     def of(cls, row: Mapping[str, Any], batched: bool) -> HotRow:
@@ -78,6 +79,16 @@ class HotRow:
 async def run_batch(pool: asyncpg.Pool, operations: Sequence[HotOp]) -> list[asyncpg.Record]:
     """One credit_batch transaction for the operations, passed as one array per field."""
     return await pool.fetch(BATCH_SQL, *zip(*operations, strict=True))
+
+
+def limits_left(status: Sequence[int | None] | None) -> dict[str, list[int]] | None:
+    """credit_limit_try's status array ([requests limit, remaining, reset ms, the same for tokens], NULL where
+    no such limit applied) as Hold.limits: {"requests": [limit, remaining, reset_ms], "tokens": [...]}."""
+    if not status:
+        return None
+    limits = {kind: [int(v) for v in status[i:i + 3]] for kind, i in (("requests", 0), ("tokens", 3))
+              if status[i] is not None}
+    return limits or None
 
 
 class HotPathQueries(Queries):
@@ -121,7 +132,7 @@ class HotPathQueries(Queries):
         if row.outcome == "rate_limited":
             raise RateLimited.of(row.limit_info)
         return Hold(row.reservation_id, row.funding_kind, row.org_id, row.amount_mc, row.available_mc or 0,
-                    row.expires_at, row.outcome == "replay", row.status, row.limit_info or None)
+                    row.expires_at, row.outcome == "replay", row.status, limits_left(row.limit_status))
 
     async def commit(self, *, caller: str, reservation_id: uuid.UUID, amount_mc: int,
                      metadata: dict[str, Any], tokens: int | None = None) -> Charge:

@@ -7,16 +7,18 @@
 -- rate_limits rows of every operation are locked after the reservation rows
 -- and before the accounts (limit_id order), worked on in memory (lim) and
 -- written back once at the end; a Reserve a limit refuses is 'rate_limited'
--- (limit_info: the refusal; on 'ok', what is left of the limits).
+-- (limit_info: the refusal); on 'ok', limit_status is what is left of the
+-- per-minute limits (credit_limit_try's status array).
 -- History: 0004; one write per account 0006; key lookups and enable_seqscan =
--- off 0007; credit_account_lock_key 0009; 'out_of_range' 0010; rate limits 0013.
+-- off 0007; credit_account_lock_key 0009; 'out_of_range' 0010; rate limits 0013;
+-- limit_status as an array 0014.
 CREATE OR REPLACE FUNCTION credit_batch(kinds TEXT[], callers TEXT[], request_ids TEXT[], hashes BYTEA[],
                                         user_ids TEXT[], org_ids TEXT[], amounts BIGINT[], ttls INT[],
                                         service_types TEXT[], service_names TEXT[], metadatas JSONB[],
                                         reservation_ids UUID[], reasons TEXT[], api_key_ids TEXT[], tokens BIGINT[])
 RETURNS TABLE (idx INT, outcome TEXT, reservation_id UUID, funding_kind TEXT, org_id TEXT,
                amount_mc BIGINT, available_mc BIGINT, expires_at TIMESTAMPTZ, status TEXT,
-               overrun BOOLEAN, late BOOLEAN, limit_info JSONB)
+               overrun BOOLEAN, late BOOLEAN, limit_info JSONB, limit_status BIGINT[])
 LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
     n INT := coalesce(array_length(kinds, 1), 0);
@@ -36,8 +38,8 @@ DECLARE
     v_outcome TEXT; v_org TEXT; v_hash BYTEA; v_hold BIGINT; v_late BOOLEAN; v_over BOOLEAN;
     -- rate limits: the rows of the whole batch (NULL: none apply), and one operation's share of them
     lim rate_limits[]; lim_keys TEXT[] := '{}'; lim_ids BIGINT[] := '{}'; v_lids BIGINT[];
-    v_pos INT[]; v_sub rate_limits[]; v_new rate_limits[]; v_refusal JSONB; v_status JSONB; v_keys TEXT[];
-    v_now TIMESTAMPTZ;
+    v_pos INT[]; v_sub rate_limits[]; v_new rate_limits[]; v_refusal JSONB; v_status BIGINT[]; v_keys TEXT[];
+    v_now TIMESTAMPTZ; v_take RECORD;
 BEGIN
     -- 1. Where each operation will write (read only, no locks yet).
     FOR i IN 1 .. n LOOP
@@ -95,7 +97,7 @@ BEGIN
         idx := i;
         outcome := NULL; reservation_id := NULL; funding_kind := NULL; org_id := NULL; amount_mc := NULL;
         available_mc := NULL; expires_at := NULL; status := NULL; overrun := NULL; late := NULL;
-        limit_info := NULL;
+        limit_info := NULL; limit_status := NULL;
 
         IF kinds[i] = 'reserve' THEN
             SELECT x.* INTO res FROM reservations x WHERE x.caller = callers[i] AND x.request_id = request_ids[i];
@@ -122,8 +124,8 @@ BEGIN
                         END IF;
                     END LOOP;
                     IF v_pos <> '{}' THEN
-                        SELECT t.rows, t.refusal, t.status INTO v_new, v_refusal, v_status
-                          FROM credit_limits_take(v_sub, v_now, coalesce(tokens[i], 0), amounts[i]) t;
+                        v_take := credit_limits_take(v_sub, v_now, coalesce(tokens[i], 0), amounts[i]);
+                        v_new := v_take.rows; v_refusal := v_take.refusal; v_status := v_take.status;
                     END IF;
                 END IF;
                 IF v_refusal IS NOT NULL THEN
@@ -154,7 +156,7 @@ BEGIN
                             lim[v_pos[k]] := v_new[k];
                         END LOOP;
                         outcome := 'ok'; funding_kind := a_kind; org_id := a_org; amount_mc := amounts[i];
-                        available_mc := a_limit - a_used - a_held; status := 'held'; limit_info := v_status;
+                        available_mc := a_limit - a_used - a_held; status := 'held'; limit_status := v_status;
                     END IF;
                 END IF;
             END IF;

@@ -5,15 +5,18 @@
 -- hold and returns 'retry' (no exception). Locks: rate_limits rows, then the
 -- account.
 -- outcome: 'ok' | 'replay' | 'conflict' | 'rate_limited' | 'insufficient' | 'retry' | resolution errors
--- limit_info: the refusal ('rate_limited') or what is left of the limits ('ok').
--- History: 0004; enable_seqscan = off since 0007; rate limits since 0013.
+-- limit_info: the refusal ('rate_limited'); limit_status: what is left of the
+-- per-minute limits ('ok'; credit_limit_try's status array).
+-- History: 0004; enable_seqscan = off since 0007; rate limits since 0013;
+-- limit_status as an array since 0014.
 CREATE OR REPLACE FUNCTION credit_reserve_op(p_caller TEXT, p_request_id TEXT, p_request_hash BYTEA,
                                p_user_id TEXT, p_org_id TEXT, p_amount_mc BIGINT,
                                p_ttl_seconds INT, p_service_type TEXT, p_service_name TEXT,
                                p_metadata JSONB, p_api_key_id TEXT, p_tokens BIGINT,
                                OUT outcome TEXT, OUT reservation_id UUID, OUT funding_kind TEXT,
                                OUT org_id TEXT, OUT reserved_mc BIGINT, OUT available_mc BIGINT,
-                               OUT expires_at TIMESTAMPTZ, OUT status TEXT, OUT limit_info JSONB)
+                               OUT expires_at TIMESTAMPTZ, OUT status TEXT, OUT limit_info JSONB,
+                               OUT limit_status BIGINT[])
 LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
     v_hash BYTEA;
@@ -86,7 +89,7 @@ BEGIN
             org_id, p_user_id, 'hold', p_amount_mc, reservation_id);
     IF v_limits IS NOT NULL THEN
         PERFORM credit_limits_save(v_take.rows);
-        limit_info := v_take.status;
+        limit_status := v_take.status;
     END IF;
     reserved_mc := p_amount_mc;
     status := 'held';
