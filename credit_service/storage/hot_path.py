@@ -86,7 +86,7 @@ def limits_left(status: Sequence[int | None] | None) -> dict[str, list[int]] | N
     no such limit applied) as Hold.limits: {"requests": [limit, remaining, reset_ms], "tokens": [...]}."""
     if not status:
         return None
-    limits = {kind: [int(v) for v in status[i:i + 3]] for kind, i in (("requests", 0), ("tokens", 3))
+    limits = {kind: [int(v or 0) for v in status[i:i + 3]] for kind, i in (("requests", 0), ("tokens", 3))
               if status[i] is not None}
     return limits or None
 
