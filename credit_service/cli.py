@@ -8,7 +8,6 @@ unset it falls back to the values `make run` wrote to .data/demo.env.
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import sys
 from datetime import date, datetime, time, timedelta, timezone
@@ -22,13 +21,12 @@ from .cli_limits import RateLimitCommands, ScopeError, add_rate_limit_commands, 
 from .demo import read_env_file
 from .money import format_credits, parse_credits
 from .settings import LOCAL_AUTHORITY_ADDR, AdminCliSettings
+from .statement_csv import statement_csv
 
 ROLES = {"owner": admin_pb2.MEMBER_ROLE_OWNER, "admin": admin_pb2.MEMBER_ROLE_ADMIN,
          "member": admin_pb2.MEMBER_ROLE_MEMBER}
 ROLE_NAMES = {v: k for k, v in ROLES.items()}
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-STATEMENT_CSV_COLUMNS = ("section", "at", "kind", "key", "requests", "credits", "millicredits", "source",
-                         "reference", "note")
 GROUPS = {"user": admin_pb2.USAGE_GROUP_BY_USER, "model": admin_pb2.USAGE_GROUP_BY_MODEL,
           "service_type": admin_pb2.USAGE_GROUP_BY_SERVICE_TYPE, "day": admin_pb2.USAGE_GROUP_BY_DAY}
 
@@ -78,15 +76,6 @@ def statement_period(first: date | None, last: date | None, now: datetime) -> tu
 
 def time_text(ts: timestamp_pb2.Timestamp, timespec: str = "seconds") -> str:
     return ts.ToDatetime(timezone.utc).isoformat(timespec=timespec)
-
-
-def csv_cell(value: object) -> str:
-    """A cell a spreadsheet shows as written, never runs (as the console's CSV exports escape them): text
-    starting with = + - @ tab or CR gets a leading quote, unless it is a plain number such as -5.000."""
-    text = "" if value is None else str(value)
-    if re.fullmatch(r"-?\d+(\.\d+)?", text) or text[:1] not in ("=", "+", "-", "@", "\t", "\r"):
-        return text
-    return "'" + text
 
 
 def account_text(account: admin_pb2.AccountRef) -> str:
@@ -278,32 +267,8 @@ def print_statement(s: admin_pb2.Statement) -> None:
 
 
 def print_statement_csv(s: admin_pb2.Statement) -> None:
-    """The statement as the console's CSV export writes it: one table; the totals signed (+ in, − out)."""
-    writer = csv.writer(sys.stdout, lineterminator="\r\n")
-    writer.writerow(STATEMENT_CSV_COLUMNS)
-
-    def row(section: str, mc: int | None = None, **cells) -> None:
-        if mc is not None:
-            cells.update(credits=format_credits(mc), millicredits=mc)
-        writer.writerow([csv_cell(section if c == "section" else cells.get(c)) for c in STATEMENT_CSV_COLUMNS])
-
-    row("account", kind=account_text(s.account).split(" ")[0], key=s.account.user_id or s.account.org_id,
-        source=s.account.org_id, note=f"{time_text(s.start_time)} to {time_text(s.end_time)}")
-    row("opening_balance", s.opening_balance_millicredits, at=time_text(s.start_time))
-    for section, name in (("credits_in", "credits_in"), ("adjustment", "adjustments"),
-                          ("allocation_change", "allocation_changes")):
-        for x in getattr(s, name):
-            row(section, x.amount_millicredits, at=time_text(x.at), kind=x.kind, source=x.source,
-                reference=x.reference, note=x.note)
-    for section, groups in (("usage_by_model", s.usage_by_model), ("usage_by_member", s.usage_by_member)):
-        for g in groups:
-            row(section, g.credits_used_millicredits, key=g.key, requests=g.requests)
-    for section, mc in (("total_credits_in", s.credits_in_millicredits),
-                        ("total_adjustments", s.adjustments_millicredits),
-                        ("total_allocation_changes", s.allocation_changes_millicredits),
-                        ("total_usage", -s.usage_millicredits)):
-        row(section, mc)
-    row("closing_balance", s.closing_balance_millicredits, at=time_text(s.end_time))
+    """The statement as the console's CSV export writes it."""
+    sys.stdout.write(statement_csv(s, note=f"{time_text(s.start_time)} to {time_text(s.end_time)} (UTC)"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,6 +37,7 @@ from credit.v1 import admin_pb2
 from credit_service.errors import ALLOCATION_BELOW_COMMITTED, INSUFFICIENT_CREDITS, ROLE_REQUIRED
 from credit_service.ids import ID
 from credit_service.money import MAX_MILLICREDITS, format_credits, parse_credits
+from credit_service.statement_csv import csv_cell
 
 from . import errors
 from .admin_client import AdminCalls
@@ -56,7 +56,6 @@ _STATUS_NAMES = {admin_pb2.ALERT_DELIVERY_STATUS_PENDING: "pending",
                  admin_pb2.ALERT_DELIVERY_STATUS_FAILED: "failed",
                  admin_pb2.ALERT_DELIVERY_STATUS_NO_WEBHOOK: "no_webhook"}
 _CREDITS = re.compile(r"\d{1,13}(\.\d{1,3})?")
-_NUMBER = re.compile(r"-?\d{1,30}(\.\d{1,30})?")  # what csv_cell leaves alone: no formula is only digits
 # The console's pages load only from this origin: no CDN, no inline script.
 STATIC_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -264,16 +263,6 @@ def record_dict(r: admin_pb2.UsageRecord) -> dict[str, Any]:
             "funding_source": f"org:{r.org_id}" if r.org_id else "individual", "model": r.service_name,
             "service_type": r.service_type, **credits_fields("credits", r.credits_used_millicredits),
             "overrun": r.overrun, "late": r.late, "metadata": metadata}
-
-
-def csv_cell(value: Any) -> str:
-    """One CSV cell that a spreadsheet shows as written, never runs: text starting with = + - @ tab or CR
-    gets a leading quote (a plain number such as -5.000 stays a number). Every CSV the console serves
-    writes its cells through this."""
-    text = "" if value is None else json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
-    if _NUMBER.fullmatch(text):
-        return text
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def csv_of_records(records: list[dict[str, Any]]) -> str:

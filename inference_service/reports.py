@@ -9,24 +9,19 @@ now when that is later than now (a period that has not ended closes at the balan
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 from credit.v1 import admin_pb2
-from credit_service.money import format_credits
+from credit_service.statement_csv import scope_of
 
 from . import errors
-from .console import csv_cell
 from .service import credits_fields, iso_time
 
 MAX_PERIOD_DAYS = 366  # the authority's bound on a statement's period
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-CSV_COLUMNS = ("section", "at", "kind", "key", "requests", "credits", "millicredits", "source", "reference",
-               "note")
 SCOPES = {"pool": "the organization's pool", "allocation": "a member's allocation",
           "individual": "an individual balance"}
 
@@ -70,12 +65,6 @@ def statement_period(start: str | None, end: str | None, now: datetime) -> Perio
     return Period(begin, None if stop > now else stop, first, last)
 
 
-def scope_of(account: admin_pb2.AccountRef) -> str:
-    if not account.user_id:
-        return "pool"
-    return "allocation" if account.org_id else "individual"
-
-
 def line_dict(line: admin_pb2.StatementLine) -> dict[str, Any]:
     return {"at": iso_time(line.at), "kind": line.kind, **credits_fields("amount", line.amount_millicredits),
             "source": line.source, "reference": line.reference, "note": line.note}
@@ -102,41 +91,6 @@ def statement_dict(s: admin_pb2.Statement, period: Period) -> dict[str, Any]:
             "usage_by_model": [usage_dict(u) for u in s.usage_by_model],
             "usage_by_member": [usage_dict(u) for u in s.usage_by_member],
             **credits_fields("closing_balance", s.closing_balance_millicredits)}
-
-
-def csv_of_statement(view: dict[str, Any]) -> str:
-    """One table a spreadsheet opens: the account and period, the opening balance, one row per line,
-    the usage by model and by member, the sums and the closing balance. Credits are signed (+ in, − out)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-
-    def row(section: str, **cells: Any) -> None:
-        writer.writerow([csv_cell(section if c == "section" else cells.get(c)) for c in CSV_COLUMNS])
-
-    account = view["account"]
-    row("account", kind=account["scope"], key=account["user_id"] or account["org_id"],
-        source=account["org_id"], note=f"{view['start_date']} to {view['end_date']} (UTC)")
-    row("opening_balance", at=view["start"], credits=view["opening_balance"],
-        millicredits=view["opening_balance_millicredits"])
-    for section, lines in (("credits_in", view["credits_in"]), ("adjustment", view["adjustments"]),
-                           ("allocation_change", view["allocation_changes"])):
-        for line in lines:
-            row(section, at=line["at"], kind=line["kind"], credits=line["amount"],
-                millicredits=line["amount_millicredits"], source=line["source"], reference=line["reference"],
-                note=line["note"])
-    for section, groups in (("usage_by_model", view["usage_by_model"]), ("usage_by_member", view["usage_by_member"])):
-        for group in groups:
-            row(section, key=group["key"], requests=group["requests"], credits=group["credits"],
-                millicredits=group["credits_millicredits"])
-    totals = (("total_credits_in", "credits_in_total", 1), ("total_adjustments", "adjustments_total", 1),
-              ("total_allocation_changes", "allocation_changes_total", 1), ("total_usage", "usage", -1))
-    for section, name, sign in totals:
-        amount = sign * view[f"{name}_millicredits"]
-        row(section, credits=format_credits(amount), millicredits=amount)
-    row("closing_balance", at=view["end"], credits=view["closing_balance"],
-        millicredits=view["closing_balance_millicredits"])
-    return out.getvalue()
 
 
 def forecast_line_dict(line: admin_pb2.ForecastLine) -> dict[str, Any]:

@@ -17,9 +17,10 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
 from credit.v1 import admin_pb2
+from credit_service.statement_csv import statement_csv as statement_table
 
 from ..console import Viewer
-from ..reports import csv_of_statement, forecast_dict, statement_dict, statement_period
+from ..reports import Period, forecast_dict, statement_dict, statement_period
 from .console import READS, viewer
 
 TAGS: list[str | Enum] = ["console"]
@@ -32,14 +33,15 @@ def statement_account(who: Viewer, user_id: str | None) -> admin_pb2.AccountRef:
     return admin_pb2.AccountRef(org_id=org_id, user_id=user)
 
 
-async def statement_view(who: Viewer, start: str | None, end: str | None, user_id: str | None) -> dict:
+async def fetch_statement(who: Viewer, start: str | None, end: str | None,
+                          user_id: str | None) -> tuple[admin_pb2.Statement, Period]:
     account = statement_account(who, user_id)
     period = statement_period(start, end, datetime.now(timezone.utc))
     request = admin_pb2.GetStatementRequest(account=account)
     request.start_time.FromDatetime(period.start)
     if period.end is not None:
         request.end_time.FromDatetime(period.end)
-    return statement_dict(await who.admin.get_statement(request), period)
+    return await who.admin.get_statement(request), period
 
 
 def start_param():
@@ -60,18 +62,18 @@ async def statement(who: Viewer = Depends(viewer), start: str | None = start_par
     """Opening balance, credits in (with their source), refunds and adjustments, allocation changes, usage
     by model and by member, closing balance: closing = opening + credits in + adjustments + allocation
     changes − usage."""
-    return await statement_view(who, start, end, user_id)
+    return statement_dict(*await fetch_statement(who, start, end, user_id))
 
 
 @router.get("/api/v1/console/statement.csv", tags=TAGS, responses=READS, response_class=Response)
 async def statement_csv(who: Viewer = Depends(viewer), start: str | None = start_param(),
                         end: str | None = end_param(), user_id: str | None = user_param()):
     """The same statement as CSV: one table, a row per line, credits signed (+ in, − out)."""
-    view = await statement_view(who, start, end, user_id)
-    account = view["account"]
-    whose = "-".join(x for x in (account["org_id"], account["user_id"]) if x)
-    name = f"statement-{whose}-{view['start_date']}-{view['end_date']}.csv"
-    return Response(csv_of_statement(view), media_type="text/csv; charset=utf-8",
+    s, period = await fetch_statement(who, start, end, user_id)
+    whose = "-".join(x for x in (s.account.org_id, s.account.user_id) if x)
+    first, last = period.first_day.isoformat(), period.last_day.isoformat()
+    name = f"statement-{whose}-{first}-{last}.csv"
+    return Response(statement_table(s, note=f"{first} to {last} (UTC)"), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
