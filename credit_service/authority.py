@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .auth import Scope
 from .errors import InvalidArgument, NotFound
 from .ids import API_KEY_ID, REQUEST_ID
 from .model import (
@@ -63,6 +64,7 @@ class UsageQuery:
     end: datetime | None = None
     group_by: str | None = None
     limit: int = 0
+    individual_only: bool = False  # only charges to individual balances (a platform credential without orgs named)
 
 
 class CreditAuthority:
@@ -75,17 +77,36 @@ class CreditAuthority:
 
     # ---- hot path -------------------------------------------------------
 
-    async def check(self, user_id: str, org_id: str, amount_mc: int) -> tuple[bool, Balance]:
+    async def check(self, user_id: str, org_id: str, amount_mc: int,
+                    scope: Scope | None = None) -> tuple[bool, Balance]:
         require_id("user_id", user_id)
         optional_id("org_id", org_id)
         require_amount("amount_millicredits", amount_mc)
-        balance = await self._storage.balance(user_id, org_id)
+        balance = await self._balance_in(scope, user_id, org_id)
         return balance.available_mc >= amount_mc, balance
 
-    async def balance(self, user_id: str, org_id: str) -> Balance:
+    async def balance(self, user_id: str, org_id: str, scope: Scope | None = None) -> Balance:
         require_id("user_id", user_id)
         optional_id("org_id", org_id)
-        return await self._storage.balance(user_id, org_id)
+        return await self._balance_in(scope, user_id, org_id)
+
+    async def _balance_in(self, scope: Scope | None, user_id: str, org_id: str) -> Balance:
+        """The balance of the resolved funding; for a platform credential (scope set), OUT_OF_SCOPE unless
+        the funding is one it may act for: a named org is checked before anything is read."""
+        if scope is not None and org_id:
+            scope.require("org", org_id, user_id)
+        balance = await self._storage.balance(user_id, org_id)
+        if scope is not None:
+            scope.require(balance.funding_kind, balance.org_id, user_id)
+        return balance
+
+    async def _funding_in(self, scope: Scope, user_id: str, org_id: str) -> str:
+        """The org a platform credential's Reserve is funded from ('' for an individual balance), resolved
+        before the hold and in its scope (else OUT_OF_SCOPE, nothing held)."""
+        if org_id:
+            scope.require("org", org_id, user_id)
+            return org_id
+        return (await self._balance_in(scope, user_id, "")).org_id or ""
 
     def _ttl(self, ttl_seconds: int) -> int:
         if ttl_seconds < 0:
@@ -94,7 +115,8 @@ class CreditAuthority:
 
     async def reserve(self, *, caller: str, request_id: str, user_id: str, org_id: str, amount_mc: int,
                       ttl_seconds: int, service_type: str, service_name: str,
-                      metadata: dict[str, Any], api_key_id: str = "", estimated_tokens: int = 0) -> Hold:
+                      metadata: dict[str, Any], api_key_id: str = "", estimated_tokens: int = 0,
+                      scope: Scope | None = None) -> Hold:
         if not request_id:
             raise InvalidArgument("request_id", "is required (a caller-chosen idempotency key)")
         if not REQUEST_ID.fullmatch(request_id):
@@ -113,10 +135,18 @@ class CreditAuthority:
         limits = (api_key_id, estimated_tokens) if api_key_id or estimated_tokens else ()
         fingerprint = request_fingerprint(user_id, org_id, amount_mc, ttl_seconds, service_type,
                                           service_name, metadata, *limits)
-        return await self._storage.reserve(
-            caller=caller, request_id=request_id, request_hash=fingerprint, user_id=user_id, org_id=org_id,
+        funding_org = org_id
+        if scope is not None:  # a platform credential: resolve first, hold only what is in its scope
+            funding_org = await self._funding_in(scope, user_id, org_id)
+        hold = await self._storage.reserve(
+            caller=caller, request_id=request_id, request_hash=fingerprint, user_id=user_id, org_id=funding_org,
             amount_mc=amount_mc, ttl_seconds=ttl, service_type=service_type, service_name=service_name,
             metadata=metadata, api_key_id=api_key_id, tokens=estimated_tokens)
+        if scope is not None and not hold.replayed and not scope.allows(hold.funding_kind, hold.org_id):
+            # Resolved to an individual balance, but the user joined an org in between: give the hold back.
+            await self._storage.release(caller=caller, reservation_id=hold.reservation_id, reason="out of scope")
+            scope.require(hold.funding_kind, hold.org_id, user_id)
+        return hold
 
     async def commit(self, *, caller: str, reservation_id: str, amount_mc: int, metadata: dict[str, Any],
                      tokens: int | None = None) -> Charge:
@@ -215,7 +245,8 @@ class CreditAuthority:
         return await self._storage.query_usage(
             org_id=query.org_id or None, user_id=query.user_id or None,
             service_type=query.service_type or None, model=query.model or None,
-            start=query.start, end=query.end, group_by=query.group_by, limit=query.limit or 1000)
+            start=query.start, end=query.end, group_by=query.group_by, limit=query.limit or 1000,
+            individual_only=query.individual_only)
 
     async def create_api_key(self, user_id: str, org_id: str, kind: str, name: str) -> tuple[ApiKeyRow, str]:
         require_id("user_id", user_id)

@@ -140,6 +140,10 @@ class Settings(FromEnvironment):
     tls_client_ca_file: str = setting("CREDIT_TLS_CLIENT_CA_FILE", "")
     # `up` (make run) starts the inference service next to the authority
     start_inference: bool = setting("INFERENCE_ENABLED", True)
+    # platform credentials: how long an authority process trusts a lookup (a revocation reaches it within this)
+    platform_cache_seconds: float = setting("CREDIT_PLATFORM_CACHE_SECONDS", 2.0)
+    # how long a rotated-out platform secret stays valid, unless the rotation asks otherwise
+    platform_grace_seconds: int = setting("CREDIT_PLATFORM_GRACE_SECONDS", 3600)
     alerts: AlertSettings = group(AlertSettings)
     payments: PaymentSettings = group(PaymentSettings)
 

@@ -28,7 +28,8 @@ MOVES_NO_CREDITS_IN = {
     "ListMembers", "QueryUsage", "CreateApiKey", "RevokeApiKey", "VerifyApiKey", "ListApiKeys", "SetAlertWebhook",
     "GetAlertWebhook", "CreateAlertThreshold", "DeleteAlertThreshold", "ListAlertThresholds", "ListAlertEvents",
     "ListPurchases", "GetStatement", "GetForecast", "SetRateLimit", "ListRateLimits", "Check", "Reserve", "Commit",
-    "Release", "GetBalance"}
+    "Release", "GetBalance", "CreatePlatformCredential", "ListPlatformCredentials", "RotatePlatformCredential",
+    "RevokePlatformCredential"}
 
 
 def methods() -> list[tuple[str, str, type]]:

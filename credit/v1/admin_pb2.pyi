@@ -793,6 +793,7 @@ class UsageRecord(_message.Message):
     OVERRUN_FIELD_NUMBER: _builtins.int
     LATE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """Reservation that was committed."""
     org_id: _builtins.str
@@ -813,6 +814,8 @@ class UsageRecord(_message.Message):
     """True when the charge exceeded the hold."""
     late: _builtins.bool
     """True when committed after the hold expired."""
+    caller: _builtins.str
+    """Who made the reservation: a static token's name, or "platform:<name>" for a platform credential."""
     @_builtins.property
     def request_metadata(self) -> _struct_pb2.Struct:
         """Metadata of the reservation and the commit."""
@@ -836,10 +839,11 @@ class UsageRecord(_message.Message):
         overrun: _builtins.bool = ...,
         late: _builtins.bool = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        caller: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "request_metadata", b"request_metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "credits_used_millicredits", b"credits_used_millicredits", "funding_kind", b"funding_kind", "late", b"late", "org_id", b"org_id", "overrun", b"overrun", "request_id", b"request_id", "request_metadata", b"request_metadata", "reservation_id", b"reservation_id", "service_name", b"service_name", "service_type", b"service_type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "created_at", b"created_at", "credits_used_millicredits", b"credits_used_millicredits", "funding_kind", b"funding_kind", "late", b"late", "org_id", b"org_id", "overrun", b"overrun", "request_id", b"request_id", "request_metadata", b"request_metadata", "reservation_id", b"reservation_id", "service_name", b"service_name", "service_type", b"service_type", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2500,3 +2504,280 @@ class ListRateLimitsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRateLimitsResponse: _TypeAlias = ListRateLimitsResponse  # noqa: Y015
+
+@_typing.final
+class PlatformCredential(_message.Message):
+    """A platform credential (never its secret)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    ORG_IDS_FIELD_NUMBER: _builtins.int
+    INDIVIDUALS_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    ROTATED_AT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_SECRET_VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Unique name (1 … 64 of a–z 0–9 . _ -); never reused, even after revocation."""
+    caller: _builtins.str
+    """The caller name its reservations and attribution rows carry: "platform:<name>"."""
+    individuals: _builtins.bool
+    """Whether it may act on individual balances (users in no organization)."""
+    created_by: _builtins.str
+    """Who created it (the operator token's name)."""
+    @_builtins.property
+    def org_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The organizations it may act for."""
+
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its roles: "spend" and/or "read"."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """Creation time."""
+
+    @_builtins.property
+    def rotated_at(self) -> _timestamp_pb2.Timestamp:
+        """Last rotation; unset if never rotated."""
+
+    @_builtins.property
+    def previous_secret_valid_until(self) -> _timestamp_pb2.Timestamp:
+        """Until when the secret before the last rotation is still accepted; unset when none is."""
+
+    @_builtins.property
+    def revoked_at(self) -> _timestamp_pb2.Timestamp:
+        """Revocation time; unset while active."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        caller: _builtins.str = ...,
+        org_ids: _abc.Iterable[_builtins.str] | None = ...,
+        individuals: _builtins.bool = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
+        created_by: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        rotated_at: _timestamp_pb2.Timestamp | None = ...,
+        previous_secret_valid_until: _timestamp_pb2.Timestamp | None = ...,
+        revoked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "previous_secret_valid_until", b"previous_secret_valid_until", "revoked_at", b"revoked_at", "rotated_at", b"rotated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "created_at", b"created_at", "created_by", b"created_by", "individuals", b"individuals", "name", b"name", "org_ids", b"org_ids", "previous_secret_valid_until", b"previous_secret_valid_until", "revoked_at", b"revoked_at", "roles", b"roles", "rotated_at", b"rotated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlatformCredential: _TypeAlias = PlatformCredential  # noqa: Y015
+
+@_typing.final
+class CreatePlatformCredentialRequest(_message.Message):
+    """Creates a platform credential."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ORG_IDS_FIELD_NUMBER: _builtins.int
+    INDIVIDUALS_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Unique name."""
+    individuals: _builtins.bool
+    """Whether it may act on individual balances."""
+    @_builtins.property
+    def org_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Organizations it may act for (each must exist); may be empty only with individuals."""
+
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """"spend" and/or "read"."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        org_ids: _abc.Iterable[_builtins.str] | None = ...,
+        individuals: _builtins.bool = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["individuals", b"individuals", "name", b"name", "org_ids", b"org_ids", "roles", b"roles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePlatformCredentialRequest: _TypeAlias = CreatePlatformCredentialRequest  # noqa: Y015
+
+@_typing.final
+class CreatePlatformCredentialResponse(_message.Message):
+    """The new credential and its secret, shown this once (only a SHA-256 of it is stored)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """Bearer token: "cp_" and 43 URL-safe characters."""
+    @_builtins.property
+    def credential(self) -> Global___PlatformCredential:
+        """The credential."""
+
+    def __init__(
+        self,
+        *,
+        credential: Global___PlatformCredential | None = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePlatformCredentialResponse: _TypeAlias = CreatePlatformCredentialResponse  # noqa: Y015
+
+@_typing.final
+class ListPlatformCredentialsRequest(_message.Message):
+    """Lists platform credentials."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPlatformCredentialsRequest: _TypeAlias = ListPlatformCredentialsRequest  # noqa: Y015
+
+@_typing.final
+class ListPlatformCredentialsResponse(_message.Message):
+    """Credentials by name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDENTIALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def credentials(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlatformCredential]:
+        """Credentials."""
+
+    def __init__(
+        self,
+        *,
+        credentials: _abc.Iterable[Global___PlatformCredential] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPlatformCredentialsResponse: _TypeAlias = ListPlatformCredentialsResponse  # noqa: Y015
+
+@_typing.final
+class RotatePlatformCredentialRequest(_message.Message):
+    """Rotates a credential's secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    GRACE_SECONDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Credential."""
+    grace_seconds: _builtins.int
+    """How long the current secret stays valid, 1 … 604,800 s; 0 means the default (3,600 s)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        grace_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace_seconds", b"grace_seconds", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotatePlatformCredentialRequest: _TypeAlias = RotatePlatformCredentialRequest  # noqa: Y015
+
+@_typing.final
+class RotatePlatformCredentialResponse(_message.Message):
+    """The credential and its new secret, shown this once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """Bearer token: "cp_" and 43 URL-safe characters."""
+    @_builtins.property
+    def credential(self) -> Global___PlatformCredential:
+        """The credential."""
+
+    def __init__(
+        self,
+        *,
+        credential: Global___PlatformCredential | None = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotatePlatformCredentialResponse: _TypeAlias = RotatePlatformCredentialResponse  # noqa: Y015
+
+@_typing.final
+class RevokePlatformCredentialRequest(_message.Message):
+    """Revokes a credential."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Credential."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokePlatformCredentialRequest: _TypeAlias = RevokePlatformCredentialRequest  # noqa: Y015
+
+@_typing.final
+class RevokePlatformCredentialResponse(_message.Message):
+    """The revoked credential."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def credential(self) -> Global___PlatformCredential:
+        """The credential."""
+
+    def __init__(
+        self,
+        *,
+        credential: Global___PlatformCredential | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokePlatformCredentialResponse: _TypeAlias = RevokePlatformCredentialResponse  # noqa: Y015

@@ -175,6 +175,26 @@ class CreditAdminStub:
                 request_serializer=credit_dot_v1_dot_admin__pb2.ListRateLimitsRequest.SerializeToString,
                 response_deserializer=credit_dot_v1_dot_admin__pb2.ListRateLimitsResponse.FromString,
                 _registered_method=True)
+        self.CreatePlatformCredential = channel.unary_unary(
+                '/credit.v1.CreditAdmin/CreatePlatformCredential',
+                request_serializer=credit_dot_v1_dot_admin__pb2.CreatePlatformCredentialRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.CreatePlatformCredentialResponse.FromString,
+                _registered_method=True)
+        self.ListPlatformCredentials = channel.unary_unary(
+                '/credit.v1.CreditAdmin/ListPlatformCredentials',
+                request_serializer=credit_dot_v1_dot_admin__pb2.ListPlatformCredentialsRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.ListPlatformCredentialsResponse.FromString,
+                _registered_method=True)
+        self.RotatePlatformCredential = channel.unary_unary(
+                '/credit.v1.CreditAdmin/RotatePlatformCredential',
+                request_serializer=credit_dot_v1_dot_admin__pb2.RotatePlatformCredentialRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.RotatePlatformCredentialResponse.FromString,
+                _registered_method=True)
+        self.RevokePlatformCredential = channel.unary_unary(
+                '/credit.v1.CreditAdmin/RevokePlatformCredential',
+                request_serializer=credit_dot_v1_dot_admin__pb2.RevokePlatformCredentialRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.RevokePlatformCredentialResponse.FromString,
+                _registered_method=True)
 
 
 class CreditAdminServicer:
@@ -383,6 +403,37 @@ class CreditAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePlatformCredential(self, request, context):
+        """Platform credentials: bearer tokens kept in the database for platforms that call the
+        authority directly, scoped to the organizations they name (README, "Integrating a platform").
+        Role mint (the operator's): a credential may spend for whole organizations.
+        Creates a credential; the secret is in the answer only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPlatformCredentials(self, request, context):
+        """Every credential, revoked ones included (no secrets).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotatePlatformCredential(self, request, context):
+        """A new secret for a credential; the one before stays valid for a grace period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokePlatformCredential(self, request, context):
+        """Revokes a credential and all its secrets (every replica refuses it within its cache window).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -520,6 +571,26 @@ def add_CreditAdminServicer_to_server(servicer, server):
                     servicer.ListRateLimits,
                     request_deserializer=credit_dot_v1_dot_admin__pb2.ListRateLimitsRequest.FromString,
                     response_serializer=credit_dot_v1_dot_admin__pb2.ListRateLimitsResponse.SerializeToString,
+            ),
+            'CreatePlatformCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePlatformCredential,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.CreatePlatformCredentialRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.CreatePlatformCredentialResponse.SerializeToString,
+            ),
+            'ListPlatformCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPlatformCredentials,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.ListPlatformCredentialsRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.ListPlatformCredentialsResponse.SerializeToString,
+            ),
+            'RotatePlatformCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotatePlatformCredential,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.RotatePlatformCredentialRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.RotatePlatformCredentialResponse.SerializeToString,
+            ),
+            'RevokePlatformCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokePlatformCredential,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.RevokePlatformCredentialRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.RevokePlatformCredentialResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1257,6 +1328,114 @@ class CreditAdmin:
             '/credit.v1.CreditAdmin/ListRateLimits',
             credit_dot_v1_dot_admin__pb2.ListRateLimitsRequest.SerializeToString,
             credit_dot_v1_dot_admin__pb2.ListRateLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePlatformCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/CreatePlatformCredential',
+            credit_dot_v1_dot_admin__pb2.CreatePlatformCredentialRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.CreatePlatformCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPlatformCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/ListPlatformCredentials',
+            credit_dot_v1_dot_admin__pb2.ListPlatformCredentialsRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.ListPlatformCredentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotatePlatformCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/RotatePlatformCredential',
+            credit_dot_v1_dot_admin__pb2.RotatePlatformCredentialRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.RotatePlatformCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokePlatformCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/RevokePlatformCredential',
+            credit_dot_v1_dot_admin__pb2.RevokePlatformCredentialRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.RevokePlatformCredentialResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -108,6 +108,18 @@ class CreditAdminStub:
     """The rate limits of an organization (its own, its members' and its keys') or of an individual
     user, with what is in use now (role admin or read).
     """
+    CreatePlatformCredential: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreatePlatformCredentialRequest, _admin_pb2.CreatePlatformCredentialResponse]
+    """Platform credentials: bearer tokens kept in the database for platforms that call the
+    authority directly, scoped to the organizations they name (README, "Integrating a platform").
+    Role mint (the operator's): a credential may spend for whole organizations.
+    Creates a credential; the secret is in the answer only.
+    """
+    ListPlatformCredentials: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPlatformCredentialsRequest, _admin_pb2.ListPlatformCredentialsResponse]
+    """Every credential, revoked ones included (no secrets)."""
+    RotatePlatformCredential: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotatePlatformCredentialRequest, _admin_pb2.RotatePlatformCredentialResponse]
+    """A new secret for a credential; the one before stays valid for a grace period."""
+    RevokePlatformCredential: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokePlatformCredentialRequest, _admin_pb2.RevokePlatformCredentialResponse]
+    """Revokes a credential and all its secrets (every replica refuses it within its cache window)."""
 
 @_typing.type_check_only
 class CreditAdminAsyncStub(CreditAdminStub):
@@ -187,6 +199,18 @@ class CreditAdminAsyncStub(CreditAdminStub):
     """The rate limits of an organization (its own, its members' and its keys') or of an individual
     user, with what is in use now (role admin or read).
     """
+    CreatePlatformCredential: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreatePlatformCredentialRequest, _admin_pb2.CreatePlatformCredentialResponse]  # type: ignore[assignment]
+    """Platform credentials: bearer tokens kept in the database for platforms that call the
+    authority directly, scoped to the organizations they name (README, "Integrating a platform").
+    Role mint (the operator's): a credential may spend for whole organizations.
+    Creates a credential; the secret is in the answer only.
+    """
+    ListPlatformCredentials: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPlatformCredentialsRequest, _admin_pb2.ListPlatformCredentialsResponse]  # type: ignore[assignment]
+    """Every credential, revoked ones included (no secrets)."""
+    RotatePlatformCredential: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotatePlatformCredentialRequest, _admin_pb2.RotatePlatformCredentialResponse]  # type: ignore[assignment]
+    """A new secret for a credential; the one before stays valid for a grace period."""
+    RevokePlatformCredential: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokePlatformCredentialRequest, _admin_pb2.RevokePlatformCredentialResponse]  # type: ignore[assignment]
+    """Revokes a credential and all its secrets (every replica refuses it within its cache window)."""
 
 class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
     """Everything that is not the hot path. Requires the admin role (VerifyApiKey:
@@ -425,5 +449,41 @@ class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
         """The rate limits of an organization (its own, its members' and its keys') or of an individual
         user, with what is in use now (role admin or read).
         """
+
+    @_abc_1.abstractmethod
+    def CreatePlatformCredential(
+        self,
+        request: _admin_pb2.CreatePlatformCredentialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreatePlatformCredentialResponse, _abc.Awaitable[_admin_pb2.CreatePlatformCredentialResponse]]:
+        """Platform credentials: bearer tokens kept in the database for platforms that call the
+        authority directly, scoped to the organizations they name (README, "Integrating a platform").
+        Role mint (the operator's): a credential may spend for whole organizations.
+        Creates a credential; the secret is in the answer only.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPlatformCredentials(
+        self,
+        request: _admin_pb2.ListPlatformCredentialsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListPlatformCredentialsResponse, _abc.Awaitable[_admin_pb2.ListPlatformCredentialsResponse]]:
+        """Every credential, revoked ones included (no secrets)."""
+
+    @_abc_1.abstractmethod
+    def RotatePlatformCredential(
+        self,
+        request: _admin_pb2.RotatePlatformCredentialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RotatePlatformCredentialResponse, _abc.Awaitable[_admin_pb2.RotatePlatformCredentialResponse]]:
+        """A new secret for a credential; the one before stays valid for a grace period."""
+
+    @_abc_1.abstractmethod
+    def RevokePlatformCredential(
+        self,
+        request: _admin_pb2.RevokePlatformCredentialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokePlatformCredentialResponse, _abc.Awaitable[_admin_pb2.RevokePlatformCredentialResponse]]:
+        """Revokes a credential and all its secrets (every replica refuses it within its cache window)."""
 
 def add_CreditAdminServicer_to_server(servicer: CreditAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,6 +28,7 @@ from .money_in import (
     StatementUsage,
     WindowUsage,
 )
+from .platforms import PLATFORM_CALLER_PREFIX, PlatformCredentialRow, PlatformGrant
 
 # Roles whose service keys may act for the other members of their organization.
 KEY_SERVICE_ROLES = ("owner", "admin")
@@ -151,6 +152,7 @@ class UsageRecord:
     overrun: bool
     late: bool
     created_at: datetime
+    caller: str = ""  # who made the reservation: a static token's name or "platform:<name>"
 
 
 @dataclass(frozen=True)

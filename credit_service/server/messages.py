@@ -28,6 +28,7 @@ from ..model import (
     MemberRow,
     OrgSummary,
     PaymentOutcome,
+    PlatformCredentialRow,
     Purchase,
     RateLimitRow,
     Statement,
@@ -153,7 +154,15 @@ def usage_record_message(record: UsageRecord) -> admin_pb2.UsageRecord:
         service_type=record.service_type, service_name=record.service_name,
         credits_used_millicredits=record.credits_used, request_id=record.request_id,
         request_metadata=dict_to_struct(record.request_metadata), overrun=record.overrun, late=record.late,
-        created_at=timestamp(record.created_at))
+        created_at=timestamp(record.created_at), caller=record.caller)
+
+
+def platform_message(row: PlatformCredentialRow) -> admin_pb2.PlatformCredential:
+    return admin_pb2.PlatformCredential(
+        name=row.name, caller=row.caller, org_ids=row.org_ids, individuals=row.individuals, roles=row.roles,
+        created_by=row.created_by, created_at=timestamp(row.created_at),
+        rotated_at=timestamp(row.rotated_at), previous_secret_valid_until=timestamp(row.previous_valid_until),
+        revoked_at=timestamp(row.revoked_at))
 
 
 _KINDS = {admin_pb2.ALERT_THRESHOLD_KIND_ABSOLUTE: "absolute", admin_pb2.ALERT_THRESHOLD_KIND_PERCENT: "percent"}

@@ -18,10 +18,11 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from .. import logs, metrics
-from ..auth import Role, TokenAuthenticator
+from ..auth import Caller, Role, TokenAuthenticator
 from ..authority import CreditAuthority
 from ..errors import (
     INSUFFICIENT_CREDITS,
+    OUT_OF_SCOPE,
     ROLE_REQUIRED,
     AlreadyExists,
     CreditError,
@@ -86,9 +87,75 @@ def status_for(error: CreditError) -> grpc.Status:
     return _rich_status(code, error.message, detail, retry)
 
 
-def rpc(*roles: Role) -> Callable:
-    """Authenticates the caller, checks one of `roles`, maps errors to statuses,
-    and records the call (metrics; a JSON access-log line with the request id)."""
+# What an RPC open to platform credentials names as the funding a request acts for: (kind, org_id).
+ScopeOf = Callable[[Any], tuple[str, str | None]]
+IN_METHOD: ScopeOf = lambda request: ("", None)  # noqa: E731 - marker: the method checks caller.scope itself
+
+
+def org_of(request: Any) -> tuple[str, str | None]:
+    return "org", request.org_id
+
+
+def account_of(request: Any) -> tuple[str, str | None]:
+    """An AccountRef's funding: an org's pool or allocation, else an individual balance."""
+    return ("org", request.account.org_id) if request.account.org_id else ("individual", None)
+
+
+def out_of_scope(caller: Caller, request: Any, name: str, scope: ScopeOf | None) -> CreditError | None:
+    """Why a platform credential may not make this call, or None (also for static tokens)."""
+    if caller.scope is None or scope is IN_METHOD:
+        return None
+    if scope is None:
+        return PermissionDenied(f"{name} is not open to platform credentials", OUT_OF_SCOPE, {"rpc": name})
+    kind, org_id = scope(request)
+    try:
+        caller.scope.require(kind, org_id)
+    except PermissionDenied as error:
+        return error
+    return None
+
+
+class Refusal(Exception):
+    """A call refused before its method runs: unauthenticated, a role or the scope missing, or (looking up a
+    platform credential) the database down."""
+
+    def __init__(self, status: grpc.Status):
+        super().__init__(status.details)
+        self.status = status
+
+
+def refusal(code: grpc.StatusCode, message: str) -> Refusal:
+    return Refusal(_rich_status(code, message))
+
+
+async def platform_caller(servicer: Servicer, metadata: dict[str, str]) -> Caller | None:
+    """A platform credential's caller, looked up after the static tokens; fails closed when the database is down."""
+    try:
+        return await servicer.auth.authenticate_platform(metadata.get("authorization"))
+    except DATABASE_DOWN as error:
+        log.warning("database unavailable looking up a platform credential: %s", type(error).__name__)
+        raise refusal(grpc.StatusCode.UNAVAILABLE, "credit database unavailable; retry") from None
+
+
+def admit(caller: Caller | None, request: Any, name: str, roles: tuple[Role, ...], scope: ScopeOf | None) -> Caller:
+    """The caller, if it may make this call; else Refusal."""
+    if caller is None:
+        raise refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+    if not caller.roles.intersection(roles):
+        needed = " or ".join(r.value for r in roles)
+        raise Refusal(status_for(PermissionDenied(f"{name} requires the {needed} role", ROLE_REQUIRED,
+                                                  {"rpc": name, "roles": needed})))
+    refused = out_of_scope(caller, request, name, scope)
+    if refused is not None:
+        raise Refusal(status_for(refused))
+    return caller
+
+
+def rpc(*roles: Role, scope: ScopeOf | None = None) -> Callable:
+    """Authenticates the caller, checks one of `roles` (and, for a platform credential, that the RPC is open
+    to it and the request in its scope: `scope` names the request's funding, IN_METHOD leaves it to the
+    method, None refuses platform credentials), maps errors to statuses, and records the call (metrics; a
+    JSON access-log line with the request id)."""
 
     def decorate(method: Callable[..., Awaitable[Any]]) -> Callable:
         name = method.__name__
@@ -100,17 +167,15 @@ def rpc(*roles: Role) -> Callable:
             logs.request_id.set(metadata.get("x-request-id"))
             code = grpc.StatusCode.OK
             try:
-                caller = self.auth.authenticate(metadata.get("authorization"))
-                if caller is None:
-                    code = grpc.StatusCode.UNAUTHENTICATED
-                    await context.abort(code, "missing or invalid bearer token")
-                assert caller is not None  # abort() raised otherwise
-                if not caller.roles.intersection(roles):
-                    code = grpc.StatusCode.PERMISSION_DENIED
-                    needed = " or ".join(r.value for r in roles)
-                    denied = status_for(PermissionDenied(f"{name} requires the {needed} role", ROLE_REQUIRED,
-                                                         {"rpc": name, "roles": needed}))
-                    await context.abort(denied.code, denied.details, denied.trailing_metadata)
+                try:
+                    # Static tokens first, without an await: the hot path's cost is unchanged for them.
+                    caller = self.auth.authenticate(metadata.get("authorization"))
+                    if caller is None and self.auth.platforms is not None:
+                        caller = await platform_caller(self, metadata)
+                    caller = admit(caller, request, name, roles, scope)
+                except Refusal as refused:
+                    code = refused.status.code
+                    await context.abort(code, refused.status.details, refused.status.trailing_metadata)
                 try:
                     return await method(self, request, caller)
                 except CreditError as error:

@@ -17,12 +17,13 @@ from grpc_reflection.v1alpha import reflection
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc
 
 from .. import logs, metrics
-from ..auth import TokenAuthenticator
+from ..auth import CredentialCache, TokenAuthenticator
 from ..authority import CreditAuthority
 from ..embedded_db import ensure_database
 from ..jobs import Sweeper, start_jobs
 from ..migrate import migrate
 from ..payments import Payments
+from ..platforms import PlatformCredentials
 from ..rate_limits import RateLimits
 from ..reports import Reports
 from ..settings import Settings
@@ -66,7 +67,7 @@ async def start_server(settings: Settings, storage: Storage,
                                                              server)
     payments = Payments(storage, settings.payments)
     admin = AdminServicer(authority, auth, settings.access_log, payments, Reports(storage),
-                          RateLimits(storage))
+                          RateLimits(storage), PlatformCredentials(storage, settings.platform_grace_seconds))
     admin_pb2_grpc.add_CreditAdminServicer_to_server(admin, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -94,6 +95,8 @@ async def serve(settings: Settings) -> None:
             log.info("applied migrations: %s", ", ".join(applied))
     storage = await Storage.connect(database_url, settings.db_pool_min, settings.db_pool_max,
                                     batch_max=settings.batch_max, batch_in_flight=settings.batch_in_flight)
+    # After the static tokens, platform credentials from the database (each lookup cached this long).
+    auth.platforms = CredentialCache(storage.find_platform_grant, settings.platform_cache_seconds)
     server, port, sweeper = await start_server(settings, storage, auth)
     jobs = start_jobs(sweeper, database_url, storage, settings.alerts)  # the expiry sweeper, alert delivery
     metrics.serve(settings.metrics_port)

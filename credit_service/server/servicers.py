@@ -9,6 +9,7 @@ from .. import metrics
 from ..auth import Caller, Role, TokenAuthenticator
 from ..authority import CreditAuthority, UsageQuery
 from ..payments import Payments
+from ..platforms import PlatformCredentials
 from ..rate_limits import RateLimits
 from ..reports import Reports
 from .messages import (
@@ -28,6 +29,7 @@ from .messages import (
     member_message,
     org_message,
     payment_outcome_message,
+    platform_message,
     purchase_message,
     rate_limit_message,
     rate_limit_status,
@@ -38,27 +40,28 @@ from .messages import (
     usage_group_message,
     usage_record_message,
 )
-from .rpc import Servicer, rpc
+from .rpc import IN_METHOD, Servicer, account_of, org_of, rpc
 
 
 class AuthorityServicer(Servicer, authority_pb2_grpc.CreditAuthorityServicer):
     """credit.v1.CreditAuthority: the hot path."""
 
-    @rpc(Role.SPEND)
+    @rpc(Role.SPEND, scope=IN_METHOD)
     async def Check(self, request: authority_pb2.CheckRequest, caller: Caller) -> authority_pb2.CheckResponse:
-        allowed, balance = await self.authority.check(request.user_id, request.org_id, request.amount_millicredits)
+        allowed, balance = await self.authority.check(request.user_id, request.org_id, request.amount_millicredits,
+                                                      caller.scope)
         return authority_pb2.CheckResponse(
             allowed=allowed, funding=funding_message(balance.funding_kind, balance.org_id),
             available_millicredits=balance.available_mc)
 
-    @rpc(Role.SPEND)
+    @rpc(Role.SPEND, scope=IN_METHOD)
     async def Reserve(self, request: authority_pb2.ReserveRequest, caller: Caller) -> authority_pb2.ReserveResponse:
         hold = await self.authority.reserve(
             caller=caller.name, request_id=request.request_id, user_id=request.user_id, org_id=request.org_id,
             amount_mc=request.amount_millicredits, ttl_seconds=request.ttl_seconds,
             service_type=request.service_type, service_name=request.service_name,
             metadata=struct_to_dict(request.metadata), api_key_id=request.api_key_id,
-            estimated_tokens=request.estimated_tokens)
+            estimated_tokens=request.estimated_tokens, scope=caller.scope)
         if not hold.replayed:
             metrics.RESERVED.inc(hold.reserved_mc)
         return authority_pb2.ReserveResponse(
@@ -67,7 +70,9 @@ class AuthorityServicer(Servicer, authority_pb2_grpc.CreditAuthorityServicer):
             expires_at=timestamp(hold.expires_at), replayed=hold.replayed, status=hold.status,
             rate_limits=rate_limit_status(hold.limits))
 
-    @rpc(Role.SPEND)
+    # A platform credential commits and releases only reservations it made (scoped to its caller name),
+    # which were in its scope when made: its scope never changes.
+    @rpc(Role.SPEND, scope=IN_METHOD)
     async def Commit(self, request: authority_pb2.CommitRequest, caller: Caller) -> authority_pb2.CommitResponse:
         charge = await self.authority.commit(caller=caller.name, reservation_id=request.reservation_id,
                                              amount_mc=request.amount_millicredits,
@@ -78,16 +83,16 @@ class AuthorityServicer(Servicer, authority_pb2_grpc.CreditAuthorityServicer):
             charged_millicredits=charge.charged_mc, available_millicredits=charge.available_mc,
             overrun=charge.overrun, late=charge.late, funding=funding_message(charge.funding_kind, charge.org_id))
 
-    @rpc(Role.SPEND)
+    @rpc(Role.SPEND, scope=IN_METHOD)
     async def Release(self, request: authority_pb2.ReleaseRequest, caller: Caller) -> authority_pb2.ReleaseResponse:
         await self.authority.release(caller=caller.name, reservation_id=request.reservation_id, reason=request.reason)
         metrics.RELEASES.inc()
         return authority_pb2.ReleaseResponse()
 
-    @rpc(Role.SPEND, Role.READ)
+    @rpc(Role.SPEND, Role.READ, scope=IN_METHOD)
     async def GetBalance(self, request: authority_pb2.GetBalanceRequest,
                          caller: Caller) -> authority_pb2.GetBalanceResponse:
-        balance = await self.authority.balance(request.user_id, request.org_id)
+        balance = await self.authority.balance(request.user_id, request.org_id, caller.scope)
         return balance_response(balance)
 
 
@@ -95,11 +100,12 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
     """credit.v1.CreditAdmin: everything that is not the hot path."""
 
     def __init__(self, authority: CreditAuthority, auth: TokenAuthenticator, access_log: bool, payments: Payments,
-                 reports: Reports, rate_limits: RateLimits):
+                 reports: Reports, rate_limits: RateLimits, platforms: PlatformCredentials):
         super().__init__(authority, auth, access_log)
         self.payments = payments
         self.reports = reports
         self.rate_limits = rate_limits
+        self.platforms = platforms
 
     @rpc(Role.ADMIN)
     async def CreateUser(self, request: admin_pb2.CreateUserRequest, caller: Caller) -> admin_pb2.User:
@@ -145,25 +151,28 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
             user_id=request.user_id, limit_millicredits=balance.limit_mc, used_millicredits=balance.used_mc,
             held_millicredits=balance.held_mc, available_millicredits=balance.available_mc)
 
-    @rpc(Role.ADMIN, Role.READ)
+    @rpc(Role.ADMIN, Role.READ, scope=org_of)
     async def GetOrganization(self, request: admin_pb2.GetOrganizationRequest,
                               caller: Caller) -> admin_pb2.Organization:
         return org_message(await self.authority.get_organization(request.org_id))
 
-    @rpc(Role.ADMIN, Role.READ)
+    @rpc(Role.ADMIN, Role.READ, scope=org_of)
     async def ListMembers(self, request: admin_pb2.ListMembersRequest,
                           caller: Caller) -> admin_pb2.ListMembersResponse:
         members = await self.authority.list_members(request.org_id)
         return admin_pb2.ListMembersResponse(members=[member_message(m) for m in members])
 
-    @rpc(Role.ADMIN, Role.READ)
+    @rpc(Role.ADMIN, Role.READ, scope=IN_METHOD)
     async def QueryUsage(self, request: admin_pb2.QueryUsageRequest,
                          caller: Caller) -> admin_pb2.QueryUsageResponse:
+        if caller.scope is not None:  # a platform credential: an org of its scope, else individual balances only
+            caller.scope.require("org" if request.org_id else "individual", request.org_id or None, request.user_id)
         query = UsageQuery(
             org_id=request.org_id, user_id=request.user_id, service_type=request.service_type,
             model=request.model,
             start=time_field(request, "start_time"), end=time_field(request, "end_time"),
-            group_by=enum_value(GROUPINGS, request.group_by, "group_by"), limit=request.limit)
+            group_by=enum_value(GROUPINGS, request.group_by, "group_by"), limit=request.limit,
+            individual_only=caller.scope is not None and not request.org_id)
         page = await self.authority.query_usage(query)
         return admin_pb2.QueryUsageResponse(
             records=[usage_record_message(r) for r in page.records],
@@ -255,13 +264,13 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
 
     # ---- statements and forecasts (credit_service/reports.py) ----
 
-    @rpc(Role.ADMIN, Role.READ)
+    @rpc(Role.ADMIN, Role.READ, scope=account_of)
     async def GetStatement(self, request: admin_pb2.GetStatementRequest, caller: Caller) -> admin_pb2.Statement:
         return statement_message(await self.reports.statement(
             request.account.org_id, request.account.user_id, time_field(request, "start_time"),
             time_field(request, "end_time")))
 
-    @rpc(Role.ADMIN, Role.READ)
+    @rpc(Role.ADMIN, Role.READ, scope=account_of)
     async def GetForecast(self, request: admin_pb2.GetForecastRequest, caller: Caller) -> admin_pb2.Forecast:
         return forecast_message(await self.reports.forecast(request.account.org_id, request.account.user_id,
                                                             request.window_days))
@@ -278,3 +287,30 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
                              caller: Caller) -> admin_pb2.ListRateLimitsResponse:
         rows = await self.rate_limits.list(request.org_id, request.user_id)
         return admin_pb2.ListRateLimitsResponse(limits=[rate_limit_message(r) for r in rows])
+
+    # ---- platform credentials (credit_service/platforms.py): the operator's role ----
+
+    @rpc(Role.MINT)
+    async def CreatePlatformCredential(self, request: admin_pb2.CreatePlatformCredentialRequest,
+                                       caller: Caller) -> admin_pb2.CreatePlatformCredentialResponse:
+        row, secret = await self.platforms.create(request.name, list(request.org_ids), request.individuals,
+                                                  list(request.roles), caller.name)
+        return admin_pb2.CreatePlatformCredentialResponse(credential=platform_message(row), secret=secret)
+
+    @rpc(Role.MINT)
+    async def ListPlatformCredentials(self, request: admin_pb2.ListPlatformCredentialsRequest,
+                                      caller: Caller) -> admin_pb2.ListPlatformCredentialsResponse:
+        return admin_pb2.ListPlatformCredentialsResponse(
+            credentials=[platform_message(r) for r in await self.platforms.list()])
+
+    @rpc(Role.MINT)
+    async def RotatePlatformCredential(self, request: admin_pb2.RotatePlatformCredentialRequest,
+                                       caller: Caller) -> admin_pb2.RotatePlatformCredentialResponse:
+        row, secret = await self.platforms.rotate(request.name, request.grace_seconds)
+        return admin_pb2.RotatePlatformCredentialResponse(credential=platform_message(row), secret=secret)
+
+    @rpc(Role.MINT)
+    async def RevokePlatformCredential(self, request: admin_pb2.RevokePlatformCredentialRequest,
+                                       caller: Caller) -> admin_pb2.RevokePlatformCredentialResponse:
+        return admin_pb2.RevokePlatformCredentialResponse(
+            credential=platform_message(await self.platforms.revoke(request.name)))

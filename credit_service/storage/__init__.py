@@ -1,6 +1,6 @@
 """PostgreSQL storage of the credit authority: every SQL statement outside migrations/ lives here.
 
-`Storage` is the one object the authority holds. It is the sum of seven parts, each a module:
+`Storage` is the one object the authority holds. It is the sum of eight parts, each a module:
 
 * hot_path.py  Check, Reserve, Commit, Release, expiry: one round trip each to the functions of
                migrations/functions/, alone or group-committed by batcher.py (one answer shape)
@@ -10,6 +10,7 @@
 * payments.py  purchases through Stripe Checkout: pending, paid (the pool topped up once), expired, refunded
 * reports.py   statements and forecasts, read from the ledger
 * rate_limits.py  setting and listing rate limits (Reserve enforces them in SQL)
+* platforms.py  platform credentials: created, listed, rotated, revoked; a secret's digest looked up
 
 All statements are parameterized; the domain's types come from credit_service.model.
 """
@@ -24,6 +25,7 @@ from .batcher import HotPathBatcher
 from .common import init_connection, keep_session
 from .hot_path import BATCH_SQL, HotOp, HotPathQueries, run_batch
 from .payments import PaymentQueries
+from .platforms import PlatformQueries
 from .rate_limits import RateLimitQueries
 from .reports import ReportQueries
 from .usage import UsageQueries
@@ -32,7 +34,7 @@ __all__ = ["BATCH_SQL", "HotOp", "HotPathBatcher", "Storage", "init_connection"]
 
 
 class Storage(HotPathQueries, AdminQueries, UsageQueries, AlertQueries, PaymentQueries, ReportQueries,
-              RateLimitQueries):
+              RateLimitQueries, PlatformQueries):
     """The authority's only door to PostgreSQL."""
 
     @classmethod

@@ -12,11 +12,12 @@ USAGE_FILTER = """ WHERE ($1::text IS NULL OR org_id = $1)
                       AND ($3::text IS NULL OR service_type = $3)
                       AND ($4::text IS NULL OR service_name = $4)
                       AND ($5::timestamptz IS NULL OR created_at >= $5)
-                      AND ($6::timestamptz IS NULL OR created_at < $6)"""
+                      AND ($6::timestamptz IS NULL OR created_at < $6)
+                      AND (NOT $7::boolean OR org_id IS NULL)"""
 # One fixed statement per grouping; the request picks one by enum, never by text.
 USAGE_GROUP_SQL = {
     group: f"SELECT {key} AS key, count(*) AS requests, sum(credits_used)::BIGINT AS credits_used"
-           " FROM usage_attribution" + USAGE_FILTER + " GROUP BY 1 ORDER BY 3 DESC, 1 LIMIT $7"
+           " FROM usage_attribution" + USAGE_FILTER + " GROUP BY 1 ORDER BY 3 DESC, 1 LIMIT $8"
     for group, key in {
         "user": "user_id",
         "model": "service_name",
@@ -27,16 +28,16 @@ USAGE_GROUP_SQL = {
 USAGE_TOTALS_SQL = ("SELECT count(*) AS n, coalesce(sum(credits_used), 0)::BIGINT AS mc FROM usage_attribution"
                     + USAGE_FILTER)
 USAGE_RECORDS_SQL = ("SELECT * FROM usage_attribution" + USAGE_FILTER
-                     + " ORDER BY created_at DESC, attribution_id DESC LIMIT $7")
+                     + " ORDER BY created_at DESC, attribution_id DESC LIMIT $8")
 
 
 class UsageQueries(Queries):
     async def query_usage(self, *, org_id: str | None, user_id: str | None, service_type: str | None,
                           model: str | None, start: datetime | None, end: datetime | None,
-                          group_by: str | None, limit: int) -> UsagePage:
+                          group_by: str | None, limit: int, individual_only: bool = False) -> UsagePage:
         """The newest `limit` records (group_by None) or the top `limit` groups, with the totals of all
-        rows the filter matches."""
-        filters = (org_id, user_id, service_type, model, start, end)
+        rows the filter matches (`individual_only`: only charges to individual balances)."""
+        filters = (org_id, user_id, service_type, model, start, end, individual_only)
         async with self.pool.acquire() as conn:
             totals = await conn.fetchrow(USAGE_TOTALS_SQL, *filters)
             if group_by is None:

@@ -11,7 +11,7 @@
 -- per-minute limits (credit_limit_try's status array).
 -- History: 0004; one write per account 0006; key lookups and enable_seqscan =
 -- off 0007; credit_account_lock_key 0009; 'out_of_range' 0010; rate limits 0013;
--- limit_status as an array 0014.
+-- limit_status as an array 0014; the attribution row names the caller 0015.
 CREATE OR REPLACE FUNCTION credit_batch(kinds TEXT[], callers TEXT[], request_ids TEXT[], hashes BYTEA[],
                                         user_ids TEXT[], org_ids TEXT[], amounts BIGINT[], ttls INT[],
                                         service_types TEXT[], service_names TEXT[], metadatas JSONB[],
@@ -189,10 +189,10 @@ BEGIN
                             res.org_id, res.user_id, 'charge', amounts[i], -v_hold, res.reservation_id);
                     INSERT INTO usage_attribution (reservation_id, org_id, user_id, funding_kind, service_type,
                                                    service_name, credits_used, request_id, request_metadata,
-                                                   overrun, late)
+                                                   overrun, late, caller)
                     VALUES (res.reservation_id, res.org_id, res.user_id, res.funding_kind, res.service_type,
                             res.service_name, amounts[i], res.request_id, res.metadata || metadatas[i],
-                            v_over, v_late);
+                            v_over, v_late, res.caller);
                     FOR j IN 1 .. coalesce(array_length(lim, 1), 0) LOOP
                         IF (lim[j]).limit_id = ANY(res.limit_ids) THEN
                             lim[j] := credit_limit_finish(lim[j], 'commit', res.status = 'held', res.created_at,

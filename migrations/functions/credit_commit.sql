@@ -8,7 +8,7 @@
 -- (credit_limit_finish; p_tokens: the real token count, NULL keeps the
 -- estimate). Locks: the reservation, its rate_limits rows, the account.
 -- History: 0002; primary-key lookup and enable_seqscan = off since 0007;
--- 'out_of_range' since 0010; rate limits since 0013.
+-- 'out_of_range' since 0010; rate limits since 0013; the attribution row names the caller since 0015.
 CREATE OR REPLACE FUNCTION credit_commit(p_caller TEXT, p_reservation_id UUID, p_amount_mc BIGINT, p_metadata JSONB,
                               p_tokens BIGINT,
                               OUT outcome TEXT, OUT charged_mc BIGINT, OUT available_mc BIGINT,
@@ -56,9 +56,9 @@ BEGIN
             r.org_id, r.user_id, 'charge', p_amount_mc, -v_hold_removed, r.reservation_id);
     INSERT INTO usage_attribution (reservation_id, org_id, user_id, funding_kind, service_type,
                                    service_name, credits_used, request_id, request_metadata,
-                                   overrun, late)
+                                   overrun, late, caller)
     VALUES (r.reservation_id, r.org_id, r.user_id, r.funding_kind, r.service_type, r.service_name,
-            p_amount_mc, r.request_id, r.metadata || p_metadata, overrun, late);
+            p_amount_mc, r.request_id, r.metadata || p_metadata, overrun, late, r.caller);
     IF v_limits IS NOT NULL THEN
         PERFORM credit_limits_save(array_agg(credit_limit_finish(x, 'commit', r.status = 'held', r.created_at,
                                                                  r.amount_mc, p_amount_mc, r.estimated_tokens,
