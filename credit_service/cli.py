@@ -18,6 +18,7 @@ from google.protobuf import timestamp_pb2
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc, types_pb2
 
 from .cli_limits import RateLimitCommands, ScopeError, add_rate_limit_commands, option_hint
+from .cli_platforms import PlatformCommands, add_platform_commands
 from .demo import read_env_file
 from .money import format_credits, parse_credits
 from .settings import LOCAL_AUTHORITY_ADDR, AdminCliSettings
@@ -101,7 +102,7 @@ def funding_text(funding: types_pb2.Funding) -> str:
     return f"org:{funding.org_id}" if funding.kind == types_pb2.Funding.ORG else "individual"
 
 
-class Commands(RateLimitCommands):
+class Commands(RateLimitCommands, PlatformCommands):
     def __init__(self, admin: admin_pb2_grpc.CreditAdminStub, authority: authority_pb2_grpc.CreditAuthorityStub,
                  metadata: tuple):
         self.admin = admin
@@ -322,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         arg("--window-days", type=int, default=0, help="trailing window in days, 1-365 (default 7)"))
     forecast.set_defaults(user=None)  # an organization's forecast covers every member
     add_rate_limit_commands(add, arg, credits)
+    add_platform_commands(add, arg)
     return parser
 
 
