@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     except openai.APIStatusError as error:
         print(f"summary refused ({error.status_code}): {error.message}", file=sys.stderr)
         return {402: EXIT_OUT_OF_CREDITS, 429: EXIT_RATE_LIMITED}.get(error.status_code, 1)
-    except (CreditClientError, openai.APIError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (CreditClientError, openai.APIError) as error:  # e.g. PermissionDenied: not a member, or not in scope
+        print(f"error ({type(error).__name__}): {error}", file=sys.stderr)
         return 1
     return 0
 
