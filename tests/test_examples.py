@@ -2,7 +2,8 @@
 
 examples/loopnet/enrich.py (the `openai` SDK, an org service key, the member in `user`) and
 examples/center_deep/search.py (a search fee billed straight through the authority with credit_client's hold,
-summaries through the REST service) are started as subprocesses against a real authority and a real inference
+summaries through the REST service; authenticated with a platform credential that `creditctl platform-create`
+made, scoped to the member's org) are started as subprocesses against a real authority and a real inference
 service (LiteLLM answering the offline `demo-chat` model with mock_response). What they print is checked
 against the attribution rows they produced: one row per billed call, the figures they printed, nothing else.
 Their refusals end them with the exit codes their docstrings document. And the README's "Integrating a
@@ -231,16 +232,38 @@ def test_loopnet_gives_up_on_a_request_larger_than_the_limit(inference, platform
 # ---- Center-Deep -------------------------------------------------------------------------------------
 
 
-def center_deep_env(authority, tokens, inference: InferenceProcess, platform: Platform) -> dict[str, str]:
-    # A spend-only token from the static list; a platform credential scoped to the org is what to deploy.
-    return example_env(CREDIT_AUTHORITY_ADDR=authority.addr, CREDIT_SERVICE_TOKEN=tokens.other_spend,
+CREDITCTL = str(Path(sys.executable).parent / "creditctl")
+
+
+def platform_credential(authority, tokens, org_id: str) -> tuple[str, str]:
+    """A platform credential scoped to `org_id` with the spend role, made as the operator makes one: its
+    caller name (what usage rows record) and its secret."""
+    env = {**os.environ, "CREDIT_AUTHORITY_ADDR": authority.addr, "CREDIT_ADMIN_TOKEN": tokens.admin}
+    created = subprocess.run([CREDITCTL, "platform-create", uid("center-deep"), "--orgs", org_id, "--roles", "spend"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    caller = re.search(r"^caller name: (\S+)", created.stdout, re.M)
+    secret = re.search(r"^secret \(shown once\): (\S+)$", created.stdout, re.M)
+    assert caller and secret, created.stdout
+    return caller[1], secret[1]
+
+
+@pytest.fixture
+def center_deep_credential(authority, tokens, platform) -> tuple[str, str]:
+    return platform_credential(authority, tokens, platform.org_id)
+
+
+def center_deep_env(authority, token: str, inference: InferenceProcess, platform: Platform) -> dict[str, str]:
+    return example_env(CREDIT_AUTHORITY_ADDR=authority.addr, CREDIT_SERVICE_TOKEN=token,
                        LLM_BASE_URL=inference.base_url, CENTER_DEEP_SERVICE_KEY=platform.service_key,
                        CENTER_DEEP_MEMBER=platform.member, CENTER_DEEP_ORG=platform.org_id)
 
 
-def test_center_deep_bills_each_search_and_its_summary(authority, tokens, inference, platform, database_url):
+def test_center_deep_bills_each_search_and_its_summary(authority, center_deep_credential, inference, platform,
+                                                       database_url):
+    caller, secret = center_deep_credential
     queries = ["credit pool", "zebra crossing"]  # the second finds nothing: the query fee alone, no summary
-    result = run(CENTER_DEEP, *queries, env=center_deep_env(authority, tokens, inference, platform))
+    result = run(CENTER_DEEP, *queries, env=center_deep_env(authority, secret, inference, platform))
     assert result.returncode == 0, result.stderr
     searches, summaries = list(SEARCHED.finditer(result.stdout)), list(SUMMARISED.finditer(result.stdout))
     assert [line["query"] for line in searches] == queries
@@ -255,7 +278,7 @@ def test_center_deep_bills_each_search_and_its_summary(authority, tokens, infere
         meta = metadata(row)
         assert (row["service_type"], row["service_name"], row["org_id"]) == ("search", "center-deep-search",
                                                                             platform.org_id)
-        assert row["caller"] == "other-platform"  # the credential the example was given
+        assert row["caller"] == caller  # the platform credential the example was given
         assert (meta["query"], meta["results"]) == (line["query"], int(line["results"]))
         assert row["credits_used"] == mc(line["fee"]) == center_deep.price(int(line["results"]))
         held = query(database_url, "SELECT amount_mc FROM reservations WHERE reservation_id = $1",
@@ -276,12 +299,12 @@ def test_center_deep_bills_each_search_and_its_summary(authority, tokens, infere
     assert spent == sum(r["credits_used"] for r in rows)
 
 
-def test_center_deep_releases_the_hold_when_the_search_fails(authority, tokens, inference, platform, spend,
-                                                             database_url, tmp_path):
+def test_center_deep_releases_the_hold_when_the_search_fails(authority, center_deep_credential, inference, platform,
+                                                             spend, database_url, tmp_path):
     broken = tmp_path / "index.json"
     broken.write_text("{ this is not an index")
     result = run(CENTER_DEEP, "credit pool", "--index", str(broken),
-                 env=center_deep_env(authority, tokens, inference, platform))
+                 env=center_deep_env(authority, center_deep_credential[1], inference, platform))
     assert result.returncode == center_deep.EXIT_SEARCH_FAILED, result.stderr
     assert "search failed, its hold was released (nothing charged)" in result.stderr
     assert not SEARCHED.search(result.stdout) and not SUMMARISED.search(result.stdout)
@@ -295,13 +318,23 @@ def test_center_deep_releases_the_hold_when_the_search_fails(authority, tokens, 
     assert balance.available_millicredits == platform.allocation_mc
 
 
-def test_center_deep_stops_when_the_search_fee_does_not_fit(authority, tokens, inference, platform, world,
-                                                            database_url):
+def test_center_deep_stops_when_the_search_fee_does_not_fit(authority, center_deep_credential, inference, platform,
+                                                            world, database_url):
     world.allocate(platform.org_id, platform.member, center_deep.price(5) - 1)  # one millicredit short
-    result = run(CENTER_DEEP, "credit pool", env=center_deep_env(authority, tokens, inference, platform))
+    result = run(CENTER_DEEP, "credit pool", env=center_deep_env(authority, center_deep_credential[1], inference,
+                                                                 platform))
     assert result.returncode == center_deep.EXIT_OUT_OF_CREDITS, result.stderr
     assert re.search(r"out of credits: the search may cost up to \d+\.\d{3} credits, \d+\.\d{3} available "
                      rf"\(org:{platform.org_id}\)", result.stderr), result.stderr
+    assert query(database_url, "SELECT 1 FROM reservations WHERE user_id = $1", platform.member) == []
+    assert usage_rows(database_url, platform.member) == []
+
+
+def test_center_deep_with_a_credential_for_another_org_bills_nothing(authority, tokens, inference, platform, world,
+                                                                      database_url):
+    _, elsewhere = platform_credential(authority, tokens, world.org())
+    result = run(CENTER_DEEP, "credit pool", env=center_deep_env(authority, elsewhere, inference, platform))
+    assert result.returncode == 1 and "error (PermissionDenied)" in result.stderr, result.stderr
     assert query(database_url, "SELECT 1 FROM reservations WHERE user_id = $1", platform.member) == []
     assert usage_rows(database_url, platform.member) == []
 
