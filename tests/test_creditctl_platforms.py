@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import Stub, uid
 from test_creditctl import CREDITCTL, ctl
 
 from credit.v1 import admin_pb2, authority_pb2, authority_pb2_grpc
+from credit_service.cli import build_parser
 
 SECRET = re.compile(r"^.*secret.*: (cp_[A-Za-z0-9_-]{43})$", re.MULTILINE)
 
@@ -97,3 +99,13 @@ def test_the_commands_need_the_operators_role(authority, tokens):
     refused = subprocess.run([CREDITCTL, "platforms"], env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
     assert refused.stderr.startswith("error: PERMISSION_DENIED: ListPlatformCredentials requires the mint role")
+
+
+def test_the_readme_credential_commands_are_command_lines_creditctl_accepts():
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("**Platform credentials**", 1)[1].split("\n## ", 1)[0]
+    lines = [line.split("#")[0].split()[1:] for line in section.splitlines()
+             if line.startswith(".venv/bin/creditctl platform")]
+    assert {line[0] for line in lines} == {"platform-create", "platform-rotate", "platform-revoke", "platforms"}
+    for argv in lines:
+        build_parser().parse_args(argv)  # exits on a command line it does not accept
