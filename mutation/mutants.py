@@ -25,6 +25,8 @@ INTEGRITY = "tests/inference/test_billing_integrity.py"
 RATE_LIMITS_REST = "tests/inference/test_rate_limits_rest.py"
 BUDGET = "tests/inference/test_budget_controls.py"
 COMMIT_FAULTS = "tests/faults/test_commit_faults.py"
+PLATFORM_SCOPE = "tests/test_platform_credentials.py"
+PLATFORM_ROTATION = "tests/test_platform_rotation.py"
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,31 @@ MUTANTS: tuple[Mutant, ...] = (
            "taken_mc = purchase.credits_mc * refunded // purchase.amount_minor - purchase.refunded_mc",
            "taken_mc = -(-purchase.credits_mc * refunded // purchase.amount_minor) - purchase.refunded_mc",
            "tests/test_payment_refunds.py"),
+    # ---- Python: platform credentials (issue #15) ----
+    mutant("platform-named-org-unscoped", "a platform credential's Reserve naming an org outside its scope is not "
+           "checked before the hold (only the hold's funding after it)", "credit_service/authority.py",
+           """        if org_id:
+            scope.require("org", org_id, user_id)
+            return org_id""", """        if org_id:
+            return org_id""", PLATFORM_SCOPE),
+    mutant("platform-resolved-funding-unscoped", "Check/GetBalance/Reserve with no org do not check the resolved "
+           "funding against a platform credential's scope", "credit_service/authority.py",
+           """        if scope is not None:
+            scope.require(balance.funding_kind, balance.org_id, user_id)""", """        if False:
+            scope.require(balance.funding_kind, balance.org_id, user_id)""", PLATFORM_SCOPE),
+    mutant("platform-closed-rpcs-open", "RPCs not declared open to platform credentials are open to them",
+           "credit_service/server/rpc.py", """    if scope is None:
+        return PermissionDenied(""", """    if False:
+        return PermissionDenied(""", PLATFORM_SCOPE),
+    mutant("platform-revoked-still-valid", "a revoked platform credential's secrets still authenticate",
+           "credit_service/storage/platforms.py", "WHERE s.secret_hash = $1 AND c.revoked_at IS NULL AND",
+           "WHERE s.secret_hash = $1 AND", PLATFORM_ROTATION),
+    mutant("platform-cache-never-expires", "a platform credential looked up once is trusted for the process's life",
+           "credit_service/auth.py", "if entry is not None and time.monotonic() < entry[1]:", "if entry is not None:",
+           PLATFORM_ROTATION),
+    mutant("platform-grace-forever", "a rotated-out platform secret stays valid after its grace",
+           "credit_service/storage/platforms.py", "(s.valid_until IS NULL OR s.valid_until > now())", "true",
+           PLATFORM_ROTATION),
     # ---- Python: rate limits and budgets at the REST edge (issue #14) ----
     mutant("rest-rate-limited-is-402", "a RATE_LIMITED refusal is answered 402 insufficient_credits", CLIENT,
            "if info is not None and info.reason == ratelimits.RATE_LIMITED:", "if False:",
