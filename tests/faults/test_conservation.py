@@ -719,20 +719,21 @@ async def observe(db: asyncpg.Connection, specs: list[Spec], outcomes: dict[int,
 
 
 async def test_every_model_call_is_billed_exactly_once(own_authority, tokens, world, admin, db):
+    # The payers are made through blocking gRPC calls before the proxy's grpc.aio server shares this loop.
+    payers = make_payers(world, admin)
+    users = sorted({p.user_id for p in payers})
     upstream = ConservationUpstream(free_port()).start()
     proxy = await FaultProxy(own_authority.addr, FAULTS, SEED).start()
     models = write_catalogue(Path(tempfile.mkdtemp(prefix="conservation-models-")) / "models.yaml", upstream)
     inference = InferenceProcess(proxy, tokens.spend, models).start()  # type: ignore[arg-type]  # has .addr
     try:
-        payers = make_payers(world, admin)
-        users = sorted({p.user_id for p in payers})
         planner = Planner(payers, SEED)
         specs = [planner.spec(seq) for seq in range(TOTAL)]
         downtime = Downtime()
         outcomes = await drive(inference.url, specs, restart_authority(own_authority), downtime)
         proxy.faults_off()
         await quiesce(db, inference, users)
-        inference.stop()  # waits for settlements still running
+        await asyncio.to_thread(inference.stop)  # waits for settlements still running (through the proxy)
         left_in_outbox = outbox_count(inference)
         await asyncio.sleep(0.6)  # three sweeper passes (CREDIT_SWEEP_INTERVAL_SECONDS=0.2)
 
