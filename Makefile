@@ -4,13 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_DEPS := clients/node/node_modules/.installed
+OIDC_DEPS := tests/oidc/node_modules/.installed
 
-.PHONY: run test mutate proto bench lint fmt clean node-deps chromium
+.PHONY: run test mutate proto bench lint fmt clean node-deps oidc-deps chromium
 
 run: $(STAMP)  ## embedded PostgreSQL, migrations, demo seed, authority on :50051, REST on :8084
 	$(BIN)/python -m credit_service up
 
-test: lint $(NODE_DEPS) chromium  ## lint, every test (real PostgreSQL, real gRPC servers), then 3 mutants of the day
+test: lint $(NODE_DEPS) $(OIDC_DEPS) chromium  ## lint, every test (real PostgreSQL, real gRPC servers), then 3 mutants of the day
 	$(BIN)/python -m pytest
 	$(BIN)/python -m mutation --rotate 3 --no-baseline
 
@@ -48,6 +49,13 @@ $(NODE_DEPS): clients/node/package.json clients/node/package-lock.json
 	@command -v npm >/dev/null 2>&1 || { echo "installing Debian's nodejs and npm (the Node client and buf tests need them)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 	cd clients/node && npm ci --no-audit --no-fund && touch node_modules/.installed
+
+oidc-deps: $(OIDC_DEPS)  ## the tests' OpenID provider (oidc-provider; npm ci from tests/oidc/package-lock.json)
+
+$(OIDC_DEPS): tests/oidc/package.json tests/oidc/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "installing Debian's nodejs and npm (the SSO tests' OpenID provider needs them)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	cd tests/oidc && npm ci --no-audit --no-fund && touch node_modules/.installed
 
 chromium:  ## Debian's headless Chromium for the console's browser tests (apt, only when /usr/bin/chromium is missing)
 	@test -x /usr/bin/chromium || { echo "installing Debian's chromium (the console's browser tests need it)"; \

@@ -8,7 +8,8 @@ sent once too: its retry would answer NOT_FOUND for a threshold the first attemp
 RecordCheckout is repeatable (one purchase per Stripe session id), and so is ApplyPaymentEvent
 (the authority applies each Stripe event once, however often it is delivered). GetStatement and
 GetForecast are reads, and so is ListRateLimits; SetRateLimit sets values (the same request twice
-leaves the same limits).
+leaves the same limits). CreateUser (a first SSO sign-in) is retried too: a retry whose first attempt
+landed answers ALREADY_EXISTS, which the sign-in takes as done.
 
 Errors are the authority's `grpc.aio.AioRpcError`, or whatever `with_errors` maps them to.
 """
@@ -47,6 +48,12 @@ class AdminCalls:
             if self.map_error is None:
                 raise
             raise self.map_error(error) from None
+
+    # ---- users ----
+
+    async def create_user(self, request: admin_pb2.CreateUserRequest) -> admin_pb2.User:
+        """Repeatable: a retry after a lost answer is ALREADY_EXISTS, which the caller takes as done."""
+        return await self._send(self.stub.CreateUser, request)
 
     # ---- keys ----
 

@@ -14,14 +14,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
 
 from . import errors, metrics
 from .edge import Edge
 from .payments import Payments
 from .quiet_litellm import skip_unobserved_success_logging
-from .routes import console, credits, limits, llm, payments, reports
+from .routes import console, credits, limits, llm, payments, reports, sso
 from .service import InferenceService
 from .settings import Settings
+from .sso import SESSION_COOKIE
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -62,6 +64,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     app.state.payments = Payments.from_settings(settings)  # refuses prices it cannot charge exactly
     app.add_middleware(Edge, max_body_bytes=settings.max_body_bytes)
+    if service.sso is not None:  # the console's SSO session: signed, HttpOnly, SameSite=Lax
+        app.add_middleware(SessionMiddleware, secret_key=settings.sso.session_secret, session_cookie=SESSION_COOKIE,
+                           max_age=settings.sso.session_seconds, same_site="lax",
+                           https_only=settings.sso.session_https_only)
     add_error_handlers(app)
     app.include_router(llm.router)
     app.include_router(credits.router)
@@ -80,4 +86,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(payments.router)  # buying credits (/api/v1/console/org/checkout, Stripe's webhook)
     app.include_router(reports.router)  # statements and forecasts (/api/v1/console/statement, /forecast)
     app.include_router(limits.router)  # rate limits (/api/v1/console/limits)
+    app.include_router(sso.router)  # sign-in through an identity provider (/auth/oidc/…, /api/v1/console/sso)
     return app

@@ -3,8 +3,9 @@ usage and alerts), what it accepts (request bodies, credits and times) and how t
 errors read there. Its routes are in routes/console.py.
 
 Every endpoint authenticates the API key exactly like the other routes
-(`service.authenticate` → Caller) and then decides by the role of the key's
-user in the organization, read from the authority (ListMembers):
+(`service.authenticate` → Caller; also the identity provider's access token,
+or the console's SSO session: sso.py) and then decides by the role of the
+signed-in user in the organization, read from the authority (ListMembers):
 
 * owner / admin — the org's pool, members, allocations, top-ups, API keys,
   usage of every member, alert thresholds, webhook and alerts;
@@ -189,6 +190,7 @@ class Viewer:
     role: str  # owner | admin | member | individual
     members: tuple[admin_pb2.Member, ...] = ()
     client: AuthorityClient | None = field(default=None, compare=False, repr=False)  # to ask the authority
+    signed_in_with: str = "api_key"  # api_key | access_token | session (SSO)
 
     @property
     def is_admin(self) -> bool:

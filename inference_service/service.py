@@ -4,6 +4,7 @@ who is calling (API key, organization header) and who pays for a request."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 import uuid
@@ -20,6 +21,7 @@ from credit_service.ids import ID
 from credit_service.money import format_credits
 
 from . import catalogue, errors
+from .access_tokens import TokenRefused, looks_like_jwt
 from .authority_client import ApiKey, AuthorityClient, Tls
 from .billing import Pricing
 from .budget import budget_of
@@ -27,14 +29,17 @@ from .metering import Billing, Meter
 from .outbox import CommitOutbox
 from .schemas import ChatCompletionRequest, ImageGenerationRequest
 from .settings import Settings
+from .sso import Sso
 
+TOKEN_SCOPE = "oidc_"
 _CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,100}")
 
 
 @dataclass(frozen=True)
 class Caller:
-    key: ApiKey
+    key: ApiKey  # for an access token or a console session: key_id "", the user's id
     org_header: str
+    signed_in_with: str = "api_key"  # api_key | access_token | session
 
 
 class AuthFailures:
@@ -79,6 +84,8 @@ class InferenceService:
         self._meter: Meter | None = None
         self._outbox_replay: asyncio.Task | None = None  # settlements are the meter's tasks
         self.failures = AuthFailures(settings.auth_failure_limit, settings.auth_failure_window_seconds)
+        # sign-in through an identity provider (console) and its access tokens (REST): when configured
+        self.sso = Sso(settings.sso, settings.key_cache_seconds) if settings.sso.enabled else None
 
     async def start(self) -> None:
         outbox = CommitOutbox(self.settings.outbox_path)
@@ -121,7 +128,9 @@ class InferenceService:
 
     # ---- who pays --------------------------------------------------------
 
-    async def authenticate(self, request: Request) -> Caller:
+    async def authenticate(self, request: Request, *, session: bool = False) -> Caller:
+        """The caller: an API key, or (SSO configured) the provider's JWT access token, or, for the
+        console's routes (`session`), the signed-in session when no Authorization header is sent."""
         client = request.client.host if request.client else "unknown"
         retry_after = self.failures.blocked_for(client)
         if retry_after:
@@ -131,16 +140,29 @@ class InferenceService:
         header = request.headers.get("authorization", "")
         scheme, _, secret = header.partition(" ")
         secret = secret.strip()
-        key = None
-        if scheme.lower() == "bearer" and secret and len(secret) <= 256:
+        key, way = None, "api_key"
+        if scheme.lower() == "bearer" and secret and self.sso is not None and looks_like_jwt(secret):
+            key, way = await self._access_token(secret, client), "access_token"
+        elif scheme.lower() == "bearer" and secret and len(secret) <= 256:
             key = await self.client.verify_key(secret)
+        elif not header and session and self.sso is not None and (user_id := self.sso.session_user(request)):
+            key, way = ApiKey("", user_id, "", False), "session"
         if key is None:
             self.failures.record(client)
             raise errors.unauthorized()
         org_header = request.headers.get("openai-organization", "").strip()
         if org_header and not ID.fullmatch(org_header):
             raise errors.bad_request("OpenAI-Organization must be an organization id", "invalid_organization")
-        return Caller(key, org_header)
+        return Caller(key, org_header, way)
+
+    async def _access_token(self, token: str, client: str) -> ApiKey:
+        assert self.sso is not None
+        try:
+            return await self.sso.bearer(token, self.client)
+        except TokenRefused as refused:
+            self.failures.record(client)
+            raise errors.ApiError(401, str(refused), "authentication_error", "invalid_access_token",
+                                  headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
 
     def billing(self, caller: Caller, request: Request, body_user: str | None) -> Billing:
         key = caller.key
@@ -164,7 +186,9 @@ class InferenceService:
             if not ID.fullmatch(body_user):
                 raise errors.bad_request("'user' must be a user id when sent with a service key", "invalid_user")
             user_id, org = body_user, key.org_id
-        return Billing(user_id, org, body_user, request_id, f"{key.key_id}:{request_id}", key.key_id,
+        # Reserve ids are scoped to the key, or to the user for an access token (no key; hashed: ≤ 128 chars)
+        scope = key.key_id or token_scope(key.user_id)
+        return Billing(user_id, org, body_user, request_id, f"{scope}:{request_id}", key.key_id,
                        budget_of(request.headers))
 
     async def chat(self, caller: Caller, body: ChatCompletionRequest,
@@ -177,10 +201,15 @@ class InferenceService:
         return await self.meter.images(entry, body, self.billing(caller, request, body.user))
 
 
+def token_scope(user_id: str) -> str:
+    """What scopes the Reserve ids of a caller with an access token: oidc_ and 16 hex digits of the user."""
+    return f"{TOKEN_SCOPE}{hashlib.sha256(user_id.encode()).hexdigest()[:16]}"
+
+
 def client_request_id(reserve_id: str) -> str:
-    """The id the client saw: Reserve request ids are "<key id>:<client id>"."""
+    """The id the client saw: Reserve request ids are "<key id or token scope>:<client id>"."""
     key_id, sep, client_id = reserve_id.partition(":")
-    return client_id if sep and key_id.startswith("ck_") else reserve_id
+    return client_id if sep and key_id.startswith(("ck_", TOKEN_SCOPE)) else reserve_id
 
 
 def credits_fields(prefix: str, millicredits: int) -> dict[str, Any]:

@@ -11,10 +11,37 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from credit_service.settings import DATA_DIR, LOCAL_AUTHORITY_ADDR, FromEnvironment, setting
+from credit_service.settings import DATA_DIR, LOCAL_AUTHORITY_ADDR, FromEnvironment, group, setting
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 OUTBOX_FILE = "commit_outbox.sqlite3"  # under data_dir unless INFERENCE_OUTBOX_PATH names another file
+
+
+@dataclass(frozen=True)
+class SsoSettings(FromEnvironment):
+    """Sign-in through an OpenID Connect provider (README, "Signing in"): on when OIDC_ISSUER is set."""
+
+    issuer: str = setting("OIDC_ISSUER", "")  # its discovery document is <issuer>/.well-known/openid-configuration
+    client_id: str = setting("OIDC_CLIENT_ID", "")
+    client_secret: str = setting("OIDC_CLIENT_SECRET", "")
+    provider_name: str = setting("OIDC_PROVIDER_NAME", "")  # "Sign in with <name>"; empty: the issuer's host
+    scopes: str = setting("OIDC_SCOPES", "openid profile email")
+    # the claim whose value is the authority's user id (sub: stable, never reassigned)
+    user_claim: str = setting("OIDC_USER_CLAIM", "sub")
+    auto_create_users: bool = setting("OIDC_AUTO_CREATE_USERS", False)  # create unknown users on first sign-in
+    # where the browser reaches this service: the redirect URI is <base>/auth/oidc/callback; empty: the request's
+    redirect_base: str = setting("OIDC_REDIRECT_BASE", "")
+    audience: str = setting("OIDC_AUDIENCE", "")  # `aud` of access tokens the REST API accepts; empty: the client id
+    jwks_cache_seconds: float = setting("OIDC_JWKS_CACHE_SECONDS", 300.0)
+    leeway_seconds: int = setting("OIDC_LEEWAY_SECONDS", 30)  # clock skew allowed on exp / nbf / iat
+    # the console's session cookie: signed with this secret (required with SSO; every replica the same)
+    session_secret: str = setting("CONSOLE_SESSION_SECRET", "")
+    session_seconds: int = setting("CONSOLE_SESSION_SECONDS", 8 * 3600)
+    session_https_only: bool = setting("CONSOLE_SESSION_HTTPS_ONLY", False)  # Secure cookie: set it behind HTTPS
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer)
 
 
 @dataclass(frozen=True)
@@ -60,6 +87,7 @@ class Settings(FromEnvironment):
     payment_max_credits: Decimal = setting("PAYMENT_MAX_CREDITS", Decimal(100000))
     # the console's address as the buyer's browser sees it (Stripe sends them back there); empty: the request's
     console_public_url: str = setting("CONSOLE_PUBLIC_URL", "")
+    sso: SsoSettings = group(SsoSettings)
 
     @property
     def outbox_path(self) -> Path:

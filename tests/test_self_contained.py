@@ -20,6 +20,7 @@ from helpers import ROOT
 
 from credit_service.settings import AdminCliSettings, AlertSettings, Settings
 from inference_service.settings import Settings as InferenceSettings
+from inference_service.settings import SsoSettings
 
 THIS = Path(__file__).resolve().relative_to(ROOT).as_posix()
 
@@ -110,7 +111,7 @@ def test_the_environment_check_sees_every_spelling():
     assert environment_reads("import os\nos.path.join('a')\n") == []
 
 
-SETTINGS_CLASSES = (Settings, AlertSettings, AdminCliSettings, InferenceSettings)
+SETTINGS_CLASSES = (Settings, AlertSettings, AdminCliSettings, InferenceSettings, SsoSettings)
 
 
 def declared_variables() -> dict[str, list[object]]:

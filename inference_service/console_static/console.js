@@ -1,6 +1,7 @@
 /* The credit console: plain JavaScript over the console REST API (/api/v1/console/…).
  * No build step. The API key lives in sessionStorage (this tab only) and is sent as
- * `Authorization: Bearer …`. Everything shown is built with textContent, never HTML.
+ * `Authorization: Bearer …`; without one, a sign-in through the identity provider (sso.js) is the
+ * server's HttpOnly session cookie. Everything shown is built with textContent, never HTML.
  * This file signs in and shows the balance, the organization and usage; the other parts (keys.js,
  * alerts.js, payments.js, reports.js, limits.js) use its helpers (window.creditConsole), start on
  * `console:started` (detail: the signed-in viewer, /me) and fill their member lists on
@@ -63,7 +64,8 @@
 
   async function api(path, options) {
     const opts = options || {};
-    const headers = { Authorization: "Bearer " + sessionStorage.getItem(KEY) };
+    const key = sessionStorage.getItem(KEY);
+    const headers = key ? { Authorization: "Bearer " + key } : {}; // no key: the SSO session cookie
     const org = sessionStorage.getItem(ORG);
     if (org) headers["OpenAI-Organization"] = org;
     let body;
@@ -76,7 +78,8 @@
     let data = null;
     try { data = await response.json(); } catch (e) { data = null; }
     if (!response.ok) {
-      if (response.status === 401) signOut("Your API key was not accepted (revoked or invalid). Sign in again.");
+      if (response.status === 401) signOut(key ? "Your API key was not accepted (revoked or invalid). Sign in again."
+        : "You are not signed in (the session ended). Sign in again.");
       throw new ApiError(response.status, data);
     }
     return data;
@@ -353,8 +356,17 @@
 
   // ---- what keys.js, alerts.js, payments.js, reports.js and limits.js use ----
 
+  /** Starts on the SSO session (sso.js), unless an API key was given in this tab. */
+  function startSession() {
+    if (sessionStorage.getItem(KEY) || state.me) return Promise.resolve();
+    return act(null, async () => {
+      await start();
+      $("#overview-title").focus();
+    }).then(() => { if (!state.me) signOut($("#error").textContent); });
+  }
+
   window.creditConsole = { api, act, el, credits, when, say, fail, fillTable, fillMembers, refreshAll, onStart,
-    onMembers, duringStart, me: () => state.me };
+    onMembers, duringStart, startSession, me: () => state.me };
 
   // ---- wiring ----
 

@@ -49,9 +49,10 @@ from ..service import credits_fields
 
 
 async def viewer(request: Request) -> Viewer:
-    """The signed-in key's user and their role in the org shown (a dependency of every console route)."""
+    """The signed-in user (API key, provider's access token, or SSO session) and their role in the org shown
+    (a dependency of every console route)."""
     service = request.app.state.service
-    caller = await service.authenticate(request)
+    caller = await service.authenticate(request, session=True)
     key = caller.key
     if key.is_service:
         raise errors.forbidden("Sign in to the console with a user API key, not an org service key.")
@@ -65,13 +66,14 @@ async def viewer(request: Request) -> Viewer:
         if balance.funding.kind == types_pb2.Funding.ORG:
             org_id = balance.funding.org_id
     if not org_id:
-        return Viewer(key.user_id, key.key_id, "", "individual", client=service.client)
+        return Viewer(key.user_id, key.key_id, "", "individual", client=service.client,
+                      signed_in_with=caller.signed_in_with)
     members = (await console_admin(service.client).list_members(admin_pb2.ListMembersRequest(org_id=org_id))).members
     me = next((m for m in members if m.user_id == key.user_id), None)
     if me is None:
         raise errors.forbidden(f"You are not a member of organization '{org_id}'.")
     return Viewer(key.user_id, key.key_id, org_id, ROLE_NAMES.get(me.role, "member"), tuple(members),
-                  client=service.client)
+                  client=service.client, signed_in_with=caller.signed_in_with)
 
 DOCUMENTED: dict[int | str, dict[str, Any]] = {code: {"description": text} for code, text in (
     (400, "bad request"), (401, "missing or invalid API key"), (402, "not enough credits (pool or allocation)"),
@@ -87,13 +89,14 @@ router = APIRouter()
 
 @router.get("/api/v1/console/me", tags=TAGS, responses=READS)
 async def me(who: Viewer = Depends(viewer)):
-    """The signed-in key's user, their role and view, and their own balance."""
+    """The signed-in user, their role and view, how they signed in (api_key, access_token or session; key_id
+    is empty for the last two), and their own balance."""
     balance = await who.authority.balance(who.user_id, who.org_id)
     org_name = ""
     if who.org_id:
         org_name = (await who.admin.get_organization(admin_pb2.GetOrganizationRequest(org_id=who.org_id))).name
     return {"user_id": who.user_id, "key_id": who.key_id, "org_id": who.org_id, "org_name": org_name,
-            "role": who.role, "view": who.view,
+            "role": who.role, "view": who.view, "signed_in_with": who.signed_in_with,
             "balance": {"funding_source": funding_label(balance.funding),
                         **credits_fields("limit", balance.limit_millicredits),
                         **credits_fields("used", balance.used_millicredits),
