@@ -202,4 +202,8 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant("rest-commit-without-tokens", "Commits leave out the real token count: the estimate stays in TPM",
            METERING, "return await self.meter.settle(self.hold, self.billing, charged, metadata, prompt + completion)",
            "return await self.meter.settle(self.hold, self.billing, charged, metadata)", RATE_LIMITS_REST),
+    # ---- Python: the identity provider's access tokens (issue #15) ----
+    mutant("jwt-audience-unchecked", "an access token for another audience (another API) is taken as one for this",
+           "inference_service/access_tokens.py", 'aud={"essential": True, "value": self._audience},',
+           'aud={"essential": True},', "tests/console/test_sso.py"),
 )
