@@ -93,7 +93,9 @@ class Rows:
 
 
 def fuzz_value(field_descriptor) -> st.SearchStrategy[Any]:
-    """Any value of the field's wire type."""
+    """Any value of the field's wire type (a list of them for a repeated field: org_ids, roles)."""
+    if field_descriptor.is_repeated and field_descriptor.type == FD.TYPE_STRING:
+        return st.lists(TEXT, max_size=4)
     if field_descriptor.type == FD.TYPE_STRING:
         return TEXT
     if field_descriptor.type == FD.TYPE_BYTES:
@@ -156,7 +158,9 @@ def valid_values(rpc: str, rows: Rows, draw) -> dict[str, Any]:
         "secret": lambda: pick(draw, sorted(rows.keys.values()), "nope") if rpc == "VerifyApiKey" else "s" * 24,
         "threshold_id": lambda: pick(draw, rows.thresholds, 1),
         "url": "http://127.0.0.1:9/hooks/fuzz", "service_type": "llm_inference", "service_name": "fuzz-model",
-        "reason": "fuzz", "name": "Fuzz", "display_name": "Fuzz", "email": "fuzz@example.com",
+        "reason": "fuzz", "name": (lambda: f"fuzz-{uuid.uuid4().hex[:8]}") if "Platform" in rpc else "Fuzz",
+        "org_ids": lambda: [org], "roles": lambda: draw(st.sampled_from([["spend"], ["read"], ["spend", "read"]])),
+        "display_name": "Fuzz", "email": "fuzz@example.com",
         "allocated_by": "fuzz", "purchase_amount": "1.00", "purchase_currency": "USD", "limit": 20,
         "role": admin_pb2.MEMBER_ROLE_MEMBER, "kind": 1, "value": 5_000, "metadata": {"source": "fuzz", "n": 1},
         "account": lambda: admin_pb2.AccountRef(org_id=org, user_id=user if draw(st.booleans()) else ""),
@@ -174,6 +178,9 @@ def set_field(message, field_descriptor, value) -> None:
             pass
     elif isinstance(target, Message):  # a Timestamp, an AccountRef
         target.CopyFrom(value)
+    elif field_descriptor.is_repeated:
+        del target[:]
+        target.extend(value)
     else:
         setattr(message, field_descriptor.name, value)
 
@@ -205,7 +212,7 @@ def request_for(draw, rpc: str, request_cls, rows: Rows):
         if f.name in valid:
             value = valid[f.name]
             set_field(message, f, value() if callable(value) else value)
-    if mode < 3:
+    if mode < 3 or not fields:  # (a request without fields, ListPlatformCredentials's, is always valid)
         note(f"valid {rpc}")
         return message
     mutated = draw(st.sampled_from(fields))
