@@ -35,6 +35,10 @@ JWKS_MIN_REFRESH_SECONDS = 10.0
 MAX_TOKEN_CHARS = 16_384
 
 
+class KeysUnavailable(Exception):
+    """The provider's JWKS could not be fetched and none is cached: no token can be checked (503)."""
+
+
 class TokenRefused(Exception):
     """The access token does not pass; the message says why (shown to the caller in the 401)."""
 
@@ -62,10 +66,15 @@ class Jwks:
             age = time.monotonic() - self._fetched_at
             stale = self._keys is None or age >= self._ttl or (refresh and age >= JWKS_MIN_REFRESH_SECONDS)
             if stale:
-                async with httpx.AsyncClient(timeout=self._timeout) as http:
-                    response = await http.get(await self._jwks_uri())
-                    response.raise_for_status()
-                self._keys = KeySet.import_key_set(response.json())
+                try:
+                    async with httpx.AsyncClient(timeout=self._timeout) as http:
+                        response = await http.get(await self._jwks_uri())
+                        response.raise_for_status()
+                    self._keys = KeySet.import_key_set(response.json())
+                except (httpx.HTTPError, ValueError, JoseError) as error:
+                    if self._keys is None:  # no keys to check with: fail closed (503)
+                        raise KeysUnavailable(str(error)) from None
+                    return self._keys  # keep the last keys while the provider is away
                 self._fetched_at = time.monotonic()
             assert self._keys is not None
             return self._keys

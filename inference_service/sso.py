@@ -24,13 +24,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
+import httpx
 from authlib.integrations.starlette_client import OAuth, OAuthError
 from starlette.requests import Request
 
 from credit.v1 import admin_pb2
 
 from . import errors
-from .access_tokens import AccessTokens, Jwks, TokenRefused
+from .access_tokens import AccessTokens, Jwks, KeysUnavailable, TokenRefused
 from .authority_client import ApiKey, AuthorityClient, to_api_error
 from .settings import SsoSettings
 
@@ -109,6 +110,9 @@ class Sso:
         except OAuthError as error:
             raise SignInRefused(f"The identity provider refused the sign-in: {error.description or error.error}.") \
                 from None
+        except httpx.HTTPError as error:
+            log.warning("the identity provider could not be reached at the callback: %s", error)
+            raise SignInRefused("The identity provider could not be reached; try again shortly.") from None
         claims = dict(token.get("userinfo") or {})
         if self.settings.user_claim not in claims:  # some providers put profile claims in userinfo only
             claims.update(await self.client.userinfo(token=token))
@@ -139,7 +143,12 @@ class Sso:
 
     async def bearer(self, token: str, authority: AuthorityClient) -> ApiKey:
         """The caller a provider's access token names (TokenRefused when it does not pass)."""
-        claims = await self.tokens.verify(token)
+        try:
+            claims = await self.tokens.verify(token)
+        except KeysUnavailable as error:
+            log.warning("the identity provider's keys could not be fetched: %s", error)
+            raise errors.unavailable("The identity provider's keys cannot be fetched; no token can be checked "
+                                     "now. Retry shortly.") from None
         user_id = self.tokens.user_id(claims)
         if not await self.known_user(authority, user_id, claims):
             raise TokenRefused(f"The access token names '{user_id}', who is not a user of the credit authority.")

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import openai
 import pytest
+from conftest import free_port
 from joserfc import jwk, jwt
 from oidc.harness import AUDIENCE, OTHER_AUDIENCE, SHORT_CLIENT_ID, OidcProvider
 from rest_support import InferenceProcess, sdk
@@ -183,3 +184,19 @@ def test_without_sso_the_console_offers_api_keys_only(console_inference, org: Or
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(f"{console_inference.url}/api/v1/console/me", headers=auth(org.keys["member"])).json()[
         "signed_in_with"] == "api_key"
+
+
+def test_a_provider_that_cannot_be_reached_fails_closed(console_authority, console_tokens, models_file, org: Org):
+    """Nothing to check a token with: 503 (like the authority being down), never a pass; API keys still work."""
+    away = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    service = InferenceProcess(console_authority, console_tokens.console, models_file, {
+        "OIDC_ISSUER": away, "OIDC_CLIENT_ID": "credit-console", "OIDC_CLIENT_SECRET": "x" * 24,
+        "CONSOLE_SESSION_SECRET": "s" * 40}).start()
+    try:
+        token = f"{encode({'alg': 'RS256', 'kid': 'k'})}.{encode({'sub': org.member, 'aud': 'credit-console'})}.c2ln"
+        down = chat(service, token)
+        assert down.status_code == 503 and down.json()["error"]["type"] == "service_unavailable"
+        assert httpx.get(f"{service.url}/auth/oidc/login").status_code == 503
+        assert chat(service, org.keys["member"]).status_code == 200
+    finally:
+        service.stop()
