@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from .auth import Scope
@@ -46,6 +46,7 @@ from .validators import (
     require_amount,
     require_creator,
     require_id,
+    require_key_expiry,
     require_label,
     require_metadata,
     require_reservation_id,
@@ -248,13 +249,17 @@ class CreditAuthority:
             start=query.start, end=query.end, group_by=query.group_by, limit=query.limit or 1000,
             individual_only=query.individual_only)
 
-    async def create_api_key(self, user_id: str, org_id: str, kind: str, name: str) -> tuple[ApiKeyRow, str]:
+    async def create_api_key(self, user_id: str, org_id: str, kind: str, name: str, ttl_seconds: int = 0,
+                             expires_at: datetime | None = None) -> tuple[ApiKeyRow, str]:
+        """A new key and its secret. Expiry: ttl_seconds from the database's now, or expires_at; neither: never."""
         require_id("user_id", user_id)
         optional_id("org_id", org_id)
         require_label("name", name)
         if kind == "service" and not org_id:
             raise InvalidArgument("org_id", "is required for a service key")
-        return await self._storage.create_api_key(user_id, org_id or None, kind, name)
+        require_key_expiry(ttl_seconds, expires_at, datetime.now(timezone.utc))
+        return await self._storage.create_api_key(user_id, org_id or None, kind, name, ttl_seconds or None,
+                                                  expires_at)
 
     async def revoke_api_key(self, key_id: str) -> ApiKeyRow:
         if not API_KEY_ID.fullmatch(key_id or ""):
@@ -263,7 +268,7 @@ class CreditAuthority:
 
     async def verify_api_key(self, secret: str) -> ApiKeyRow | None:
         """The key's row when the secret matches an active key, else None (constant-time compare).
-        Active: not revoked, and a key bound to an org still has its owner as a member there (a
+        Active: not revoked, not expired, and a key bound to an org still has its owner as a member there (a
         service key: as an owner or admin), checked now, not only when the key was created."""
         if not secret:
             raise InvalidArgument("secret", "is required")
@@ -272,11 +277,12 @@ class CreditAuthority:
         key_id, dot, _ = secret.partition(".")
         if not dot or not API_KEY_ID.fullmatch(key_id):
             return None
-        found = await self._storage.find_api_key(key_id)
+        presented = hash_secret(secret)
+        found = await self._storage.find_api_key(key_id, presented)
         if found is None:
             return None
         row, stored_hash, usable = found
-        if not hmac.compare_digest(stored_hash, hash_secret(secret)) or not usable:
+        if not hmac.compare_digest(stored_hash, presented) or not usable:
             return None
         return row
 

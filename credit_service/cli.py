@@ -17,6 +17,7 @@ from google.protobuf import timestamp_pb2
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc, types_pb2
 
+from .cli_keys import KeyCommands, add_key_commands, key_hint
 from .cli_limits import RateLimitCommands, ScopeError, add_rate_limit_commands, option_hint
 from .cli_platforms import PlatformCommands, add_platform_commands
 from .demo import read_env_file
@@ -102,7 +103,7 @@ def funding_text(funding: types_pb2.Funding) -> str:
     return f"org:{funding.org_id}" if funding.kind == types_pb2.Funding.ORG else "individual"
 
 
-class Commands(RateLimitCommands, PlatformCommands):
+class Commands(KeyCommands, RateLimitCommands, PlatformCommands):
     def __init__(self, admin: admin_pb2_grpc.CreditAdminStub, authority: authority_pb2_grpc.CreditAuthorityStub,
                  metadata: tuple):
         self.admin = admin
@@ -172,25 +173,6 @@ class Commands(RateLimitCommands, PlatformCommands):
         balance = self._call(self.admin.GrantIndividualCredits, admin_pb2.GrantIndividualCreditsRequest(
             user_id=a.user_id, amount_millicredits=a.credits, reason=a.reason, reference=a.reference))
         print(f"{balance.user_id}: {format_credits(balance.available_millicredits)} credits available")
-
-    def cmd_key_create(self, a):
-        kind = admin_pb2.API_KEY_KIND_SERVICE if a.service else admin_pb2.API_KEY_KIND_USER
-        created = self._call(self.admin.CreateApiKey, admin_pb2.CreateApiKeyRequest(
-            user_id=a.user_id, org_id=a.org, kind=kind, name=a.name))
-        print(f"key id: {created.key.key_id}")
-        print(f"secret (shown once): {created.secret}")
-
-    def cmd_key_revoke(self, a):
-        key = self._call(self.admin.RevokeApiKey, admin_pb2.RevokeApiKeyRequest(key_id=a.key_id))
-        print(f"revoked {key.key_id}")
-
-    def cmd_keys(self, a):
-        keys = self._call(self.admin.ListApiKeys, admin_pb2.ListApiKeysRequest(user_id=a.user, org_id=a.org)).keys
-        print_table(["key id", "user", "org", "kind", "name", "created", "revoked"],
-                    [[k.key_id, k.user_id, k.org_id, "service" if k.kind == admin_pb2.API_KEY_KIND_SERVICE
-                      else "user", k.name, k.created_at.ToDatetime().isoformat(timespec="seconds"),
-                      k.revoked_at.ToDatetime().isoformat(timespec="seconds") if k.HasField("revoked_at") else ""]
-                     for k in keys])
 
     def cmd_balance(self, a):
         b = self._call(self.authority.GetBalance, authority_pb2.GetBalanceRequest(user_id=a.user_id, org_id=a.org))
@@ -301,10 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         arg("--reason", default=""),
         arg("--reference", required=True, help="grant reference, e.g. a ticket id (idempotency: a retry with the "
                                                "same reference adds nothing)"))
-    add("key-create", "create an API key", arg("user_id"), arg("--org", default=""),
-        arg("--service", action="store_true", help="org service key"), arg("--name", default=""))
-    add("key-revoke", "revoke an API key", arg("key_id"))
-    add("keys", "list API keys", arg("--user", default=""), arg("--org", default=""))
+    add_key_commands(add, arg)
     add("balance", "a user's balance", arg("user_id"), arg("--org", default=""))
     add("usage", "usage rows or groups", arg("--org", default=""), arg("--user", default=""),
         arg("--model", default=""), arg("--service-type", default=""), arg("--since", type=timestamp),
@@ -346,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except grpc.RpcError as error:
             details = error.details() or ""
-            print(f"error: {error.code().name}: {details}{option_hint(details)}", file=sys.stderr)
+            print(f"error: {error.code().name}: {details}{option_hint(details)}{key_hint(details)}", file=sys.stderr)
             return 1
     return 0
 

@@ -9,6 +9,7 @@ import json
 import math
 import re
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -137,3 +138,18 @@ def decimal_text(field: str, text: str) -> str | None:
     if not re.fullmatch(r"\d{1,15}(\.\d{1,4})?", text):
         raise InvalidArgument(field, "must be a non-negative decimal with at most 4 places, e.g. 99.00")
     return text
+
+
+MAX_KEY_LIFETIME_SECONDS = 2 * 365 * 86400  # an API key expires at most two years after it is made
+
+
+def require_key_expiry(ttl_seconds: int, expires_at: datetime | None, now: datetime) -> None:
+    """CreateApiKey's optional expiry: ttl_seconds (1 … two years) or expires_at (in the future, at most two
+    years ahead), not both; neither is a key that does not expire."""
+    if ttl_seconds and expires_at is not None:
+        raise InvalidArgument("expires_at", "give ttl_seconds or expires_at, not both")
+    if not 0 <= ttl_seconds <= MAX_KEY_LIFETIME_SECONDS:
+        raise InvalidArgument("ttl_seconds", f"must be from 1 to {MAX_KEY_LIFETIME_SECONDS:,} seconds (two years), "
+                                             "or 0 for no expiry")
+    if expires_at is not None and not now < expires_at <= now + timedelta(seconds=MAX_KEY_LIFETIME_SECONDS):
+        raise InvalidArgument("expires_at", "must be in the future and at most two years ahead")

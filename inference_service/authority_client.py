@@ -193,12 +193,15 @@ class AuthorityClient:
             return cached[1]
         response = await self._admin_api.verify_api_key(admin_pb2.VerifyApiKeyRequest(secret=secret))
         key = None
+        until = now + self._key_cache_seconds
         if response.valid:
             k = response.key
             key = ApiKey(k.key_id, k.user_id, k.org_id, k.kind == admin_pb2.API_KEY_KIND_SERVICE)
+            if k.HasField("expires_at"):  # never trusted past its expiry, whatever the cache window
+                until = min(until, now + k.expires_at.ToNanoseconds() / 1e9 - time.time())
         if len(self._key_cache) > 10_000:
             self._key_cache.clear()
-        self._key_cache[digest] = (now + self._key_cache_seconds, key)
+        self._key_cache[digest] = (until, key)
         return key
 
     async def reserve(self, **fields: Any) -> tuple[authority_pb2.ReserveResponse, bool]:

@@ -27,6 +27,7 @@ BUDGET = "tests/inference/test_budget_controls.py"
 COMMIT_FAULTS = "tests/faults/test_commit_faults.py"
 PLATFORM_SCOPE = "tests/test_platform_credentials.py"
 PLATFORM_ROTATION = "tests/test_platform_rotation.py"
+KEY_EXPIRY = "tests/test_api_key_expiry.py"
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,15 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant("rest-commit-without-tokens", "Commits leave out the real token count: the estimate stays in TPM",
            METERING, "return await self.meter.settle(self.hold, self.billing, charged, metadata, prompt + completion)",
            "return await self.meter.settle(self.hold, self.billing, charged, metadata)", RATE_LIMITS_REST),
+    # ---- API keys people manage: expiry and last use (issue #15) ----
+    mutant("api-key-expiry-unchecked", "VerifyApiKey's SQL drops the expiry: an expired key stays valid",
+           "credit_service/storage/admin.py", "AND (k.expires_at IS NULL OR k.expires_at > now())", "AND true",
+           KEY_EXPIRY),
+    mutant("api-key-last-used-every-request", "VerifyApiKey writes last_used_at at every use, not once a minute",
+           "credit_service/storage/admin.py",
+           "AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds')", "", KEY_EXPIRY),
+    mutant("rest-key-cache-past-expiry", "the REST service's key cache keeps a key its full window, past its expiry",
+           CLIENT, 'if k.HasField("expires_at"):', "if False:", KEY_EXPIRY),
     # ---- Python: the identity provider's access tokens (issue #15) ----
     mutant("jwt-audience-unchecked", "an access token for another audience (another API) is taken as one for this",
            "inference_service/access_tokens.py", 'aud={"essential": True, "value": self._audience},',

@@ -930,6 +930,8 @@ class ApiKey(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     REVOKED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    LAST_USED_AT_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """Public identifier (the key's prefix)."""
     user_id: _builtins.str
@@ -948,6 +950,14 @@ class ApiKey(_message.Message):
     def revoked_at(self) -> _timestamp_pb2.Timestamp:
         """Revocation time; unset while active."""
 
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the key stops working (VerifyApiKey refuses it from then on, as a revoked key); unset: never."""
+
+    @_builtins.property
+    def last_used_at(self) -> _timestamp_pb2.Timestamp:
+        """When VerifyApiKey last accepted the key, to the minute (written at most once a minute); unset: never used."""
+
     def __init__(
         self,
         *,
@@ -958,10 +968,12 @@ class ApiKey(_message.Message):
         name: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        last_used_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "revoked_at", b"revoked_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "last_used_at", b"last_used_at", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "key_id", b"key_id", "kind", b"kind", "name", b"name", "org_id", b"org_id", "revoked_at", b"revoked_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "key_id", b"key_id", "kind", b"kind", "last_used_at", b"last_used_at", "name", b"name", "org_id", b"org_id", "revoked_at", b"revoked_at", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -977,6 +989,8 @@ class CreateApiKeyRequest(_message.Message):
     ORG_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Owner."""
     org_id: _builtins.str
@@ -987,6 +1001,16 @@ class CreateApiKeyRequest(_message.Message):
     """Scope."""
     name: _builtins.str
     """Label, at most 256 characters."""
+    ttl_seconds: _builtins.int
+    """Optional expiry, in seconds from now (the authority's database clock): 1 to 63,072,000 (two
+    years); 0: see expires_at. Negative or larger: INVALID_ARGUMENT, nothing written.
+    """
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Optional expiry as a time: in the future and at most two years ahead, else INVALID_ARGUMENT.
+        Give ttl_seconds or expires_at, not both; neither: the key does not expire.
+        """
+
     def __init__(
         self,
         *,
@@ -994,10 +1018,12 @@ class CreateApiKeyRequest(_message.Message):
         org_id: _builtins.str = ...,
         kind: Global___ApiKeyKind.ValueType = ...,
         name: _builtins.str = ...,
+        ttl_seconds: _builtins.int = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "name", b"name", "org_id", b"org_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "kind", b"kind", "name", b"name", "org_id", b"org_id", "ttl_seconds", b"ttl_seconds", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1084,7 +1110,7 @@ class VerifyApiKeyResponse(_message.Message):
     VALID_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     valid: _builtins.bool
-    """True when the key exists, matches and is not revoked, and, for a key bound to an organization,
+    """True when the key exists, matches, is not revoked and has not expired, and, for a key bound to an organization,
     its owner is still a member there (for a service key: still an owner or admin). Removing a
     member revokes their keys bound to that organization.
     """

@@ -123,6 +123,8 @@ class ApiKeyRow:
     name: str
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None = None  # None: the key does not expire
+    last_used_at: datetime | None = None  # when VerifyApiKey last accepted it, to the minute
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,8 @@ def key_message(k: ApiKeyRow) -> admin_pb2.ApiKey:
     return admin_pb2.ApiKey(
         key_id=k.key_id, user_id=k.user_id, org_id=k.org_id or "",
         kind=admin_pb2.API_KEY_KIND_SERVICE if k.kind == "service" else admin_pb2.API_KEY_KIND_USER,
-        name=k.name, created_at=timestamp(k.created_at), revoked_at=timestamp(k.revoked_at))
+        name=k.name, created_at=timestamp(k.created_at), revoked_at=timestamp(k.revoked_at),
+        expires_at=timestamp(k.expires_at), last_used_at=timestamp(k.last_used_at))
 
 
 def usage_group_message(group: UsageGroup) -> admin_pb2.UsageGroup:

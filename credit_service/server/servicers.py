@@ -183,7 +183,8 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
     async def CreateApiKey(self, request: admin_pb2.CreateApiKeyRequest,
                            caller: Caller) -> admin_pb2.CreateApiKeyResponse:
         kind = enum_value(KEY_KINDS, request.kind, "kind")
-        key, secret = await self.authority.create_api_key(request.user_id, request.org_id, kind, request.name)
+        key, secret = await self.authority.create_api_key(request.user_id, request.org_id, kind, request.name,
+                                                          request.ttl_seconds, time_field(request, "expires_at"))
         return admin_pb2.CreateApiKeyResponse(key=key_message(key), secret=secret)
 
     @rpc(Role.ADMIN)

@@ -8,6 +8,7 @@ the order every writer of both uses.
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 
 import asyncpg
 
@@ -38,7 +39,7 @@ def member_row(row: asyncpg.Record) -> MemberRow:
 
 def api_key_row(row: asyncpg.Record) -> ApiKeyRow:
     return ApiKeyRow(row["key_id"], row["user_id"], row["org_id"], row["kind"], row["name"],
-                     row["created_at"], row["revoked_at"])
+                     row["created_at"], row["revoked_at"], row["expires_at"], row["last_used_at"])
 
 
 class AdminQueries(Queries):
@@ -261,7 +262,8 @@ class AdminQueries(Queries):
 
     # ---- API keys ---------------------------------------------------------
 
-    async def create_api_key(self, user_id: str, org_id: str | None, kind: str, name: str) -> tuple[ApiKeyRow, str]:
+    async def create_api_key(self, user_id: str, org_id: str | None, kind: str, name: str, ttl_seconds: int | None,
+                             expires_at: datetime | None) -> tuple[ApiKeyRow, str]:
         key_id = "ck_" + secrets.token_hex(8)
         secret = f"{key_id}.{secrets.token_urlsafe(32)}"
         async with self.pool.acquire() as conn, conn.transaction():
@@ -278,9 +280,10 @@ class AdminQueries(Queries):
                         f"a service key acts for every member of {org_id!r}: its owner {user_id!r} "
                         "must be an owner or admin there")
             row = await conn.fetchrow(
-                """INSERT INTO api_keys (key_id, secret_hash, user_id, org_id, kind, name)
-                   VALUES ($1, $2, $3, $4, $5, $6) RETURNING *""",
-                key_id, hash_secret(secret), user_id, org_id, kind, name)
+                """INSERT INTO api_keys (key_id, secret_hash, user_id, org_id, kind, name, expires_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, coalesce($7::timestamptz, now() + $8::bigint * interval '1 second'))
+                   RETURNING *""",
+                key_id, hash_secret(secret), user_id, org_id, kind, name, expires_at, ttl_seconds)
         return api_key_row(row), secret
 
     async def revoke_api_key(self, key_id: str) -> ApiKeyRow:
@@ -291,18 +294,32 @@ class AdminQueries(Queries):
             raise NotFound(f"API key {key_id!r} not found")
         return api_key_row(row)
 
-    async def find_api_key(self, key_id: str) -> tuple[ApiKeyRow, bytes, bool] | None:
-        """(key, secret hash, usable now). Usable: not revoked and, for a key bound to an org,
-        its owner is still a member there (and, for a service key, an owner or admin). Checked
-        at every use, in one primary-key lookup on each table: VerifyApiKey is on the REST path."""
+    async def find_api_key(self, key_id: str, presented_hash: bytes) -> tuple[ApiKeyRow, bytes, bool] | None:
+        """(key, secret hash, usable now), in one round trip: VerifyApiKey is on the REST path. Usable: not
+        revoked, not expired, and, for a key bound to an org, its owner is still a member there (for a service
+        key, an owner or admin), checked at every use. A usable key whose stored hash is the presented one gets
+        last_used_at = now(), written only when the stored value is older than a minute ("to the minute"):
+        one row write per key a minute, not per request. The caller still compares the hashes itself."""
         row = await self.pool.fetchrow(
-            """SELECT k.*, k.revoked_at IS NULL
-                           AND (k.org_id IS NULL
-                                OR (m.role IS NOT NULL AND (k.kind = 'user' OR m.role = ANY($2::text[]))))
-                           AS usable
-                 FROM api_keys k
-                 LEFT JOIN org_members m ON m.org_id = k.org_id AND m.user_id = k.user_id
-                WHERE k.key_id = $1""", key_id, list(KEY_SERVICE_ROLES))
+            """WITH found AS (
+                   SELECT k.*, k.revoked_at IS NULL
+                               AND (k.expires_at IS NULL OR k.expires_at > now())
+                               AND (k.org_id IS NULL
+                                    OR (m.role IS NOT NULL AND (k.kind = 'user' OR m.role = ANY($2::text[]))))
+                               AS usable
+                     FROM api_keys k
+                     LEFT JOIN org_members m ON m.org_id = k.org_id AND m.user_id = k.user_id
+                    WHERE k.key_id = $1),
+               used AS (
+                   UPDATE api_keys k SET last_used_at = now()
+                     FROM found f
+                    WHERE k.key_id = f.key_id AND f.usable AND k.secret_hash = $3
+                      AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds')
+                   RETURNING k.last_used_at)
+               SELECT f.key_id, f.user_id, f.org_id, f.kind, f.name, f.created_at, f.revoked_at, f.expires_at,
+                      coalesce((SELECT last_used_at FROM used), f.last_used_at) AS last_used_at,
+                      f.secret_hash, f.usable
+                 FROM found f""", key_id, list(KEY_SERVICE_ROLES), presented_hash)
         if row is None:
             return None
         return api_key_row(row), bytes(row["secret_hash"]), row["usable"]

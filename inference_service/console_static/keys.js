@@ -1,5 +1,6 @@
 /* API keys: everyone sees and revokes their own keys and creates keys for themselves; owners and admins
- * see the organization's keys too and create keys for any member. A new key's secret is shown once.
+ * see the organization's keys too and create keys for any member. A new key's secret is shown once; a key
+ * may expire (optional); the table shows each key's expiry and last use (to the minute).
  * Uses console.js's helpers (window.creditConsole); starts on `console:started`. */
 (function () {
   "use strict";
@@ -27,8 +28,10 @@
         c.el("td", {}, c.el("code", { text: k.key_id }), mine ? " (this session)" : ""),
         c.el("td", { text: k.user_id }), c.el("td", { text: k.name }), c.el("td", { text: k.org_id || "—" }),
         c.el("td", { text: c.when(k.created_at) }),
-        c.el("td", {}, c.el("span", { class: `badge ${k.active ? "ok" : "bad"}`,
-          text: k.active ? "active" : `revoked ${c.when(k.revoked_at)}` })),
+        c.el("td", { text: k.expires_at ? c.when(k.expires_at) : "never" }),
+        c.el("td", { text: k.last_used_at ? c.when(k.last_used_at) : "never" }),
+        c.el("td", {}, c.el("span", { class: `badge ${k.active && !k.expired ? "ok" : "bad"}`,
+          text: !k.active ? `revoked ${c.when(k.revoked_at)}` : k.expired ? "expired" : "active" })),
         c.el("td", {}, action));
     });
   }
@@ -44,6 +47,9 @@
     const form = event.target;
     const body = { name: form.elements.name.value.trim() };
     if (c.me().view === "admin") body.user_id = form.elements.user_id.value;
+    // datetime-local is the browser's local time: sent as UTC. Empty: the key does not expire.
+    const expires = form.elements.expires_at.value;
+    if (expires) body.expires_at = new Date(expires).toISOString();
     c.act($("button", form), async () => {
       const created = await c.api("/api/v1/console/keys", { method: "POST", body });
       $("#new-secret-user").textContent = created.user_id;
@@ -51,6 +57,7 @@
       $("#new-secret").hidden = false;
       $("#new-secret").focus();
       form.elements.name.value = "";
+      form.elements.expires_at.value = "";
       await loadKeys();
     }, "Key created.");
   });

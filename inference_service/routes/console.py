@@ -36,6 +36,7 @@ from ..console import (
     csv_of_records,
     event_dict,
     key_dict,
+    key_request,
     member_dict,
     millicredits,
     org_dict,
@@ -164,8 +165,7 @@ async def create_key(body: KeyBody, who: Viewer = Depends(viewer)):
     name = body.name.strip()
     if len(name) > 256 or not name.isprintable():
         raise errors.bad_request("name must be at most 256 printable characters", "invalid_name")
-    created = await who.admin.create_api_key(admin_pb2.CreateApiKeyRequest(
-        user_id=user_id, org_id=who.org_id, kind=admin_pb2.API_KEY_KIND_USER, name=name or "console key"))
+    created = await who.admin.create_api_key(key_request(body, user_id, who.org_id, name or "console key"))
     return {**key_dict(created.key), "secret": created.secret}
 
 @router.delete("/api/v1/console/keys/{key_id}", tags=TAGS, responses=WRITES)

@@ -14,6 +14,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Collection
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -179,10 +180,19 @@ def test_admin_manages_the_pool_sees_usage_exports_csv_and_alerts(browser, shots
     # A key for a member, shown once.
     page.select_option("#key-form select[name=user_id]", org.member)
     page.fill("#key-form input[name=name]", "from the browser")
+    expires = datetime.now() + timedelta(days=30)  # the browser's local time, sent as UTC
+    page.fill("#key-form input[name=expires_at]", expires.strftime("%Y-%m-%dT%H:%M"))
     page.click("#key-form button[type=submit]")
     page.wait_for_selector("#new-secret:not([hidden])")
     secret = page.inner_text("#new-secret-value")
-    assert secret.startswith("ck_") and chat(console_inference, secret).status_code == 200
+    assert secret.startswith("ck_")
+    row = f"#keys-table tr[data-key='{secret.split('.')[0]}']"
+    page.wait_for_selector(row)  # the list reloaded with the new key, not used yet
+    headers = page.locator("#keys-table thead th").all_inner_texts()
+    assert headers[5:7] == ["Expires", "Last used"], headers
+    cells = page.locator(f"{row} td").all_inner_texts()
+    assert cells[5] != "never" and cells[6] == "never" and cells[7] == "active", cells
+    assert chat(console_inference, secret).status_code == 200
 
     # Alerts: a webhook and a threshold from the console; a crossing shows up there.
     page.fill("#webhook-form input[name=url]", receiver.url)
