@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ROOT, AuthorityProcess, Tokens, free_port
+from oidc.harness import OidcProvider
 from rest_support import InferenceProcess, make_key
 
 from credit.v1 import admin_pb2
@@ -68,6 +69,23 @@ class Org:
     member: str
     other: str
     keys: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def sso(console_authority, console_tokens, models_file):
+    """The identity provider (tests/oidc/) and two REST services on it: strict (unknown users refused) and
+    open (created on first sign-in); one set per test module (test_sso.py, test_sso_browser.py)."""
+    strict = InferenceProcess(console_authority, console_tokens.console, models_file)
+    open_ = InferenceProcess(console_authority, console_tokens.console, models_file)
+    provider = OidcProvider([strict.url, open_.url]).start()
+    strict.extra_env = provider.sso_env(auto_create=False)
+    open_.extra_env = provider.sso_env(auto_create=True)
+    try:
+        yield provider, strict.start(), open_.start()
+    finally:
+        for process in (strict, open_):
+            process.stop()
+        provider.stop()
 
 
 @pytest.fixture

@@ -20,28 +20,12 @@ import openai
 import pytest
 from conftest import free_port
 from joserfc import jwk, jwt
-from oidc.harness import AUDIENCE, OTHER_AUDIENCE, SHORT_CLIENT_ID, OidcProvider
+from oidc.harness import AUDIENCE, OTHER_AUDIENCE, SHORT_CLIENT_ID
 from rest_support import InferenceProcess, sdk
 
 from credit.v1 import admin_pb2, authority_pb2, types_pb2
 
 from .conftest import Org, auth
-
-
-@pytest.fixture(scope="module")
-def sso(console_authority, console_tokens, models_file):
-    """The provider and two REST services on it: strict (no auto-create) and open (auto-create)."""
-    strict = InferenceProcess(console_authority, console_tokens.console, models_file)
-    open_ = InferenceProcess(console_authority, console_tokens.console, models_file)
-    provider = OidcProvider([strict.url, open_.url]).start()
-    strict.extra_env = provider.sso_env(auto_create=False)
-    open_.extra_env = provider.sso_env(auto_create=True)
-    try:
-        yield provider, strict.start(), open_.start()
-    finally:
-        for process in (strict, open_):
-            process.stop()
-        provider.stop()
 
 
 def b64(part: str) -> dict:

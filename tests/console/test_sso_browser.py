@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from oidc.harness import AUDIENCE, OTHER_AUDIENCE, SHORT_CLIENT_ID, OidcProvider
-from rest_support import InferenceProcess
 
 from credit.v1 import authority_pb2
 
@@ -33,21 +32,6 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} not installed (`make chromium` installs it)", allow_module_level=True)
 
 sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def sso(console_authority, console_tokens, models_file):
-    strict = InferenceProcess(console_authority, console_tokens.console, models_file)
-    open_ = InferenceProcess(console_authority, console_tokens.console, models_file)
-    provider = OidcProvider([strict.url, open_.url]).start()
-    strict.extra_env = provider.sso_env(auto_create=False)
-    open_.extra_env = provider.sso_env(auto_create=True)
-    try:
-        yield provider, strict.start(), open_.start()
-    finally:
-        for process in (strict, open_):
-            process.stop()
-        provider.stop()
 
 
 @pytest.fixture(scope="module")
