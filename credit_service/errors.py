@@ -51,10 +51,20 @@ ACCOUNT_TOTAL_LIMIT = "ACCOUNT_TOTAL_LIMIT"  # FAILED_PRECONDITION: a total woul
 PAYMENTS_NOT_CONFIGURED = "PAYMENTS_NOT_CONFIGURED"  # FAILED_PRECONDITION: no STRIPE_WEBHOOK_SECRET set
 RATE_LIMITED = "RATE_LIMITED"  # RESOURCE_EXHAUSTED + RetryInfo: metadata limit, value, scope, window
 OUT_OF_SCOPE = "OUT_OF_SCOPE"  # PERMISSION_DENIED: a platform credential acting outside its orgs; metadata funding
+READ_TIMEOUT = "READ_TIMEOUT"  # RESOURCE_EXHAUSTED: a slow read passed the read pool's statement timeout
 
 
 class Unavailable(CreditError):
     pass
+
+
+class ReadTimeout(CreditError):
+    """A slow read (analytics, statements, forecasts, lists) cut by the read pool's statement timeout
+    (RESOURCE_EXHAUSTED, reason READ_TIMEOUT, metadata timeout_seconds): not retried as it is, narrow it."""
+
+    def __init__(self, timeout_seconds: float):
+        super().__init__(f"the read took longer than the {timeout_seconds:g} s the authority allows a slow read; "
+                         "narrow the period or the filter", READ_TIMEOUT, {"timeout_seconds": f"{timeout_seconds:g}"})
 
 
 class InsufficientCredits(CreditError):

@@ -19,6 +19,10 @@ HOLDS_OUTSTANDING = Gauge("credit_holds_outstanding", "Reservations currently he
 HELD_OUTSTANDING = Gauge("credit_held_millicredits", "Millicredits currently on hold.")
 DB_POOL_SIZE = Gauge("credit_db_pool_connections", "Connections in the database pool.")
 DB_POOL_IDLE = Gauge("credit_db_pool_idle_connections", "Idle connections in the database pool.")
+READ_POOL_SIZE = Gauge("credit_read_pool_connections", "Connections in the slow reads' pool.")
+READ_POOL_IDLE = Gauge("credit_read_pool_idle_connections", "Idle connections in the slow reads' pool.")
+READ_REPLICA_LAG = Gauge("credit_read_replica_lag_seconds",
+                         "Seconds the read pool's server (DATABASE_READ_URL) is behind its primary; 0 on a primary.")
 RESERVE_RETRIES = Counter("credit_reserve_retries_total",
                           "Reserves run again because a concurrent Reserve with the same request_id won the race"
                           " (the rerun replays it), by the path that lost: single or batch.", ["path"])

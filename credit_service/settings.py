@@ -118,6 +118,11 @@ class Settings(FromEnvironment):
     listen_addr: str = setting("CREDIT_LISTEN_ADDR", "0.0.0.0:50051")
     db_pool_min: int = setting("CREDIT_DB_POOL_MIN", 2)
     db_pool_max: int = setting("CREDIT_DB_POOL_MAX", 10)
+    # slow reads (analytics, statements, forecasts, lists): their own pool, on this server when set (a replica)
+    database_read_url: str = setting("DATABASE_READ_URL", "")  # empty: the same database as DATABASE_URL
+    read_pool_max: int = setting("CREDIT_READ_POOL_MAX", 4)
+    read_statement_timeout_seconds: float = setting("CREDIT_READ_STATEMENT_TIMEOUT_SECONDS", 10.0)  # 0: none
+    read_lag_interval_seconds: float = setting("CREDIT_READ_LAG_INTERVAL_SECONDS", 5.0)  # replica lag sampling
     default_ttl_seconds: int = setting("CREDIT_DEFAULT_TTL_SECONDS", 600)
     max_ttl_seconds: int = setting("CREDIT_MAX_TTL_SECONDS", 3600)
     # operations per hot-path transaction; 1 turns batching off

@@ -66,9 +66,12 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | Non
 
 def exhausted(error: grpc.aio.AioRpcError, tokens: int = 0) -> errors.ApiError:
     """RESOURCE_EXHAUSTED, told apart by its ErrorInfo reason: RATE_LIMITED is 429 (with the RetryInfo's
-    delay), anything else is insufficient credits (402). `tokens`: what the refused Reserve estimated."""
+    delay), READ_TIMEOUT (a slow read cut by the authority's statement timeout) is 504, anything else is
+    insufficient credits (402). `tokens`: what the refused Reserve estimated."""
     info = error_info(error)
     meta = dict(info.metadata) if info else {}
+    if info is not None and info.reason == errors.READ_TIMEOUT:
+        return errors.read_timeout(meta.get("timeout_seconds", ""))
     if info is not None and info.reason == ratelimits.RATE_LIMITED:
         retry = _detail(error, error_details_pb2.RetryInfo)
         return ratelimits.rate_limited(meta, retry.retry_delay.ToMilliseconds() if retry else None, tokens)

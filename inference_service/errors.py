@@ -48,6 +48,15 @@ def unavailable(message: str = "The credit authority is unavailable; no model wa
     return ApiError(503, message, "service_unavailable", "authority_unavailable", headers={"Retry-After": "1"})
 
 
+READ_TIMEOUT = "READ_TIMEOUT"  # the authority's ErrorInfo reason for a slow read past its statement timeout
+
+
+def read_timeout(timeout_seconds: str) -> ApiError:
+    """504: a report (usage, statement, forecast, list) ran past the authority's read timeout."""
+    return ApiError(504, f"The report took longer than the {timeout_seconds} s the credit authority allows; "
+                         "narrow the period or the filter.", "timeout_error", "read_timeout")
+
+
 def upstream_failed(message: str) -> ApiError:
     return ApiError(502, message, "upstream_error", "upstream_failed")
 

@@ -28,6 +28,7 @@ COMMIT_FAULTS = "tests/faults/test_commit_faults.py"
 PLATFORM_SCOPE = "tests/test_platform_credentials.py"
 PLATFORM_ROTATION = "tests/test_platform_rotation.py"
 KEY_EXPIRY = "tests/test_api_key_expiry.py"
+READ_POOL = "tests/test_read_pool.py"
 
 
 @dataclass(frozen=True)
@@ -216,4 +217,12 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant("jwt-audience-unchecked", "an access token for another audience (another API) is taken as one for this",
            "inference_service/access_tokens.py", 'aud={"essential": True, "value": self._audience},',
            'aud={"essential": True},', "tests/console/test_sso.py"),
+    # ---- slow reads on their own pool (issue #16) ----
+    mutant("analytics-on-hot-pool", "slow reads (analytics, statements, lists) take the hot path's connections",
+           "credit_service/storage/common.py", "async with self.read_pool.acquire() as conn:",
+           "async with self.pool.acquire() as conn:", READ_POOL),
+    mutant("read-pool-no-statement-timeout", "the read pool's connections run without a statement timeout",
+           "credit_service/storage/__init__.py", "command_timeout=command_timeout, max_inactive_connection_lifetime=60,"
+           " server_settings=settings,", "command_timeout=command_timeout, max_inactive_connection_lifetime=60,",
+           READ_POOL),
 )

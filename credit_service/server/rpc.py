@@ -32,6 +32,7 @@ from ..errors import (
     NotFound,
     PermissionDenied,
     RateLimited,
+    ReadTimeout,
     Unavailable,
 )
 
@@ -53,6 +54,7 @@ _STATUS = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     InsufficientCredits: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ReadTimeout: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 

@@ -93,12 +93,17 @@ async def serve(settings: Settings) -> None:
         applied = await migrate(database_url)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
+    if settings.read_pool_max < 1:
+        raise ValueError("CREDIT_READ_POOL_MAX must be at least 1: slow reads never share the hot path's pool")
     storage = await Storage.connect(database_url, settings.db_pool_min, settings.db_pool_max,
-                                    batch_max=settings.batch_max, batch_in_flight=settings.batch_in_flight)
+                                    batch_max=settings.batch_max, batch_in_flight=settings.batch_in_flight,
+                                    read_url=settings.database_read_url, read_max_size=settings.read_pool_max,
+                                    read_timeout_seconds=settings.read_statement_timeout_seconds)
     # After the static tokens, platform credentials from the database (each lookup cached this long).
     auth.platforms = CredentialCache(storage.find_platform_grant, settings.platform_cache_seconds)
     server, port, sweeper = await start_server(settings, storage, auth)
-    jobs = start_jobs(sweeper, database_url, storage, settings.alerts)  # the expiry sweeper, alert delivery
+    # the expiry sweeper, the read pool's gauges, alert delivery
+    jobs = start_jobs(sweeper, database_url, storage, settings.alerts, settings.read_lag_interval_seconds)
     metrics.serve(settings.metrics_port)
     host = settings.listen_addr.rsplit(":", 1)[0]
     transport = "mTLS" if settings.tls_client_ca_file else "TLS" if settings.tls_cert_file else "plaintext"

@@ -130,7 +130,7 @@ class AlertQueries(Queries):
 
     async def list_alert_events(self, org_id: str, user_id: str | None, limit: int) -> list[AlertEvent]:
         """Alerts newest first, each with its delivery attempts (oldest first)."""
-        async with self.pool.acquire() as conn:
+        async with self.reading() as conn:
             await self.require_org(conn, org_id)
             rows = await conn.fetch(
                 """SELECT * FROM alert_events WHERE org_id = $1 AND ($2::text IS NULL OR user_id = $2)

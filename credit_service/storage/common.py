@@ -1,14 +1,16 @@
-"""What every part of storage shares: the connection setup, the base class holding the pool,
+"""What every part of storage shares: the connection setup, the base class holding the pools,
 the existence checks administration runs inside its transactions, and the mapping of SQL
 outcomes to domain errors."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 
-from ..errors import ACCOUNT_TOTAL_LIMIT, FailedPrecondition, NotFound, PermissionDenied
+from ..errors import ACCOUNT_TOTAL_LIMIT, FailedPrecondition, NotFound, PermissionDenied, ReadTimeout
 from ..model import MAX_ACCOUNT_TOTAL_MC
 
 
@@ -40,10 +42,27 @@ def past_largest_total(what: str) -> FailedPrecondition:
 
 
 class Queries:
-    """Base of each part of storage: the pool, and the checks that run inside a transaction."""
+    """Base of each part of storage: the pools, and the checks that run inside a transaction.
 
-    def __init__(self, pool: asyncpg.Pool):
+    `pool` is the hot path's and every write's. `read_pool` is for the reads that can be slow (usage
+    analytics, statements, forecasts, purchase and alert-event lists): its own connections, each with a
+    server-side statement_timeout of `read_timeout_seconds`, on DATABASE_READ_URL when set (a replica:
+    slightly stale), so that no amount of analytics takes a connection Reserve and Commit need. Nothing
+    that writes, and nothing on the money path, reads through it."""
+
+    def __init__(self, pool: asyncpg.Pool, read_pool: asyncpg.Pool | None = None, read_timeout_seconds: float = 0):
         self.pool = pool
+        self.read_pool = pool if read_pool is None else read_pool
+        self.read_timeout_seconds = read_timeout_seconds
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the read pool; a statement its timeout cancelled raises ReadTimeout."""
+        try:
+            async with self.read_pool.acquire() as conn:
+                yield conn
+        except asyncpg.QueryCanceledError as error:
+            raise ReadTimeout(self.read_timeout_seconds) from error
 
     @staticmethod
     async def require_org(conn: asyncpg.Connection, org_id: str, lock: bool = False) -> asyncpg.Record:

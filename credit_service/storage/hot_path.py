@@ -92,8 +92,9 @@ def limits_left(status: Sequence[int | None] | None) -> dict[str, list[int]] | N
 
 
 class HotPathQueries(Queries):
-    def __init__(self, pool: asyncpg.Pool, batcher: HotPathBatcher[HotOp] | None = None):
-        super().__init__(pool)
+    def __init__(self, pool: asyncpg.Pool, batcher: HotPathBatcher[HotOp] | None = None,
+                 read_pool: asyncpg.Pool | None = None, read_timeout_seconds: float = 0):
+        super().__init__(pool, read_pool, read_timeout_seconds)
         self.batcher = batcher
 
     async def balance(self, user_id: str, org_id: str) -> Balance:

@@ -54,7 +54,7 @@ class PaymentQueries(Queries):
         return purchase_row(row)
 
     async def list_purchases(self, org_id: str, limit: int) -> list[Purchase]:
-        async with self.pool.acquire() as conn:
+        async with self.reading() as conn:
             await self.require_org(conn, org_id)
             rows = await conn.fetch(
                 f"""SELECT {PURCHASE_COLUMNS} FROM purchases WHERE org_id = $1

@@ -132,7 +132,7 @@ class ReportQueries(Queries):
         """The account over [start, end) (end None: up to now, every entry in the snapshot), lines capped at
         `limit` each kind, sums complete."""
         scope, args = account.scope, (start, end, *ids(account))
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        async with self.reading() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             await self.require_account(conn, account)
             s = await conn.fetchrow(SUMMARY_SQL[scope], *args)
             lines = [statement_line(r) for r in await conn.fetch(LINES_SQL[scope], *args, 3 * limit)]
@@ -150,7 +150,7 @@ class ReportQueries(Queries):
                            ) -> tuple[datetime, WindowUsage, list[WindowUsage]]:
         """(now, the pool or individual balance, each member's allocation): remaining now and usage charged in
         (now − window_start_days, now]."""
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        async with self.reading() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             await self.require_account(conn, account)
             now = await conn.fetchval("SELECT now()")
             start = await conn.fetchval("SELECT $1::timestamptz - make_interval(days => $2)", now, window_start_days)

@@ -38,7 +38,7 @@ class UsageQueries(Queries):
         """The newest `limit` records (group_by None) or the top `limit` groups, with the totals of all
         rows the filter matches (`individual_only`: only charges to individual balances)."""
         filters = (org_id, user_id, service_type, model, start, end, individual_only)
-        async with self.pool.acquire() as conn:
+        async with self.reading() as conn:
             totals = await conn.fetchrow(USAGE_TOTALS_SQL, *filters)
             if group_by is None:
                 rows = await conn.fetch(USAGE_RECORDS_SQL, *filters, limit)
