@@ -4,14 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_DEPS := clients/node/node_modules/.installed
+PATRONI := .patroni/.installed
 OIDC_DEPS := tests/oidc/node_modules/.installed
 
-.PHONY: run test mutate proto bench lint fmt clean node-deps oidc-deps chromium
+.PHONY: run test mutate proto bench lint fmt clean node-deps oidc-deps chromium patroni etcd
 
 run: $(STAMP)  ## embedded PostgreSQL, migrations, demo seed, authority on :50051, REST on :8084
 	$(BIN)/python -m credit_service up
 
-test: lint $(NODE_DEPS) $(OIDC_DEPS) chromium  ## lint, every test (real PostgreSQL, real gRPC servers), then 3 mutants of the day
+test: lint $(NODE_DEPS) $(OIDC_DEPS) chromium patroni  ## lint, every test (real PostgreSQL, real gRPC servers), then 3 mutants of the day
 	$(BIN)/python -m pytest
 	$(BIN)/python -m mutation --rotate 3 --no-baseline
 
@@ -35,7 +36,7 @@ fmt: $(STAMP)  ## sort imports and apply ruff's safe fixes
 	$(BIN)/ruff check --fix .
 
 clean:  ## remove the virtualenv and all local data
-	rm -rf $(VENV) .data .pytest_cache .hypothesis
+	rm -rf $(VENV) .patroni .data .pytest_cache .hypothesis
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -60,3 +61,18 @@ $(OIDC_DEPS): tests/oidc/package.json tests/oidc/package-lock.json
 chromium:  ## Debian's headless Chromium for the console's browser tests (apt, only when /usr/bin/chromium is missing)
 	@test -x /usr/bin/chromium || { echo "installing Debian's chromium (the console's browser tests need it)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+patroni: etcd $(PATRONI)  ## etcd and Patroni for the HA failover test (tests/faults/test_patroni_failover.py)
+
+# Patroni runs as PostgreSQL's unprivileged system user, who cannot execute the project's interpreter when it
+# lives under /root (pyenv): its own virtualenv of Debian's /usr/bin/python3, pinned by requirements.txt.
+$(PATRONI): deploy/patroni/requirements.txt
+	@test -x /usr/bin/python3 && /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || { echo "installing Debian's python3-venv (Patroni's virtualenv needs it)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv; }
+	test -x .patroni/bin/python || /usr/bin/python3 -m venv .patroni
+	.patroni/bin/python -m pip install --quiet -r deploy/patroni/requirements.txt
+	touch $(PATRONI)
+
+etcd:  ## Debian's etcd 3.4 (apt, only when /usr/bin/etcd is missing): Patroni's consensus store
+	@test -x /usr/bin/etcd || { echo "installing Debian's etcd-server (the Patroni failover test needs it)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server; }

@@ -85,6 +85,24 @@ def failover(f: Figures) -> str:
             f"served after the promotion; {failed(f)}; {money(f)}")
 
 
+def patroni(f: Figures) -> str:
+    return (f"{n(f['commits_acknowledged_at_kill'])} Commits acknowledged at the kill, "
+            f"{f['lost_acknowledged_before_kill']} of them missing afterwards; {f['new_primary']} promoted by "
+            f"Patroni; longest time without an OK Reserve {f['longest_gap_without_an_ok_reserve_s']} s, ending "
+            f"{f['reserves_back_after_kill_s']} s after the kill (same authority process, never restarted); "
+            f"{f['old_primary']} back as {f['old_primary_now']} ({f['old_primary_state']}) "
+            f"{f['rejoined_as_sync_standby_after_kill_s']} s after the kill; gRPC: "
+            f"{n(f['grpc_commits_acknowledged'])} Commits acknowledged, errors {counts(f['grpc_errors'])}, "
+            f"{abandoned(f)}; {rest(f)}; {n(f['upstream_calls'])} model calls = "
+            f"{n(f['rest_statuses'].get('200', 0))} REST 200s; {failed(f)}; {money(f)}")
+
+
+PATRONI_SETUP = ("etcd and two Patroni nodes from `deploy/patroni/` (synchronous mode, ttl 10 s, loop_wait 1 s, "
+                 "retry_timeout 4 s, primary_start_timeout 0), one authority on a multi-host `DATABASE_URL` "
+                 "(`target_session_attrs=read-write`) and the REST service; 4 gRPC workers (each call retried "
+                 "with the same request for up to 60 s) and 2 REST workers; ")
+
+
 def duplicate_delivery(f: Figures) -> str:
     codes: dict[str, int] = {}
     for key, value in f["answers"].items():
@@ -136,9 +154,19 @@ ROWS: dict[str, tuple[str, Callable[[Figures], str]]] = {
         "every connection closed, new ones refused for 0.2, 0.7 and 1.5 s; the authority's access log and the "
         "database reconciled with the client's answers", connection_cut),
     "failover: SIGKILL primary, promote synchronous standby": (
-        "failover | a primary and a synchronous streaming standby (`synchronous_commit = on`), 8 gRPC workers "
+        "manual failover (still supported: docs/operations.md) | a primary and a synchronous streaming standby "
+        "(`synchronous_commit = on`), 8 gRPC workers "
         "(each call abandoned at its first error), `SIGKILL` the primary, promote the standby, point a new "
         "authority at it, the same client goes on; its record reconciled with the promoted standby", failover),
+    "Patroni failover: SIGKILL the primary's PostgreSQL": (
+        "Patroni failover, PostgreSQL killed | " + PATRONI_SETUP + "`SIGKILL` the primary's postmaster; no step "
+        "of the test promotes, repoints or restarts anything; wait until the old primary streams as the "
+        "synchronous standby, 2 s more load; both loads reconciled with the new primary", patroni),
+    "Patroni failover: SIGKILL the primary's Patroni": (
+        "Patroni failover, Patroni killed | " + PATRONI_SETUP + "`SIGKILL` the primary's Patroni (its PostgreSQL "
+        "runs on, unable to acknowledge a commit once the standby is promoted); the supervisor starts Patroni "
+        "again once the other node holds the leader key; wait until the old primary streams as the synchronous "
+        "standby, 2 s more load; both loads reconciled with the new primary", patroni),
     "duplicate delivery (each mutating RPC 4x)": (
         "duplicate delivery | every mutating RPC (create user/org, add member, top-up, allocation, grant, Reserve, "
         "Commit, Release) delivered 4 times at random points; each replay's answer compared with the first; "

@@ -1,0 +1,163 @@
+"""Failover with no operator: etcd and a Patroni cluster of two nodes (synchronous mode) from the
+committed deploy/patroni/ files, one authority process on a multi-host DATABASE_URL
+(target_session_attrs=read-write) and the REST service, load through both; then SIGKILL the
+primary's PostgreSQL (case 1) or its Patroni (case 2). Nothing in the test promotes anything:
+Patroni elects the synchronous standby, the authority finds it by itself, and the old primary
+rejoins as the new synchronous standby (pg_rewind). Every acknowledged charge is there exactly once.
+
+Case 2 models a Patroni process that dies and is started again by its supervisor once the other
+node has taken over (the leader key expired after the DCS ttl): without a watchdog its PostgreSQL
+keeps running as a primary meanwhile, but synchronous mode leaves it unable to acknowledge a commit,
+and the restarted Patroni demotes and rewinds it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import grpc
+import openai
+import pytest
+from conftest import AuthorityProcess, Stub
+from invariants import assert_invariants
+
+from credit.v1 import admin_pb2_grpc
+from credit_service.migrate import migrate
+
+from .conftest import InferenceProcess, RestRecord, admin_world, make_key, outbox_count, reconcile_rest, report
+from .load import LoadRecord, Problems, failure_text, grpc_worker, reconcile
+from .patroni_cluster import PatroniCluster
+
+MESSAGES = [{"role": "user", "content": "Hello"}]
+SETTLED = "SELECT (SELECT count(*) FROM reservations WHERE status = 'held') + " \
+          "(SELECT coalesce(sum(held_mc), 0) FROM allocations)"
+LOST = "gRPC: acknowledged commit not charged exactly once with its amount (lost)"
+
+
+async def _reserve_times(record: LoadRecord, stop: asyncio.Event, times: list[float]) -> None:
+    """When Reserves were answered OK (sampled every 20 ms)."""
+    seen = 0
+    while not stop.is_set():
+        if len(record.reserved) > seen:
+            seen = len(record.reserved)
+            times.append(time.monotonic())
+        await asyncio.sleep(0.02)
+
+
+def _longest_gap(times: list[float], since: float) -> tuple[float, float]:
+    """(seconds without an OK Reserve, seconds from `since` until the first OK Reserve after that gap)."""
+    after = [since] + [t for t in times if t > since]
+    gaps = [(b - a, b) for a, b in zip(after, after[1:], strict=False)]
+    if not gaps:
+        return -1.0, -1.0
+    gap, end = max(gaps)
+    return round(gap, 2), round(end - since, 2)
+
+
+async def _kill(cluster: PatroniCluster, old: str, what: str) -> None:
+    node = cluster.node(old)
+    if what == "postgres":
+        node.kill_postgres()  # Patroni (primary_start_timeout 0) fails over instead of restarting it
+        return
+    node.kill_patroni()
+    deadline = time.monotonic() + 60
+    while await asyncio.to_thread(cluster.leader) in (None, old):
+        if time.monotonic() > deadline:
+            raise RuntimeError("no other node took the leader key after the old leader's Patroni died")
+        await asyncio.sleep(0.2)
+    node.start()  # its supervisor starts it again: it finds another leader, demotes and rewinds
+
+
+@pytest.mark.parametrize("what", ["postgres", "patroni"])
+async def test_patroni_fails_over_by_itself_and_loses_no_acknowledged_charge(what, tokens, models_file, upstream):
+    cluster = await asyncio.to_thread(PatroniCluster().start)
+    authority: AuthorityProcess | None = None
+    inference: InferenceProcess | None = None
+    try:
+        await migrate(cluster.url)
+        authority = AuthorityProcess(cluster.url, tokens).start()
+        inference = InferenceProcess(authority, tokens.spend, models_file,
+                                     {"INFERENCE_RESERVE_TTL_SECONDS": "3"}).start()
+        await _run(cluster, authority, inference, what, tokens, upstream)
+    finally:
+        if inference is not None:
+            inference.stop()
+        if authority is not None:
+            authority.stop(kill=True)
+        await asyncio.to_thread(cluster.stop)
+
+
+async def _run(cluster: PatroniCluster, authority: AuthorityProcess, inference: InferenceProcess, what: str,
+               tokens, upstream) -> None:
+    with grpc.insecure_channel(authority.addr) as channel:
+        world = admin_world(channel, tokens)
+        org, grpc_user = world.funded_member(allocation_mc=100_000_000)
+        _, rest_user = world.funded_member(allocation_mc=100_000_000)
+        key, _ = make_key(Stub(admin_pb2_grpc.CreditAdminStub(channel), tokens.admin), rest_user)
+    client = openai.AsyncOpenAI(base_url=inference.base_url, api_key=key, max_retries=0, timeout=60)
+    record, rest, stop, reserves = LoadRecord(), RestRecord(), asyncio.Event(), []
+    upstream_before = upstream.calls["up-chat"]
+
+    async def rest_worker():
+        while not stop.is_set():
+            if await rest.chat(client, "up-chat", MESSAGES) != 200:
+                await asyncio.sleep(0.05)
+
+    # A careful client: a call is retried with the same request for up to 60 s (it never gives up here).
+    workers = [asyncio.create_task(grpc_worker(authority.addr, tokens.spend, grpc_user, org, stop, record,
+                                               patience=60.0)) for _ in range(4)]
+    workers += [asyncio.create_task(rest_worker()) for _ in range(2)]
+    workers.append(asyncio.create_task(_reserve_times(record, stop, reserves)))
+    await asyncio.sleep(2.0)
+    old = await asyncio.to_thread(cluster.leader)
+    acknowledged_at_kill = dict(record.acknowledged)
+    killed_at = time.monotonic()
+    await _kill(cluster, old, what)
+    new, sync = await asyncio.to_thread(cluster.wait_healthy, 120, old)
+    rejoined_after = round(time.monotonic() - killed_at, 2)
+    await asyncio.sleep(2.0)  # load goes on against the new primary with its new synchronous standby
+    stop.set()
+    await asyncio.gather(*workers)
+    gap, back_after = _longest_gap(reserves, killed_at)
+    members = await asyncio.to_thread(cluster.members)
+    outcome = {"killed": what, "old_primary": old, "new_primary": new, "old_primary_now": members[old]["role"],
+               "old_primary_state": members[old]["state"], "commits_acknowledged_at_kill": len(acknowledged_at_kill),
+               "longest_gap_without_an_ok_reserve_s": gap, "reserves_back_after_kill_s": back_after,
+               "rejoined_as_sync_standby_after_kill_s": rejoined_after,
+               "upstream_calls": upstream.calls["up-chat"] - upstream_before}
+    db = await asyncpg.connect(cluster.url)
+    try:
+        deadline = time.monotonic() + 30  # the holds of abandoned calls expire (3 s) and are swept
+        while time.monotonic() < deadline and (await db.fetchval(SETTLED) or outbox_count(inference)):
+            await asyncio.sleep(0.2)
+        figures, problems = await reconcile(db, record, grpc_user)
+        rest_figures, rest_problems = await reconcile_rest(db, rest, rest_user, inference)
+        _judge(outcome, problems | rest_problems, figures | rest_figures, acknowledged_at_kill, sync, len(rest.ok()))
+        await assert_invariants(db)
+    finally:
+        await db.close()
+
+
+def _judge(outcome: dict, problems: Problems, figures: dict, acknowledged_at_kill: dict, sync: str,
+           rest_ok: int) -> None:
+    """Reports the run's figures (FAULT-FIGURES) and fails on any problem."""
+    lost_before_kill = [line for line in problems[LOST] if line.split()[0] in acknowledged_at_kill]
+    problems["gRPC: commit acknowledged before the kill missing afterwards"] = lost_before_kill
+    problems["no commit acknowledged before the kill"] = [] if acknowledged_at_kill else ["none"]
+    problems["no Reserve succeeded after the failover"] = [] if outcome["reserves_back_after_kill_s"] > 0 else [
+        "none"]
+    problems["the old primary did not rejoin as the synchronous standby"] = [] if sync == outcome["old_primary"] \
+        else [f"synchronous standby {sync}"]
+    problems["REST answers other than 200 and 503"] = [
+        f"{status}: {n}" for status, n in figures["rest_statuses"].items() if status not in ("200", "503")]
+    problems["a model was called without a hold (upstream calls != REST 200s)"] = [] if \
+        outcome["upstream_calls"] == rest_ok else [f"upstream={outcome['upstream_calls']} rest_200={rest_ok}"]
+    killed = "PostgreSQL" if outcome["killed"] == "postgres" else "Patroni"
+    report(f"Patroni failover: SIGKILL the primary's {killed}", **outcome,
+           lost_acknowledged_before_kill=len(lost_before_kill), **figures,
+           lost=figures["grpc_lost"] + figures["rest_lost"],
+           charged_twice=figures["grpc_charged_twice"] + figures["rest_charged_twice"],
+           failed_checks={name: len(found) for name, found in problems.items() if found})
+    if verdict := failure_text(problems):
+        pytest.fail(verdict, pytrace=False)
