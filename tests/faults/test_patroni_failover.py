@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 
 import asyncpg
 import grpc
 import openai
 import pytest
-from conftest import AuthorityProcess, Stub
+from conftest import AuthorityProcess, Stub, free_port
 from invariants import assert_invariants
 
-from credit.v1 import admin_pb2_grpc
+from credit.v1 import admin_pb2, admin_pb2_grpc
+from credit_service.embedded_db import DATABASE_NAME
 from credit_service.migrate import migrate
 
 from .conftest import InferenceProcess, RestRecord, admin_world, make_key, outbox_count, reconcile_rest, report
@@ -33,6 +35,9 @@ MESSAGES = [{"role": "user", "content": "Hello"}]
 SETTLED = "SELECT (SELECT count(*) FROM reservations WHERE status = 'held') + " \
           "(SELECT coalesce(sum(held_mc), 0) FROM allocations)"
 LOST = "gRPC: acknowledged commit not charged exactly once with its amount (lost)"
+# The authority's own connections on a node (the read pool's, on the standby).
+CLIENTS = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() " \
+          "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
 
 
 async def _reserve_times(record: LoadRecord, stop: asyncio.Event, times: list[float]) -> None:
@@ -76,7 +81,11 @@ async def test_patroni_fails_over_by_itself_and_loses_no_acknowledged_charge(wha
     inference: InferenceProcess | None = None
     try:
         await migrate(cluster.url)
-        authority = AuthorityProcess(cluster.url, tokens).start()
+        # Slow reads on the standby: the same hosts, any that is a standby first (DATABASE_READ_URL).
+        read_url = cluster.url.replace("target_session_attrs=read-write", "target_session_attrs=prefer-standby")
+        authority = AuthorityProcess(cluster.url, tokens, {
+            "DATABASE_READ_URL": read_url, "CREDIT_METRICS_PORT": str(free_port()),
+            "CREDIT_READ_LAG_INTERVAL_SECONDS": "0.5"}).start()
         inference = InferenceProcess(authority, tokens.spend, models_file,
                                      {"INFERENCE_RESERVE_TTL_SECONDS": "3"}).start()
         await _run(cluster, authority, inference, what, tokens, upstream)
@@ -111,6 +120,7 @@ async def _run(cluster: PatroniCluster, authority: AuthorityProcess, inference: 
     workers.append(asyncio.create_task(_reserve_times(record, stop, reserves)))
     await asyncio.sleep(2.0)
     old = await asyncio.to_thread(cluster.leader)
+    replica_reads = await _replica_reads(cluster, authority, tokens, grpc_user, old)
     acknowledged_at_kill = dict(record.acknowledged)
     killed_at = time.monotonic()
     await _kill(cluster, old, what)
@@ -125,7 +135,7 @@ async def _run(cluster: PatroniCluster, authority: AuthorityProcess, inference: 
                "old_primary_state": members[old]["state"], "commits_acknowledged_at_kill": len(acknowledged_at_kill),
                "longest_gap_without_an_ok_reserve_s": gap, "reserves_back_after_kill_s": back_after,
                "rejoined_as_sync_standby_after_kill_s": rejoined_after,
-               "upstream_calls": upstream.calls["up-chat"] - upstream_before}
+               "upstream_calls": upstream.calls["up-chat"] - upstream_before, **replica_reads}
     db = await asyncpg.connect(cluster.url)
     try:
         deadline = time.monotonic() + 30  # the holds of abandoned calls expire (3 s) and are swept
@@ -139,9 +149,40 @@ async def _run(cluster: PatroniCluster, authority: AuthorityProcess, inference: 
         await db.close()
 
 
+async def _replica_reads(cluster: PatroniCluster, authority: AuthorityProcess, tokens, user_id: str,
+                         leader: str | None) -> dict:
+    """Before the kill: a usage query answered by the authority, its read pool's connections on the standby
+    (not the primary), and the standby's replay lag as the authority exports it."""
+    def query_usage() -> admin_pb2.QueryUsageResponse:
+        with grpc.insecure_channel(authority.addr) as channel:
+            admin = Stub(admin_pb2_grpc.CreditAdminStub(channel), tokens.admin)
+            return admin.QueryUsage(admin_pb2.QueryUsageRequest(user_id=user_id))
+
+    usage = await asyncio.to_thread(query_usage)
+    standby = next(node for node in cluster.nodes if node.name != leader)
+    conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{standby.pg_port}/{DATABASE_NAME}")
+    try:
+        in_recovery, clients = await conn.fetchval("SELECT pg_is_in_recovery()"), await conn.fetchval(CLIENTS)
+    finally:
+        await conn.close()
+    port = authority.extra_env["CREDIT_METRICS_PORT"]
+    with await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    lag = [float(line.split()[-1]) for line in text.splitlines()
+           if line.startswith("credit_read_replica_lag_seconds ")]
+    return {"usage_rows_read_on_standby": usage.total_requests, "standby_in_recovery": in_recovery,
+            "authority_connections_on_standby": clients, "read_replica_lag_s": lag[0] if lag else None}
+
+
 def _judge(outcome: dict, problems: Problems, figures: dict, acknowledged_at_kill: dict, sync: str,
            rest_ok: int) -> None:
     """Reports the run's figures (FAULT-FIGURES) and fails on any problem."""
+    problems["slow reads not on the standby (DATABASE_READ_URL, prefer-standby)"] = [] if (
+        outcome["standby_in_recovery"] and outcome["authority_connections_on_standby"]) else [
+        f"standby in recovery: {outcome['standby_in_recovery']}, "
+        f"authority connections there: {outcome['authority_connections_on_standby']}"]
+    problems["the standby's replay lag not exported (credit_read_replica_lag_seconds)"] = [] if \
+        outcome["read_replica_lag_s"] is not None else ["missing"]
     lost_before_kill = [line for line in problems[LOST] if line.split()[0] in acknowledged_at_kill]
     problems["gRPC: commit acknowledged before the kill missing afterwards"] = lost_before_kill
     problems["no commit acknowledged before the kill"] = [] if acknowledged_at_kill else ["none"]
