@@ -8,7 +8,7 @@ import hashlib
 import re
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import timezone
 from typing import Any
@@ -43,32 +43,40 @@ class Caller:
 
 
 class AuthFailures:
-    """Failed key checks per client address in a sliding window: past the limit, 429."""
+    """Failed key checks per client address in a sliding window: past the limit, a failure is answered 429.
 
-    def __init__(self, limit: int, window: float):
-        self._limit = limit
+    Only failures are counted and the key is checked first, so a valid key passes even from an address
+    that is blocked (colleagues behind one NAT as a typing user). Memory is bounded: at most
+    `max_addresses` addresses (least recently failing evicted first) with at most limit + 1 times each;
+    each failure is O(1) work (amortized over the expired times it drops)."""
+
+    def __init__(self, limit: int, window: float, max_addresses: int = 100_000):
+        self._limit = max(limit, 1)
         self._window = window
-        self._seen: dict[str, deque[float]] = {}
+        self._max_addresses = max(max_addresses, 1)
+        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def _recent(self, client: str, now: float) -> deque[float]:
-        times = self._seen.setdefault(client, deque())
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def times_held(self) -> int:
+        """How many failure times are in memory (all addresses): for tests, O(addresses)."""
+        return sum(len(times) for times in self._seen.values())
+
+    def record(self, client: str) -> int:
+        """Counts one failure of `client`; returns seconds until it may fail again unblocked, 0 if not blocked."""
+        now = time.monotonic()
+        times = self._seen.get(client)
+        if times is None:
+            if len(self._seen) >= self._max_addresses:
+                self._seen.popitem(last=False)
+            times = self._seen[client] = deque(maxlen=self._limit + 1)
+        else:
+            self._seen.move_to_end(client)
         while times and times[0] <= now - self._window:
             times.popleft()
-        return times
-
-    def record(self, client: str) -> None:
-        now = time.monotonic()
-        self._recent(client, now).append(now)
-        if len(self._seen) > 100_000:  # bound memory under a spray of addresses
-            self._seen = {c: t for c, t in self._seen.items() if t and t[-1] > now - self._window}
-
-    def blocked_for(self, client: str) -> int:
-        """Seconds until this client may try again; 0 when not blocked."""
-        if client not in self._seen:
-            return 0
-        now = time.monotonic()
-        times = self._recent(client, now)
-        if len(times) < self._limit:
+        times.append(now)
+        if len(times) <= self._limit:
             return 0
         return max(int(times[-self._limit] + self._window - now) + 1, 1)
 
@@ -132,11 +140,6 @@ class InferenceService:
         """The caller: an API key, or (SSO configured) the provider's JWT access token, or, for the
         console's routes (`session`), the signed-in session when no Authorization header is sent."""
         client = request.client.host if request.client else "unknown"
-        retry_after = self.failures.blocked_for(client)
-        if retry_after:
-            raise errors.ApiError(429, "Too many failed authentication attempts from this address; slow down.",
-                                  "rate_limit_error", "too_many_auth_failures",
-                                  headers={"Retry-After": str(retry_after)})
         header = request.headers.get("authorization", "")
         scheme, _, secret = header.partition(" ")
         secret = secret.strip()
@@ -148,8 +151,7 @@ class InferenceService:
         elif not header and session and self.sso is not None and (user_id := self.sso.session_user(request)):
             key, way = ApiKey("", user_id, "", False), "session"
         if key is None:
-            self.failures.record(client)
-            raise errors.unauthorized()
+            raise self._refused(client, errors.unauthorized())
         org_header = request.headers.get("openai-organization", "").strip()
         if org_header and not ID.fullmatch(org_header):
             raise errors.bad_request("OpenAI-Organization must be an organization id", "invalid_organization")
@@ -160,9 +162,19 @@ class InferenceService:
         try:
             return await self.sso.bearer(token, self.client)
         except TokenRefused as refused:
-            self.failures.record(client)
-            raise errors.ApiError(401, str(refused), "authentication_error", "invalid_access_token",
-                                  headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+            refusal = errors.ApiError(401, str(refused), "authentication_error", "invalid_access_token",
+                                      headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise self._refused(client, refusal) from None
+
+    def _refused(self, client: str, error: errors.ApiError) -> errors.ApiError:
+        """A failed key check: counted; past the limit for this address the answer is 429 instead of `error`.
+        Checked after the key, so a valid key is never refused here (it costs one verification, cached)."""
+        retry_after = self.failures.record(client)
+        if not retry_after:
+            return error
+        return errors.ApiError(429, "Too many failed authentication attempts from this address; slow down.",
+                               "rate_limit_error", "too_many_auth_failures",
+                               headers={"Retry-After": str(retry_after)})
 
     def billing(self, caller: Caller, request: Request, body_user: str | None) -> Billing:
         key = caller.key

@@ -245,3 +245,25 @@ def test_repeated_bad_keys_from_one_address_get_429_without_hurting_others(autho
         assert raw.http_response.status_code == 200
     finally:
         inference.stop()
+
+
+def test_a_valid_key_works_from_an_address_blocked_by_someone_elses_typos(authority, tokens, models_file, member):
+    """The NAT case (issue 17): the key is checked before the limiter, which counts only failures, so a
+    colleague's valid key from the blocked address is served while the bad key keeps getting 429."""
+    inference = InferenceProcess(authority, tokens.spend, models_file, {"INFERENCE_AUTH_FAILURE_LIMIT": "3",
+                                                                       "INFERENCE_AUTH_FAILURE_WINDOW_SECONDS": "300"})
+    inference.start()
+    try:
+        shared = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.3"), timeout=10)
+
+        def post(key: str) -> httpx.Response:
+            return shared.post(f"{inference.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                               json={"model": "demo-chat", "messages": MESSAGES})
+
+        typos = [post(f"ck_0123456789abcdef.typo{i}").status_code for i in range(6)]
+        assert typos == [401] * 3 + [429] * 3
+        for _ in range(3):
+            assert post(member.key).status_code == 200
+            assert post("ck_0123456789abcdef.typo").status_code == 429
+    finally:
+        inference.stop()
