@@ -53,6 +53,7 @@ from .validators import (
     require_tokens,
     require_webhook_url,
 )
+from .webhook_policy import require_webhook_target
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,10 @@ class UsageQuery:
 class CreditAuthority:
     """Check, Reserve, Commit, Release, balances and administration."""
 
-    def __init__(self, storage: Storage, *, default_ttl_seconds: int = 600, max_ttl_seconds: int = 3600):
+    def __init__(self, storage: Storage, *, default_ttl_seconds: int = 600, max_ttl_seconds: int = 3600,
+                 webhook_http_hosts: frozenset[str] = frozenset()):
         self._storage = storage
+        self._webhook_http_hosts = webhook_http_hosts  # CREDIT_WEBHOOK_HTTP_HOSTS (credit_service/webhook_policy.py)
         self._default_ttl = default_ttl_seconds
         self._max_ttl = max_ttl_seconds
 
@@ -306,6 +309,7 @@ class CreditAuthority:
             if not MIN_WEBHOOK_SECRET <= len(secret) <= MAX_WEBHOOK_SECRET:
                 raise InvalidArgument("secret", f"must be {MIN_WEBHOOK_SECRET} to {MAX_WEBHOOK_SECRET} characters")
             require_label("secret", secret, MAX_WEBHOOK_SECRET)
+            await require_webhook_target(url, self._webhook_http_hosts)
         elif secret:
             raise InvalidArgument("secret", "must be empty when the url is (removing the webhook)")
         return await self._storage.set_alert_webhook(org_id, url, secret)

@@ -89,7 +89,10 @@ class AlertSettings(FromEnvironment):
     retry_base_seconds: float = setting("CREDIT_ALERT_RETRY_BASE_SECONDS", 1.0)
     retry_max_seconds: float = setting("CREDIT_ALERT_RETRY_MAX_SECONDS", 300.0)
     max_attempts: int = setting("CREDIT_ALERT_MAX_ATTEMPTS", 8)
-    timeout_seconds: float = setting("CREDIT_ALERT_TIMEOUT_SECONDS", 5.0)
+    timeout_seconds: float = setting("CREDIT_ALERT_TIMEOUT_SECONDS", 5.0)  # total deadline of one attempt
+    max_concurrent_per_org: int = setting("CREDIT_ALERT_MAX_CONCURRENT_PER_ORG", 2)
+    # hosts a webhook may reach over plain http, trusted whatever they resolve to (comma-separated)
+    webhook_http_hosts: str = setting("CREDIT_WEBHOOK_HTTP_HOSTS", "")
     poll_seconds: float = setting("CREDIT_ALERT_POLL_SECONDS", 5.0)  # safety net: look even without a notification
     lease_seconds: float = 60.0  # an alert being sent is skipped by other replicas this long (not configurable)
 

@@ -225,4 +225,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "credit_service/storage/__init__.py", "command_timeout=command_timeout, max_inactive_connection_lifetime=60,"
            " server_settings=settings,", "command_timeout=command_timeout, max_inactive_connection_lifetime=60,",
            READ_POOL),
+    # ---- tenant-facing hardening (issue #17) ----
+    mutant("webhook-delivery-address-unchecked", "a delivery trusts every host: a name that resolves to a private "
+           "address since it was saved is connected to", "credit_service/jobs/webhook_post.py",
+           "await checked_addresses(url, http_hosts, resolver)",
+           "await checked_addresses(url, http_hosts | {urlsplit(url).hostname or ''}, resolver)",
+           "tests/test_webhook_safety.py"),
 )

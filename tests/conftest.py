@@ -108,7 +108,8 @@ class AuthorityProcess:
         self.port = port or free_port()
         env = {**os.environ, "DATABASE_URL": self.database_url, "CREDIT_LISTEN_ADDR": self.addr,
                "CREDIT_AUTH_TOKENS": self.tokens.env(), "CREDIT_SWEEP_INTERVAL_SECONDS": "0.2",
-               "CREDIT_DB_POOL_MAX": "10", "CREDIT_METRICS_PORT": "0", **self.extra_env}
+               "CREDIT_DB_POOL_MAX": "10", "CREDIT_METRICS_PORT": "0",
+               "CREDIT_WEBHOOK_HTTP_HOSTS": "127.0.0.1,hooks.example.test", **self.extra_env}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "credit_service", "serve"], env=env,
                                      stdout=log, stderr=log, cwd=ROOT)

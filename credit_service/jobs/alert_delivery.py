@@ -29,8 +29,6 @@ import json
 import logging
 import random
 import time
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from datetime import timezone
 
@@ -42,6 +40,8 @@ from ..reports import DEFAULT_WINDOW_DAYS as FORECAST_WINDOW_DAYS
 from ..reports import Reports
 from ..settings import AlertSettings
 from ..storage import Storage
+from ..webhook_policy import Resolver, parse_hosts, system_resolver
+from .webhook_post import post
 
 log = logging.getLogger("credit_service.alerts")
 
@@ -100,34 +100,15 @@ def retry_delay(attempt: int, settings: AlertSettings) -> float | None:
     return delay * random.uniform(0.8, 1.2)
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # a 3xx is an answer, not a place to send the body
-        return None
-
-
-# No proxies from the environment, no redirects: the POST goes where the org said, or fails.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects)
-
-
-def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int | None, str]:
-    """One blocking POST; (status code or None, error text or "")."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            response.read(64 * 1024)
-            return response.status, ""
-    except urllib.error.HTTPError as error:
-        return error.code, f"HTTP {error.code} {error.reason}"[:300]
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
-        return None, f"{type(error).__name__}: {reason}"[:300]
-
-
 class AlertWorker:
-    def __init__(self, database_url: str, storage: Storage, settings: AlertSettings):
+    def __init__(self, database_url: str, storage: Storage, settings: AlertSettings,
+                 resolver: Resolver = system_resolver):
         self._database_url = database_url
         self._storage = storage
         self._settings = settings
+        self._http_hosts = parse_hosts(settings.webhook_http_hosts)
+        self._resolver = resolver
+        self._per_org: dict[str, asyncio.Semaphore] = {}  # at most max_concurrent_per_org deliveries an org
         self._reports = Reports(storage)
         self._wake = asyncio.Event()
         self.delivered = 0
@@ -187,12 +168,13 @@ class AlertWorker:
                    SIGNATURE_HEADER: sign(due.webhook_secret, body), "X-Credit-Event": EVENT_TYPE,
                    "X-Credit-Event-Id": f"{event.org_id}:{event.event_id}",
                    "X-Credit-Delivery-Attempt": str(attempt)}
-        started = time.monotonic()
-        status, error = await asyncio.to_thread(post, due.webhook_url, body, headers, self._settings.timeout_seconds)
-        duration_ms = int((time.monotonic() - started) * 1000)
+        slots = self._per_org.setdefault(event.org_id, asyncio.Semaphore(self._settings.max_concurrent_per_org))
+        async with slots:
+            started = time.monotonic()
+            status, error = await post(due.webhook_url, body, headers, deadline=self._settings.timeout_seconds,
+                                       http_hosts=self._http_hosts, resolver=self._resolver)
+            duration_ms = int((time.monotonic() - started) * 1000)
         delivered = status is not None and 200 <= status < 300
-        if not delivered and not error:
-            error = f"HTTP {status}"
         retry_in = None if delivered else retry_delay(attempt, self._settings)
         await self._storage.record_alert_delivery(event.org_id, event.event_id, attempt, due.webhook_url,
                                                   status, "" if delivered else error, duration_ms, delivered,

@@ -28,6 +28,7 @@ from ..rate_limits import RateLimits
 from ..reports import Reports
 from ..settings import Settings
 from ..storage import Storage
+from ..webhook_policy import parse_hosts
 from .rpc import DATABASE_DOWN, MAX_MESSAGE_BYTES
 from .servicers import AdminServicer, AuthorityServicer
 
@@ -60,7 +61,8 @@ def _bind(server: grpc.aio.Server, settings: Settings) -> int:
 async def start_server(settings: Settings, storage: Storage,
                        auth: TokenAuthenticator) -> tuple[grpc.aio.Server, int, Sweeper]:
     authority = CreditAuthority(storage, default_ttl_seconds=settings.default_ttl_seconds,
-                                max_ttl_seconds=settings.max_ttl_seconds)
+                                max_ttl_seconds=settings.max_ttl_seconds,
+                                webhook_http_hosts=parse_hosts(settings.alerts.webhook_http_hosts))
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.so_reuseport", 1 if settings.reuse_port else 0)])
     authority_pb2_grpc.add_CreditAuthorityServicer_to_server(AuthorityServicer(authority, auth, settings.access_log),

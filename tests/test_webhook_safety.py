@@ -1,0 +1,144 @@
+"""Webhooks cannot be pointed at the authority's own network (issue 17): refused at save for non-public
+addresses, refused again at delivery when the name resolves differently by then (before any connection),
+and a receiver that drips its answer is cut off at the total deadline while another org's alert arrives.
+No test here connects to anything but 127.0.0.1: the resolver is replaced in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import asyncpg
+import grpc
+import pytest
+
+from credit.v1 import admin_pb2
+from credit_service.errors import InvalidArgument
+from credit_service.jobs import alert_delivery, webhook_post
+from credit_service.jobs.alert_delivery import AlertWorker
+from credit_service.migrate import migrate
+from credit_service.settings import AlertSettings
+from credit_service.storage import Storage
+from credit_service.webhook_policy import require_webhook_target
+
+REFUSED_AT_SAVE = ["https://localhost/h", "https://127.0.0.2/h", "https://[::1]/h", "https://10.1.2.3/h",
+                   "https://172.16.0.9/h", "https://192.168.1.1/h", "https://169.254.169.254/latest/meta-data",
+                   "https://[fd00:ec2::254]/h", "https://[fe80::1]/h", "https://224.0.0.1/h", "https://0.0.0.0/h",
+                   "https://[::ffff:10.0.0.1]/h", "http://198.51.100.7/h"]
+
+
+def test_webhooks_to_non_public_addresses_or_plain_http_are_refused_at_save(authority, world, admin):
+    org_id = world.org(1_000)
+    for url in REFUSED_AT_SAVE:
+        with pytest.raises(grpc.RpcError) as raised:
+            admin.SetAlertWebhook(admin_pb2.SetAlertWebhookRequest(org_id=org_id, url=url, secret="s" * 20))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, url
+        assert raised.value.details().startswith("url:"), (url, raised.value.details())
+
+
+def _resolves_to(address: str):
+    async def resolver(host: str, port: int) -> list[str]:
+        return [address]
+    return resolver
+
+
+@pytest.fixture
+async def alert_db(database_url):
+    name = f"hooks_{uuid.uuid4().hex[:8]}"
+    admin_conn = await asyncpg.connect(database_url)
+    await admin_conn.execute(f'CREATE DATABASE "{name}"')
+    url = database_url.rsplit("/", 1)[0] + "/" + name
+    try:
+        await migrate(url)
+        storage = await Storage.connect(url, 1, 4)
+        conn = await asyncpg.connect(url)
+        try:
+            yield url, storage, conn
+        finally:
+            await conn.close()
+            await storage.close()
+    finally:
+        await admin_conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin_conn.close()
+
+
+async def _due_alert(storage: Storage, conn, org_id: str, url: str) -> None:
+    await conn.execute("INSERT INTO organizations (org_id) VALUES ($1)", org_id)
+    await conn.execute("INSERT INTO org_pools (org_id) VALUES ($1)", org_id)
+    await storage.set_alert_webhook(org_id, url, "s" * 24)
+    await conn.execute("""INSERT INTO alert_events (org_id, threshold_id, kind, value, threshold_mc, limit_mc,
+                                                    remaining_mc, next_attempt_at)
+                          VALUES ($1, 1, 'absolute', 1, 1, 1, 1, now() - interval '1 second')""", org_id)
+
+
+async def _errors(conn, org_id: str) -> list[str]:
+    return [r["error"] for r in await conn.fetch("SELECT error FROM alert_deliveries WHERE org_id = $1", org_id)]
+
+
+async def test_a_name_resolving_to_a_private_address_at_delivery_is_refused_before_any_connect(
+        alert_db, monkeypatch):
+    url, storage, conn = alert_db
+    hook = "https://hooks.rebinding.test/alert"
+    await require_webhook_target(hook, frozenset(), _resolves_to("93.184.215.14"))  # public at save
+    with pytest.raises(InvalidArgument):
+        await require_webhook_target(hook, frozenset(), _resolves_to("10.0.0.7"))
+    await _due_alert(storage, conn, "rebound", hook)
+    connects: list[tuple] = []
+
+    async def no_connect(*args, **kwargs):
+        connects.append(args)
+        raise AssertionError("connected")
+    monkeypatch.setattr(webhook_post.asyncio, "open_connection", no_connect)
+    for private in ("10.0.0.7", "127.0.0.1", "169.254.169.254", "fd00:ec2::254"):
+        worker = AlertWorker(url, storage, AlertSettings(max_attempts=10), _resolves_to(private))
+        await conn.execute("UPDATE alert_events SET next_attempt_at = now() - interval '1 second', lease_until = NULL")
+        await worker.run_once()
+    assert connects == []
+    assert await _errors(conn, "rebound") == ["refused_address"] * 4
+
+
+async def _drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(65536)
+    try:
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(1)
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+async def test_a_dripping_receiver_is_cut_off_at_the_deadline_while_another_orgs_alert_arrives(alert_db):
+    url, storage, conn = alert_db
+    arrived: list[float] = []
+
+    async def quick(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        arrived.append(time.monotonic())
+        writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+    drip = await asyncio.start_server(_drip, "127.0.0.1", 0)
+    fine = await asyncio.start_server(quick, "127.0.0.1", 0)
+    try:
+        await _due_alert(storage, conn, "dripping", f"http://127.0.0.1:{drip.sockets[0].getsockname()[1]}/h")
+        await _due_alert(storage, conn, "waiting", f"http://127.0.0.1:{fine.sockets[0].getsockname()[1]}/h")
+        deadline = 2.0
+        worker = AlertWorker(url, storage, AlertSettings(timeout_seconds=deadline, webhook_http_hosts="127.0.0.1"))
+        started = time.monotonic()
+        await worker.run_once()
+        took = time.monotonic() - started
+    finally:
+        drip.close()
+        fine.close()
+    assert took < deadline + 3, f"the dripping delivery was not cut off at its deadline: {took:.1f}s"
+    assert await _errors(conn, "dripping") == ["timeout"]
+    assert await _errors(conn, "waiting") == [""]
+    assert arrived and arrived[0] - started < deadline, "the other org's alert waited for the dripping one"
+
+
+def test_the_alert_worker_uses_the_policy_client():
+    assert alert_delivery.post is webhook_post.post
