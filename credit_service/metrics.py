@@ -30,6 +30,6 @@ BATCH_SIZE = Histogram("credit_hot_path_batch_size", "Operations per hot-path tr
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> None:
+def serve(port: int, addr: str = "127.0.0.1") -> None:
     if port:
         start_http_server(port, addr)

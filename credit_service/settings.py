@@ -138,6 +138,8 @@ class Settings(FromEnvironment):
     auth_tokens_file: str = setting("CREDIT_AUTH_TOKENS_FILE", "")  # same format, one entry a line
     migrate_on_start: bool = setting("CREDIT_MIGRATE_ON_START", True)
     metrics_port: int = setting("CREDIT_METRICS_PORT", 9464)  # Prometheus endpoint; 0 = off
+    # the Prometheus endpoint's address: loopback unless an operator opens it (0.0.0.0 = all interfaces)
+    metrics_host: str = setting("CREDIT_METRICS_HOST", "127.0.0.1")
     # one JSON line per RPC (method, code, ms, request id)
     access_log: bool = setting("CREDIT_ACCESS_LOG", True)
     # several authority processes may share one port (kernel balances connections)

@@ -9,6 +9,8 @@ durable outbox if need be, and a stream cut by the client is still charged.
 
 from __future__ import annotations
 
+import ipaddress
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -48,6 +50,14 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
+def from_loopback(request: Request) -> bool:
+    """Whether the request's peer is this machine (127.0.0.0/8, ::1)."""
+    try:
+        return request.client is not None and ipaddress.ip_address(request.client.host).is_loopback
+    except ValueError:
+        return False
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     skip_unobserved_success_logging()
@@ -73,7 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(credits.router)
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics():
+    async def prometheus_metrics(request: Request):
+        if not settings.metrics_remote and not from_loopback(request):  # as if there were no such page
+            raise StarletteHTTPException(404, "Not Found")
         metrics.OUTBOX_PENDING.set(service.client.outbox.count())
         metrics.OUTBOX_REFUSED.set(service.client.outbox.refused_count())
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

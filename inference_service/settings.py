@@ -73,6 +73,8 @@ class Settings(FromEnvironment):
     auth_failure_limit: int = setting("INFERENCE_AUTH_FAILURE_LIMIT", 20)
     # … before that address gets 429
     auth_failure_window_seconds: float = setting("INFERENCE_AUTH_FAILURE_WINDOW_SECONDS", 60.0)
+    # /metrics answers only clients on loopback (404 to others) unless true: for a scraper on another host
+    metrics_remote: bool = setting("INFERENCE_METRICS_REMOTE", False)
     # Buying credits with Stripe Checkout (docs/payments.md): on only when both secrets are set. The
     # webhook secret only says payments are on here: the authority verifies every event with its own.
     stripe_secret_key: str = setting("STRIPE_SECRET_KEY", "")

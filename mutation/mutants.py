@@ -231,4 +231,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "await checked_addresses(url, http_hosts, resolver)",
            "await checked_addresses(url, http_hosts | {urlsplit(url).hostname or ''}, resolver)",
            "tests/test_webhook_safety.py"),
+    mutant("history-truncate-allowed", "the money history's guard lets TRUNCATE through (0001's gap again)",
+           "migrations/functions/history_is_append_only.sql",
+           "    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP",
+           "    IF TG_OP = 'TRUNCATE' THEN RETURN NULL; END IF;\n"
+           "    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP",
+           "tests/test_append_only.py", function="history_is_append_only"),
 )

@@ -4,6 +4,7 @@ the background jobs (credit_service/jobs/: the expiry sweeper, alert delivery)."
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from ..payments import Payments
 from ..platforms import PlatformCredentials
 from ..rate_limits import RateLimits
 from ..reports import Reports
+from ..secret_box import load_secret_box
 from ..settings import Settings
 from ..storage import Storage
 from ..webhook_policy import parse_hosts
@@ -44,11 +46,26 @@ def _health_reporter(health_servicer: health.aio.HealthServicer) -> Callable[[bo
     return report
 
 
+def is_loopback(listen_addr: str) -> bool:
+    """Whether host:port (host may be [v6], a name or empty) is reachable from this machine only."""
+    host = listen_addr.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # empty (all interfaces) or a name: assume reachable from elsewhere
+        return False
+
+
 def _bind(server: grpc.aio.Server, settings: Settings) -> int:
     """Plaintext, TLS (certificate and key set) or mutual TLS (client CA set too)."""
     if not settings.tls_cert_file:
         if settings.tls_client_ca_file:
             raise ValueError("CREDIT_TLS_CLIENT_CA_FILE needs CREDIT_TLS_CERT_FILE and CREDIT_TLS_KEY_FILE")
+        if not is_loopback(settings.listen_addr):
+            log.warning("PLAINTEXT gRPC on a non-loopback address (%s): tokens and balances cross the network "
+                        "unencrypted; set CREDIT_TLS_CERT_FILE and CREDIT_TLS_KEY_FILE (and CREDIT_TLS_CLIENT_CA_FILE "
+                        "for mutual TLS), or listen on 127.0.0.1", settings.listen_addr)
         return server.add_insecure_port(settings.listen_addr)
     key = Path(settings.tls_key_file).read_bytes()
     cert = Path(settings.tls_cert_file).read_bytes()
@@ -60,6 +77,9 @@ def _bind(server: grpc.aio.Server, settings: Settings) -> int:
 
 async def start_server(settings: Settings, storage: Storage,
                        auth: TokenAuthenticator) -> tuple[grpc.aio.Server, int, Sweeper]:
+    storage.secret_box = load_secret_box(settings.secrets_keys, settings.data_dir)
+    if rewritten := await storage.encrypt_webhook_secrets():
+        log.info("encrypted %d webhook secrets under the first key of CREDIT_SECRETS_KEYS", rewritten)
     authority = CreditAuthority(storage, default_ttl_seconds=settings.default_ttl_seconds,
                                 max_ttl_seconds=settings.max_ttl_seconds,
                                 webhook_http_hosts=parse_hosts(settings.alerts.webhook_http_hosts))
@@ -106,7 +126,7 @@ async def serve(settings: Settings) -> None:
     server, port, sweeper = await start_server(settings, storage, auth)
     # the expiry sweeper, the read pool's gauges, alert delivery
     jobs = start_jobs(sweeper, database_url, storage, settings.alerts, settings.read_lag_interval_seconds)
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.metrics_port, settings.metrics_host)
     host = settings.listen_addr.rsplit(":", 1)[0]
     transport = "mTLS" if settings.tls_client_ca_file else "TLS" if settings.tls_cert_file else "plaintext"
     print(f"credit authority listening on {host}:{port} ({transport})", flush=True)
