@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .authority import CreditAuthority
 from .errors import AlreadyExists
+from .secret_box import write_private
 
 DEMO_ORG = "demo-org"
 DEMO_USER = "demo-user"
@@ -43,15 +44,13 @@ def ensure_tokens(path: Path) -> dict[str, str]:
     """Creates the authority's token file once (DEMO_ROLES) and upgrades one an older version wrote: the
     tokens stay, the roles become DEMO_ROLES (applied when the authority next starts)."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
+        write_private(path,
             "# name:token:roles — read by the authority via CREDIT_AUTH_TOKENS_FILE\n"
             + "".join(f"{name}:{secrets.token_urlsafe(32)}:{roles}\n" for name, roles in DEMO_ROLES.items()))
-        path.chmod(0o600)
     lines = path.read_text().splitlines()
     upgraded = upgrade_token_lines(lines)
     if upgraded != lines:
-        path.write_text("\n".join(upgraded) + "\n")
+        write_private(path, "\n".join(upgraded) + "\n")
     tokens = {}
     for line in path.read_text().splitlines():
         if line and not line.startswith("#"):
@@ -104,6 +103,5 @@ async def seed(authority: CreditAuthority, env_path: Path, tokens: dict[str, str
         "CREDIT_ADMIN_TOKEN": tokens["admin"],
         "CREDIT_AUTHORITY_ADDR": authority_addr,
     }
-    env_path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
-    env_path.chmod(0o600)
+    write_private(env_path, "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))  # mode 0600 from creation
     return env

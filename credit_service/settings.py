@@ -117,6 +117,9 @@ class Settings(FromEnvironment):
 
     database_url: str = setting("DATABASE_URL", "")  # empty: embedded PostgreSQL under data_dir
     data_dir: Path = setting("CREDIT_DATA_DIR", DATA_DIR)
+    # Fernet keys for secrets at rest, comma-separated: the first encrypts, all decrypt (credit_service/secret_box.py);
+    # empty: a key generated once into data_dir/secrets.key (mode 0600)
+    secrets_keys: str = setting("CREDIT_SECRETS_KEYS", "")
     embedded_pg_port: int = setting("CREDIT_EMBEDDED_PG_PORT", 54329)
     listen_addr: str = setting("CREDIT_LISTEN_ADDR", "0.0.0.0:50051")
     db_pool_min: int = setting("CREDIT_DB_POOL_MIN", 2)

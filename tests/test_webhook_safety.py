@@ -12,12 +12,14 @@ import uuid
 import asyncpg
 import grpc
 import pytest
+from cryptography.fernet import Fernet
 
 from credit.v1 import admin_pb2
 from credit_service.errors import InvalidArgument
 from credit_service.jobs import alert_delivery, webhook_post
 from credit_service.jobs.alert_delivery import AlertWorker
 from credit_service.migrate import migrate
+from credit_service.secret_box import SecretBox
 from credit_service.settings import AlertSettings
 from credit_service.storage import Storage
 from credit_service.webhook_policy import require_webhook_target
@@ -52,6 +54,7 @@ async def alert_db(database_url):
     try:
         await migrate(url)
         storage = await Storage.connect(url, 1, 4)
+        storage.secret_box = SecretBox([Fernet.generate_key()])
         conn = await asyncpg.connect(url)
         try:
             yield url, storage, conn

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -92,6 +93,8 @@ def test_up_seeds_the_demo_writes_demo_env_and_serves(tmp_path_factory):
     try:
         printed = _wait_listening(proc)
         env = _read_env(data_dir / "demo.env")
+        for secret_file in ("demo.env", "auth_tokens", "secrets.key"):  # only the owner may read files with secrets
+            assert stat.S_IMODE((data_dir / secret_file).stat().st_mode) == 0o600, secret_file
         assert set(env) >= {"DEMO_API_KEY", "SOLO_API_KEY", "CREDIT_SERVICE_TOKEN", "CREDIT_ADMIN_TOKEN"}
         assert env["DEMO_API_KEY"] in printed and env["CREDIT_SERVICE_TOKEN"] in printed
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -27,6 +27,7 @@ from ..payments import Payments
 from ..platforms import PlatformCredentials
 from ..rate_limits import RateLimits
 from ..reports import Reports
+from ..secret_box import load_secret_box
 from ..settings import Settings
 from ..storage import Storage
 from ..webhook_policy import parse_hosts
@@ -76,6 +77,9 @@ def _bind(server: grpc.aio.Server, settings: Settings) -> int:
 
 async def start_server(settings: Settings, storage: Storage,
                        auth: TokenAuthenticator) -> tuple[grpc.aio.Server, int, Sweeper]:
+    storage.secret_box = load_secret_box(settings.secrets_keys, settings.data_dir)
+    if rewritten := await storage.encrypt_webhook_secrets():
+        log.info("encrypted %d webhook secrets under the first key of CREDIT_SECRETS_KEYS", rewritten)
     authority = CreditAuthority(storage, default_ttl_seconds=settings.default_ttl_seconds,
                                 max_ttl_seconds=settings.max_ttl_seconds,
                                 webhook_http_hosts=parse_hosts(settings.alerts.webhook_http_hosts))

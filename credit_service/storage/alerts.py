@@ -9,6 +9,7 @@ import asyncpg
 
 from ..errors import FailedPrecondition, NotFound
 from ..model import AlertDelivery, AlertEvent, AlertThreshold, AlertWebhook, DueAlert
+from ..secret_box import SecretBox
 from .common import Queries
 
 EVENT_COLUMNS = [name for name in AlertEvent.__dataclass_fields__ if name != "deliveries"]
@@ -20,6 +21,24 @@ def alert_event(row: asyncpg.Record, deliveries: list[AlertDelivery] | None = No
 
 class AlertQueries(Queries):
     MAX_ALERT_THRESHOLDS_PER_ORG = 100  # bounds the work of the commit trigger
+    secret_box: SecretBox | None = None  # webhook secrets are stored encrypted (credit_service/secret_box.py)
+
+    def _box(self) -> SecretBox:
+        if self.secret_box is None:
+            raise RuntimeError("no secret box: set Storage.secret_box before storing or reading webhook secrets")
+        return self.secret_box
+
+    async def encrypt_webhook_secrets(self) -> int:
+        """Rewrites every webhook secret not yet encrypted under the first key (plain text written before
+        encryption, or an older key's); returns how many."""
+        box, done = self._box(), 0
+        async with self.pool.acquire() as conn:
+            for row in await conn.fetch("SELECT org_id, secret FROM alert_webhooks"):
+                if not box.current(row["secret"]):
+                    done += int(await conn.execute(
+                        "UPDATE alert_webhooks SET secret = $3 WHERE org_id = $1 AND secret = $2", row["org_id"],
+                        row["secret"], box.encrypt(box.decrypt(row["secret"]))) == "UPDATE 1")
+        return done
 
     async def set_alert_webhook(self, org_id: str, url: str, secret: str) -> AlertWebhook | None:
         """Stores (or with an empty url removes) the org's webhook; returns the row, or None when removed."""
@@ -31,14 +50,14 @@ class AlertQueries(Queries):
             row = await conn.fetchrow(
                 """INSERT INTO alert_webhooks (org_id, url, secret) VALUES ($1, $2, $3)
                    ON CONFLICT (org_id) DO UPDATE SET url = $2, secret = $3, updated_at = now()
-                   RETURNING *""", org_id, url, secret)
-        return AlertWebhook(**dict(row))
+                   RETURNING *""", org_id, url, self._box().encrypt(secret))
+        return AlertWebhook(**{**dict(row), "secret": secret})
 
     async def get_alert_webhook(self, org_id: str) -> AlertWebhook | None:
         async with self.pool.acquire() as conn:
             await self.require_org(conn, org_id)
             row = await conn.fetchrow("SELECT * FROM alert_webhooks WHERE org_id = $1", org_id)
-        return AlertWebhook(**dict(row)) if row else None
+        return AlertWebhook(**{**dict(row), "secret": self._box().decrypt(row["secret"])}) if row else None
 
     _THRESHOLD_SELECT = """
         SELECT t.*, x.base_mc, x.remaining_mc,
@@ -196,7 +215,9 @@ class AlertQueries(Queries):
                           alert_webhooks w
                     WHERE e.org_id = due.org_id AND e.event_id = due.event_id AND w.org_id = e.org_id
                 RETURNING e.*, w.url AS webhook_url, w.secret AS webhook_secret""", limit, lease_seconds)
-        return [DueAlert(alert_event(r), r["webhook_url"], r["webhook_secret"]) for r in rows]
+        box = self._box() if rows else None
+        return [DueAlert(alert_event(r), r["webhook_url"], box.decrypt(r["webhook_secret"])) for r in rows
+                if box is not None]
 
     async def record_alert_delivery(self, org_id: str, event_id: int, attempt: int, url: str,
                                     status_code: int | None, error: str, duration_ms: int, delivered: bool,
