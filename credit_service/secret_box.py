@@ -38,6 +38,14 @@ class SecretBox:
             return stored  # written before encryption; encrypt_webhook_secrets() rewrites it
         return self._all.decrypt(stored[len(PREFIX):].encode()).decode()
 
+    def readable(self, stored: str) -> str:
+        """The secret, or "" when none of the keys decrypts it (a host with other keys: the delivery is
+        recorded as `secret_unreadable` instead of signed with anything else)."""
+        try:
+            return self.decrypt(stored)
+        except InvalidToken:
+            return ""
+
     def current(self, stored: str) -> bool:
         """Whether `stored` is encrypted under the first key (nothing to rewrite)."""
         if not stored.startswith(PREFIX):

@@ -83,3 +83,12 @@ def test_without_keys_a_key_file_is_generated_once_with_mode_0600(tmp_path):
     assert load_secret_box(f"{given}, {Fernet.generate_key().decode()}", tmp_path / "other").decrypt(
         SecretBox([given.encode()]).encrypt("y")) == "y"
     assert not (tmp_path / "other").exists()
+
+
+async def test_a_secret_no_key_decrypts_is_recorded_not_sent(alert_db):  # noqa: F811
+    url, storage, conn = alert_db
+    await _due_alert(storage, conn, "otherkey", "https://hooks.example.test/h")
+    storage.secret_box = SecretBox([Fernet.generate_key()])  # a host configured with other keys
+    await AlertWorker(url, storage, AlertSettings()).run_once()
+    errors = [r["error"] for r in await conn.fetch("SELECT error FROM alert_deliveries WHERE org_id = 'otherkey'")]
+    assert errors == ["secret_unreadable"]

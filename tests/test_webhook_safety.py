@@ -145,3 +145,33 @@ async def test_a_dripping_receiver_is_cut_off_at_the_deadline_while_another_orgs
 
 def test_the_alert_worker_uses_the_policy_client():
     assert alert_delivery.post is webhook_post.post
+
+
+async def test_an_orgs_deliveries_in_flight_are_bounded(alert_db):
+    url, storage, conn = alert_db
+    in_flight, most = 0, 0
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await reader.read(65536)
+        await asyncio.sleep(0.3)
+        in_flight -= 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    try:
+        await _due_alert(storage, conn, "busy", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/h")
+        for threshold in range(2, 7):
+            await conn.execute("""INSERT INTO alert_events (org_id, threshold_id, kind, value, threshold_mc, limit_mc,
+                                                            remaining_mc, next_attempt_at)
+                                  VALUES ('busy', $1, 'absolute', 1, 1, 1, 1, now() - interval '1 second')""",
+                               threshold)
+        settings = AlertSettings(webhook_http_hosts="127.0.0.1", max_concurrent_per_org=2)
+        await AlertWorker(url, storage, settings).run_once()
+    finally:
+        server.close()
+    assert await _errors(conn, "busy") == [""] * 6
+    assert most == 2, f"{most} deliveries of one org in flight at once (at most 2)"

@@ -171,8 +171,9 @@ class AlertWorker:
         slots = self._per_org.setdefault(event.org_id, asyncio.Semaphore(self._settings.max_concurrent_per_org))
         async with slots:
             started = time.monotonic()
-            status, error = await post(due.webhook_url, body, headers, deadline=self._settings.timeout_seconds,
-                                       http_hosts=self._http_hosts, resolver=self._resolver)
+            status, error = (None, "secret_unreadable") if not due.webhook_secret else await post(
+                due.webhook_url, body, headers, deadline=self._settings.timeout_seconds,
+                http_hosts=self._http_hosts, resolver=self._resolver)
             duration_ms = int((time.monotonic() - started) * 1000)
         delivered = status is not None and 200 <= status < 300
         retry_in = None if delivered else retry_delay(attempt, self._settings)

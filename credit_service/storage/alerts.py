@@ -216,7 +216,7 @@ class AlertQueries(Queries):
                     WHERE e.org_id = due.org_id AND e.event_id = due.event_id AND w.org_id = e.org_id
                 RETURNING e.*, w.url AS webhook_url, w.secret AS webhook_secret""", limit, lease_seconds)
         box = self._box() if rows else None
-        return [DueAlert(alert_event(r), r["webhook_url"], box.decrypt(r["webhook_secret"])) for r in rows
+        return [DueAlert(alert_event(r), r["webhook_url"], box.readable(r["webhook_secret"])) for r in rows
                 if box is not None]
 
     async def record_alert_delivery(self, org_id: str, event_id: int, attempt: int, url: str,
