@@ -8,7 +8,6 @@ cookie. Screenshots go to tests/artifacts/console-sso/.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import uuid
@@ -20,26 +19,9 @@ from oidc.harness import AUDIENCE, OTHER_AUDIENCE, SHORT_CLIENT_ID, OidcProvider
 from credit.v1 import authority_pb2
 
 from .conftest import Org
+from .test_browser import browser  # noqa: F401 - browser is a fixture (and skips without Chromium)
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 LOCAL = re.compile(r"^https?://(127\.0\.0\.1|localhost)[:/]")
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"{CHROMIUM} is missing in CI: `make test` should have installed Debian's chromium")
-    pytest.skip(f"{CHROMIUM} not installed (`make chromium` installs it)", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield instance
-        instance.close()
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +33,7 @@ def shots(artifacts) -> Path:
 
 
 @pytest.fixture
-def page(browser):
+def page(browser):  # noqa: F811 - the fixture imported above
     """A fresh browser profile; requests off this machine (the provider's page fonts) are refused."""
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     context.route(lambda url: not LOCAL.match(url), lambda route: route.abort())
