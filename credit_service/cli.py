@@ -17,7 +17,7 @@ from google.protobuf import timestamp_pb2
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc, types_pb2
 
-from .cli_keys import KeyCommands, add_key_commands, key_hint
+from .cli_keys import KeyCommands, add_key_commands, key_hint, moment
 from .cli_limits import RateLimitCommands, ScopeError, add_rate_limit_commands, option_hint
 from .cli_platforms import PlatformCommands, add_platform_commands
 from .demo import read_env_file
@@ -44,18 +44,6 @@ def credits(text: str) -> int:
         return parse_credits(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def timestamp(text: str) -> timestamp_pb2.Timestamp:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date or time: {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(moment)
-    return ts
 
 
 def day(text: str) -> date:
@@ -286,8 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_key_commands(add, arg)
     add("balance", "a user's balance", arg("user_id"), arg("--org", default=""))
     add("usage", "usage rows or groups", arg("--org", default=""), arg("--user", default=""),
-        arg("--model", default=""), arg("--service-type", default=""), arg("--since", type=timestamp),
-        arg("--until", type=timestamp), arg("--by", choices=list(GROUPS)), arg("--limit", type=int, default=50))
+        arg("--model", default=""), arg("--service-type", default=""), arg("--since", type=moment),
+        arg("--until", type=moment), arg("--by", choices=list(GROUPS)), arg("--limit", type=int, default=50))
     add("statement", "an account's statement: opening balance, credits in with their source, refunds and "
                      "adjustments, allocation changes, usage by model and member, closing balance",
         arg("org_id", nargs="?", metavar="ORG"), arg("--user", help="a member: the statement of their allocation"),

@@ -8,12 +8,11 @@ INVALID_ARGUMENT naming the field, with nothing written.
 from __future__ import annotations
 
 import argparse
-from datetime import timezone
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
 from credit.v1 import admin_pb2, admin_pb2_grpc
+
+from .cli_keys import when
 
 COLUMNS = ["name", "orgs", "individuals", "roles", "created", "by", "rotated", "old secret valid until", "revoked"]
 
@@ -21,13 +20,6 @@ COLUMNS = ["name", "orgs", "individuals", "roles", "created", "by", "rotated", "
 def names(text: str) -> list[str]:
     """A comma-separated list (ORG[,ORG…], spend[,read]); empty items are dropped."""
     return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def when(message: Any, name: str) -> str:
-    if not message.HasField(name):
-        return ""
-    stamp: timestamp_pb2.Timestamp = getattr(message, name)
-    return stamp.ToDatetime(timezone.utc).isoformat(timespec="seconds")
 
 
 def credential_cells(c: admin_pb2.PlatformCredential) -> list[str]:

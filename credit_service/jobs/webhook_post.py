@@ -13,7 +13,7 @@ import asyncio
 import ssl
 from urllib.parse import urlsplit
 
-from ..webhook_policy import RefusedAddress, Resolver, checked_addresses, system_resolver, target
+from ..webhook_policy import RefusedAddress, Resolver, checked_addresses, system_resolver
 
 MAX_HEAD = 64 * 1024  # the answer's status line and headers; the body is not read
 
@@ -41,13 +41,12 @@ async def post(url: str, body: bytes, headers: dict[str, str], *, deadline: floa
 
 
 async def _send(url: str, host: str, port: int, addresses: list[str], body: bytes, headers: dict[str, str]) -> int:
-    scheme = target(url, frozenset({host}))[0]
-    context = ssl.create_default_context() if scheme == "https" else None
+    parts = urlsplit(url)  # checked_addresses has accepted its scheme
+    context = ssl.create_default_context() if parts.scheme == "https" else None
     reader, writer = await _connect(addresses, port, context, host)
     try:
-        parts = urlsplit(url)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        default_port = 443 if scheme == "https" else 80
+        default_port = 443 if parts.scheme == "https" else 80
         host_header = (f"[{host}]" if ":" in host else host) + ("" if port == default_port else f":{port}")
         lines = [f"POST {path} HTTP/1.1", f"Host: {host_header}", f"Content-Length: {len(body)}",
                  "Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
