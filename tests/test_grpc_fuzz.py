@@ -224,13 +224,6 @@ def request_for(draw, rpc: str, request_cls, rows: Rows):
     return message
 
 
-async def rows_now(conn: asyncpg.Connection) -> dict[str, int]:
-    """Row counts, less the sweeper's expiries (a hold reserved OK with a short TTL may expire at any time)."""
-    counts = await row_counts(conn)
-    counts["ledger_entries"] -= await conn.fetchval("SELECT count(*) FROM ledger_entries WHERE kind = 'expiry'")
-    return counts
-
-
 def test_every_rpc_is_covered():
     assert {n for n, _ in AUTHORITY_RPCS} == set(HOT_PATH)
     assert len(ADMIN_RPCS) >= 14
@@ -307,14 +300,14 @@ def test_generated_requests_reach_the_hot_path_never_fail_unknown_or_internal_an
         request = data.draw(request_for(name, request_cls, rows), label="request")
         if name == "Reserve":
             reserve_request_ids.append(request.request_id)
-        before = loop.run_until_complete(rows_now(conn))
+        before = loop.run_until_complete(row_counts(conn))
         try:
             response = getattr(stubs[service], name)(request)
         except grpc.RpcError as error:
             assert error.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), \
                 f"{name}({request}) → {error.code()} {error.details()}"
             seen[name, error.code().name] += 1
-            assert loop.run_until_complete(rows_now(conn)) == before, f"rejected {name}({request}) wrote rows"
+            assert loop.run_until_complete(row_counts(conn)) == before, f"rejected {name}({request}) wrote rows"
             return
         seen[name, "OK"] += 1
         learn(name, request, response)
@@ -427,13 +420,13 @@ def test_totals_past_the_bigint_range_are_refused_not_internal(own_authority, to
                 user_id=user_id, amount_millicredits=MAX_AMOUNT, reason="test", reference=uuid.uuid4().hex)),
         }
         for name, call in calls.items():
-            before = loop.run_until_complete(rows_now(conn))
+            before = loop.run_until_complete(row_counts(conn))
             try:
                 call()
                 answers[name] = "OK"
             except grpc.RpcError as error:
                 answers[name] = f"{error.code().name}: {error.details()}"
-                assert loop.run_until_complete(rows_now(conn)) == before, f"a refused {name} wrote rows"
+                assert loop.run_until_complete(row_counts(conn)) == before, f"a refused {name} wrote rows"
 
         # Commit: each charge above its hold is charged in full, so 9,224 overruns of 10^15 on holds of 1
         # millicredit pass the BIGINT maximum of the account's used credits.
