@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from . import audit
 from .auth import Scope
 from .errors import InvalidArgument, NotFound
 from .ids import API_KEY_ID, REQUEST_ID
@@ -21,6 +22,7 @@ from .model import (
     AlertThreshold,
     AlertWebhook,
     ApiKeyRow,
+    AuditRecord,
     Balance,
     Charge,
     Hold,
@@ -54,6 +56,21 @@ from .validators import (
     require_webhook_url,
 )
 from .webhook_policy import require_webhook_target
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """ListAuditRecords' filters ('' / None / 0: any)."""
+    org_id: str = ""
+    actor: str = ""
+    action: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    before_id: int = 0
+    limit: int = 0
+
+
+MAX_AUDIT_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -346,3 +363,22 @@ class CreditAuthority:
         if not 0 <= limit <= MAX_ALERT_EVENTS:
             raise InvalidArgument("limit", f"must be 0 (default 100) to {MAX_ALERT_EVENTS}")
         return await self._storage.list_alert_events(org_id, user_id or None, limit or 100)
+
+    # ---- the audit log (credit_service/audit.py) ----
+
+    async def record_audit_alone(self, entry: audit.Entry) -> None:
+        """The record of an audited call that wrote nothing (its change had been made before: a replay)."""
+        await self._storage.record_audit_alone(entry)
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        optional_id("org_id", query.org_id)
+        require_label("actor", query.actor, 200)
+        require_label("action", query.action, 64)
+        if query.before_id < 0:
+            raise InvalidArgument("before_id", "must be 0 (from the newest) or an audit_id")
+        if not 0 <= query.limit <= MAX_AUDIT_PAGE:
+            raise InvalidArgument("limit", f"must be 0 (default 100) to {MAX_AUDIT_PAGE}")
+        if query.start and query.end and query.start >= query.end:
+            raise InvalidArgument("end_time", "must be after start_time")
+        return await self._storage.list_audit(query.org_id, query.actor, query.action, query.start, query.end,
+                                              query.before_id, query.limit or 100)

@@ -29,7 +29,7 @@ MOVES_NO_CREDITS_IN = {
     "GetAlertWebhook", "CreateAlertThreshold", "DeleteAlertThreshold", "ListAlertThresholds", "ListAlertEvents",
     "ListPurchases", "GetStatement", "GetForecast", "SetRateLimit", "ListRateLimits", "Check", "Reserve", "Commit",
     "Release", "GetBalance", "CreatePlatformCredential", "ListPlatformCredentials", "RotatePlatformCredential",
-    "RevokePlatformCredential"}
+    "RevokePlatformCredential", "ListAuditRecords"}
 
 
 def methods() -> list[tuple[str, str, type]]:

@@ -29,7 +29,7 @@ SCOPED = {"Check", "Reserve", "GetBalance", "QueryUsage", "GetStatement", "GetFo
 OWN_RESERVATIONS = {"Commit", "Release"}
 # Open to its roles but not to platform credentials at all (OUT_OF_SCOPE whatever the request).
 CLOSED = {"VerifyApiKey", "ListApiKeys", "GetAlertWebhook", "ListAlertThresholds", "ListAlertEvents", "ListPurchases",
-          "ListRateLimits"}
+          "ListRateLimits", "ListAuditRecords"}
 
 
 def query(database_url: str, sql: str, *args) -> list[asyncpg.Record]:

@@ -2807,3 +2807,159 @@ class RevokePlatformCredentialResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokePlatformCredentialResponse: _TypeAlias = RevokePlatformCredentialResponse  # noqa: Y015
+
+@_typing.final
+class ListAuditRecordsRequest(_message.Message):
+    """Which audit records to list; every filter is optional."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    BEFORE_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """One organization's records; empty: all (role mint)."""
+    actor: _builtins.str
+    """Records whose actor or on_behalf_of is this."""
+    action: _builtins.str
+    """Records of this RPC, e.g. "SetAllocation"."""
+    before_id: _builtins.int
+    """Records older than this one (paging: the last audit_id of the previous page); 0: from the newest."""
+    limit: _builtins.int
+    """Page size, 1 … 1000; 0 means 100."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Records at or after this time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Records before this time."""
+
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        before_id: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "before_id", b"before_id", "end_time", b"end_time", "limit", b"limit", "org_id", b"org_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRecordsRequest: _TypeAlias = ListAuditRecordsRequest  # noqa: Y015
+
+@_typing.final
+class AuditRecord(_message.Message):
+    """One administrative action."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_KIND_FIELD_NUMBER: _builtins.int
+    ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    TARGET_KIND_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    TARGET_ID_FIELD_NUMBER: _builtins.int
+    BEFORE_JSON_FIELD_NUMBER: _builtins.int
+    AFTER_JSON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    FORWARDED_FOR_FIELD_NUMBER: _builtins.int
+    audit_id: _builtins.int
+    """Increasing with time."""
+    actor: _builtins.str
+    """Who authenticated: a static token's name, or "platform:<name>" for a platform credential."""
+    actor_kind: _builtins.str
+    """"token" or "platform"."""
+    on_behalf_of: _builtins.str
+    """The person the actor says it acted for (the console's signed-in user, creditctl's OS user):
+    the actor's claim, sent as x-on-behalf-of metadata; empty when none was sent.
+    """
+    action: _builtins.str
+    """The RPC, e.g. "SetAllocation"."""
+    target_kind: _builtins.str
+    """What was changed: user, organization, member, api_key, alert_webhook, alert_threshold, purchase,
+    rate_limit or platform_credential.
+    """
+    org_id: _builtins.str
+    """The organization the target belongs to; empty for users, individual balances, platform credentials."""
+    target_id: _builtins.str
+    """The target's id within its kind (a member's is its user_id)."""
+    before_json: _builtins.str
+    """The target's administrative fields before and after the change, as JSON text (an object, or
+    "null" when it did not exist); JSON text, not a Struct, so that millicredit amounts stay exact
+    integers. Never a secret, a secret's digest, or an account's used/held.
+    """
+    after_json: _builtins.str
+    request_id: _builtins.str
+    """The x-request-id the actor sent."""
+    source: _builtins.str
+    """The actor's address as the authority saw it (gRPC peer)."""
+    forwarded_for: _builtins.str
+    """The client address the actor reports (x-forwarded-for metadata), e.g. the console user's browser."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the change committed."""
+
+    def __init__(
+        self,
+        *,
+        audit_id: _builtins.int = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        actor_kind: _builtins.str = ...,
+        on_behalf_of: _builtins.str = ...,
+        action: _builtins.str = ...,
+        target_kind: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        target_id: _builtins.str = ...,
+        before_json: _builtins.str = ...,
+        after_json: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        source: _builtins.str = ...,
+        forwarded_for: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "actor_kind", b"actor_kind", "after_json", b"after_json", "at", b"at", "audit_id", b"audit_id", "before_json", b"before_json", "forwarded_for", b"forwarded_for", "on_behalf_of", b"on_behalf_of", "org_id", b"org_id", "request_id", b"request_id", "source", b"source", "target_id", b"target_id", "target_kind", b"target_kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditRecord: _TypeAlias = AuditRecord  # noqa: Y015
+
+@_typing.final
+class ListAuditRecordsResponse(_message.Message):
+    """Audit records, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditRecord]:
+        """Records."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___AuditRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRecordsResponse: _TypeAlias = ListAuditRecordsResponse  # noqa: Y015

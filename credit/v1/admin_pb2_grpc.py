@@ -195,6 +195,11 @@ class CreditAdminStub:
                 request_serializer=credit_dot_v1_dot_admin__pb2.RevokePlatformCredentialRequest.SerializeToString,
                 response_deserializer=credit_dot_v1_dot_admin__pb2.RevokePlatformCredentialResponse.FromString,
                 _registered_method=True)
+        self.ListAuditRecords = channel.unary_unary(
+                '/credit.v1.CreditAdmin/ListAuditRecords',
+                request_serializer=credit_dot_v1_dot_admin__pb2.ListAuditRecordsRequest.SerializeToString,
+                response_deserializer=credit_dot_v1_dot_admin__pb2.ListAuditRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class CreditAdminServicer:
@@ -434,6 +439,16 @@ class CreditAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditRecords(self, request, context):
+        """The audit log: one record per administrative action (every RPC of this service that changes
+        something), newest first. With org_id: that organization's records (roles admin or read); without:
+        every record, including those no organization owns (platform credentials, individual grants,
+        users), role mint only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -591,6 +606,11 @@ def add_CreditAdminServicer_to_server(servicer, server):
                     servicer.RevokePlatformCredential,
                     request_deserializer=credit_dot_v1_dot_admin__pb2.RevokePlatformCredentialRequest.FromString,
                     response_serializer=credit_dot_v1_dot_admin__pb2.RevokePlatformCredentialResponse.SerializeToString,
+            ),
+            'ListAuditRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditRecords,
+                    request_deserializer=credit_dot_v1_dot_admin__pb2.ListAuditRecordsRequest.FromString,
+                    response_serializer=credit_dot_v1_dot_admin__pb2.ListAuditRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1436,6 +1456,33 @@ class CreditAdmin:
             '/credit.v1.CreditAdmin/RevokePlatformCredential',
             credit_dot_v1_dot_admin__pb2.RevokePlatformCredentialRequest.SerializeToString,
             credit_dot_v1_dot_admin__pb2.RevokePlatformCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credit.v1.CreditAdmin/ListAuditRecords',
+            credit_dot_v1_dot_admin__pb2.ListAuditRecordsRequest.SerializeToString,
+            credit_dot_v1_dot_admin__pb2.ListAuditRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

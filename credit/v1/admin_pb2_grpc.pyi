@@ -120,6 +120,12 @@ class CreditAdminStub:
     """A new secret for a credential; the one before stays valid for a grace period."""
     RevokePlatformCredential: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokePlatformCredentialRequest, _admin_pb2.RevokePlatformCredentialResponse]
     """Revokes a credential and all its secrets (every replica refuses it within its cache window)."""
+    ListAuditRecords: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRecordsRequest, _admin_pb2.ListAuditRecordsResponse]
+    """The audit log: one record per administrative action (every RPC of this service that changes
+    something), newest first. With org_id: that organization's records (roles admin or read); without:
+    every record, including those no organization owns (platform credentials, individual grants,
+    users), role mint only.
+    """
 
 @_typing.type_check_only
 class CreditAdminAsyncStub(CreditAdminStub):
@@ -211,6 +217,12 @@ class CreditAdminAsyncStub(CreditAdminStub):
     """A new secret for a credential; the one before stays valid for a grace period."""
     RevokePlatformCredential: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokePlatformCredentialRequest, _admin_pb2.RevokePlatformCredentialResponse]  # type: ignore[assignment]
     """Revokes a credential and all its secrets (every replica refuses it within its cache window)."""
+    ListAuditRecords: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRecordsRequest, _admin_pb2.ListAuditRecordsResponse]  # type: ignore[assignment]
+    """The audit log: one record per administrative action (every RPC of this service that changes
+    something), newest first. With org_id: that organization's records (roles admin or read); without:
+    every record, including those no organization owns (platform credentials, individual grants,
+    users), role mint only.
+    """
 
 class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
     """Everything that is not the hot path. Requires the admin role (VerifyApiKey:
@@ -485,5 +497,17 @@ class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokePlatformCredentialResponse, _abc.Awaitable[_admin_pb2.RevokePlatformCredentialResponse]]:
         """Revokes a credential and all its secrets (every replica refuses it within its cache window)."""
+
+    @_abc_1.abstractmethod
+    def ListAuditRecords(
+        self,
+        request: _admin_pb2.ListAuditRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAuditRecordsResponse, _abc.Awaitable[_admin_pb2.ListAuditRecordsResponse]]:
+        """The audit log: one record per administrative action (every RPC of this service that changes
+        something), newest first. With org_id: that organization's records (roles admin or read); without:
+        every record, including those no organization owns (platform credentials, individual grants,
+        users), role mint only.
+        """
 
 def add_CreditAdminServicer_to_server(servicer: CreditAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

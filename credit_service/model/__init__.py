@@ -250,3 +250,24 @@ class DueAlert:
     @property
     def attempt(self) -> int:
         return self.event.attempts
+
+
+# ---- the audit log -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One administrative action (migration 0018; credit_service/audit.py says what each field holds)."""
+    audit_id: int
+    at: datetime
+    actor: str
+    actor_kind: str
+    on_behalf_of: str
+    action: str
+    target_kind: str
+    org_id: str | None
+    target_id: str
+    before: Any
+    after: Any
+    request_id: str
+    source: str
+    forwarded_for: str

@@ -7,6 +7,7 @@ the domain's dataclasses (credit_service.model) leave as protobuf.
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timezone
 from typing import Any
@@ -22,6 +23,7 @@ from ..model import (
     AlertThreshold,
     AlertWebhook,
     ApiKeyRow,
+    AuditRecord,
     Balance,
     Forecast,
     ForecastLine,
@@ -156,6 +158,15 @@ def usage_record_message(record: UsageRecord) -> admin_pb2.UsageRecord:
         credits_used_millicredits=record.credits_used, request_id=record.request_id,
         request_metadata=dict_to_struct(record.request_metadata), overrun=record.overrun, late=record.late,
         created_at=timestamp(record.created_at), caller=record.caller)
+
+
+def audit_record_message(record: AuditRecord) -> admin_pb2.AuditRecord:
+    return admin_pb2.AuditRecord(
+        audit_id=record.audit_id, at=timestamp(record.at), actor=record.actor, actor_kind=record.actor_kind,
+        on_behalf_of=record.on_behalf_of, action=record.action, target_kind=record.target_kind,
+        org_id=record.org_id or "", target_id=record.target_id,
+        before_json=json.dumps(record.before, sort_keys=True), after_json=json.dumps(record.after, sort_keys=True),
+        request_id=record.request_id, source=record.source, forwarded_for=record.forwarded_for)
 
 
 def platform_message(row: PlatformCredentialRow) -> admin_pb2.PlatformCredential:

@@ -9,6 +9,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -17,7 +18,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from .. import logs, metrics
+from .. import audit, logs, metrics
 from ..auth import Caller, Role, TokenAuthenticator
 from ..authority import CreditAuthority
 from ..errors import (
@@ -117,6 +118,44 @@ def out_of_scope(caller: Caller, request: Any, name: str, scope: ScopeOf | None)
     return None
 
 
+@dataclass(frozen=True)
+class Audited:
+    """An RPC that changes something: each call that succeeds appends one audit record (credit_service/audit.py)
+    aimed at a `kind` of target, in the request's org (`org`) with the id `target` (either may be left to
+    storage, which names what only it knows: a new key's id, a payment event's purchase)."""
+    kind: str
+    org: Callable[[Any], str] = lambda request: ""
+    target: Callable[[Any], str] = lambda request: ""
+
+
+# The marker of an RPC that changes nothing an audit record would hold (reads; VerifyApiKey).
+NOT_A_CHANGE = Audited("")
+
+
+def audit_entry(spec: Audited, name: str, caller: Caller, request: Any, metadata: dict[str, str],
+                context: grpc.aio.ServicerContext) -> audit.Entry:
+    """The audit record of this call, filled in by storage (before/after) as the change commits."""
+    return audit.Entry(
+        action=name, actor=caller.name, actor_kind="token" if caller.scope is None else "platform",
+        on_behalf_of=metadata.get(audit.ON_BEHALF_OF, "")[:audit.MAX_CLAIM],
+        request_id=metadata.get("x-request-id", "")[:audit.MAX_CLAIM], source=context.peer() or "",
+        forwarded_for=metadata.get(audit.FORWARDED_FOR, "")[:audit.MAX_CLAIM],
+        target_kind=spec.kind, org_id=spec.org(request) or None, target_id=spec.target(request))
+
+
+async def run_audited(servicer: Servicer, call: Awaitable[Any], entry: audit.Entry) -> Any:
+    """Runs an audited RPC's method with its entry current (storage's write transaction appends the record);
+    when it succeeds having written nothing, the record is appended alone."""
+    token = audit.current.set(entry)
+    try:
+        answer = await call
+    finally:
+        audit.current.reset(token)
+    if not entry.written:
+        await servicer.authority.record_audit_alone(entry)
+    return answer
+
+
 class Refusal(Exception):
     """A call refused before its method runs: unauthenticated, a role or the scope missing, or (looking up a
     platform credential) the database down."""
@@ -153,11 +192,13 @@ def admit(caller: Caller | None, request: Any, name: str, roles: tuple[Role, ...
     return caller
 
 
-def rpc(*roles: Role, scope: ScopeOf | None = None) -> Callable:
+def rpc(*roles: Role, scope: ScopeOf | None = None, audited: Audited | None = None) -> Callable:
     """Authenticates the caller, checks one of `roles` (and, for a platform credential, that the RPC is open
     to it and the request in its scope: `scope` names the request's funding, IN_METHOD leaves it to the
     method, None refuses platform credentials), maps errors to statuses, and records the call (metrics; a
-    JSON access-log line with the request id)."""
+    JSON access-log line with the request id). Every CreditAdmin RPC says whether it changes something
+    (`audited`, else NOT_A_CHANGE): a call that does and succeeds appends exactly one audit record, in the
+    change's own transaction (storage's `writing`), or alone when the method wrote nothing (a replay)."""
 
     def decorate(method: Callable[..., Awaitable[Any]]) -> Callable:
         name = method.__name__
@@ -179,7 +220,10 @@ def rpc(*roles: Role, scope: ScopeOf | None = None) -> Callable:
                     code = refused.status.code
                     await context.abort(code, refused.status.details, refused.status.trailing_metadata)
                 try:
-                    return await method(self, request, caller)
+                    if audited is None or not audited.kind or caller is None:
+                        return await method(self, request, caller)
+                    entry = audit_entry(audited, name, caller, request, metadata, context)
+                    return await run_audited(self, method(self, request, caller), entry)
                 except CreditError as error:
                     status = status_for(error)
                 except DATABASE_DOWN as error:
@@ -200,6 +244,7 @@ def rpc(*roles: Role, scope: ScopeOf | None = None) -> Callable:
                 if self.access_log:
                     logs.access(msg="rpc", rpc=name, code=code.name, ms=round(elapsed * 1000, 2))
 
+        handler.audited = audited  # type: ignore[attr-defined]
         return handler
 
     return decorate

@@ -1,6 +1,6 @@
 """PostgreSQL storage of the credit authority: every SQL statement outside migrations/ lives here.
 
-`Storage` is the one object the authority holds. It is the sum of eight parts, each a module:
+`Storage` is the one object the authority holds. It is the sum of nine parts, each a module:
 
 * hot_path.py  Check, Reserve, Commit, Release, expiry: one round trip each to the functions of
                migrations/functions/, alone or group-committed by batcher.py (one answer shape)
@@ -11,6 +11,8 @@
 * reports.py   statements and forecasts, read from the ledger
 * rate_limits.py  setting and listing rate limits (Reserve enforces them in SQL)
 * platforms.py  platform credentials: created, listed, rotated, revoked; a secret's digest looked up
+* audit.py     the audit log: each administrative action's record, appended in the transaction of its
+               change (`Queries.writing`), and read back
 
 Two pools (common.py, `Queries`): the hot path's and every write's, and the slow reads' own (usage
 analytics, statements, forecasts, purchase and alert-event lists), with a statement timeout, on
@@ -25,6 +27,7 @@ import asyncpg
 
 from .admin import AdminQueries
 from .alerts import AlertQueries
+from .audit import AuditQueries
 from .batcher import HotPathBatcher
 from .common import init_connection, keep_session
 from .hot_path import BATCH_SQL, HotOp, HotPathQueries, run_batch
@@ -46,7 +49,7 @@ REPLICA_LAG_SQL = """
 
 
 class Storage(HotPathQueries, AdminQueries, UsageQueries, AlertQueries, PaymentQueries, ReportQueries,
-              RateLimitQueries, PlatformQueries):
+              RateLimitQueries, PlatformQueries, AuditQueries):
     """The authority's only door to PostgreSQL."""
 
     @classmethod

@@ -23,6 +23,7 @@ from ..model import (
     UserRow,
     hash_secret,
 )
+from .audit import aim_entry
 from .common import Queries, past_largest_total
 
 MEMBER_SELECT = """SELECT m.org_id, m.user_id, m.role, m.is_default, m.joined_at,
@@ -46,15 +47,16 @@ class AdminQueries(Queries):
     # ---- users, organizations, members ------------------------------------
 
     async def create_user(self, user_id: str, display_name: str, email: str) -> UserRow:
-        row = await self.pool.fetchrow(
-            """INSERT INTO users (user_id, display_name, email) VALUES ($1, $2, $3)
-               ON CONFLICT (user_id) DO NOTHING RETURNING *""", user_id, display_name, email)
+        async with self.writing() as conn:
+            row = await conn.fetchrow(
+                """INSERT INTO users (user_id, display_name, email) VALUES ($1, $2, $3)
+                   ON CONFLICT (user_id) DO NOTHING RETURNING *""", user_id, display_name, email)
         if row is None:
             raise AlreadyExists(f"user {user_id!r} already exists")
         return UserRow(row["user_id"], row["display_name"], row["email"], row["created_at"])
 
     async def create_organization(self, org_id: str, name: str) -> OrgSummary:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             row = await conn.fetchrow(
                 """INSERT INTO organizations (org_id, name) VALUES ($1, $2)
                    ON CONFLICT (org_id) DO NOTHING RETURNING created_at""", org_id, name)
@@ -64,7 +66,7 @@ class AdminQueries(Queries):
         return OrgSummary(org_id, name, 0, 0, 0, 0, row["created_at"])
 
     async def add_member(self, org_id: str, user_id: str, role: str, is_default: bool) -> MemberRow:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             await self.require_org(conn, org_id)
             await self.require_user(conn, user_id)
             # Lock the user's memberships so two concurrent default changes serialize.
@@ -82,7 +84,7 @@ class AdminQueries(Queries):
 
     async def remove_member(self, org_id: str, user_id: str) -> int:
         """Removes the membership; the unused allocation returns to the pool. Returns that amount."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             await self.require_org(conn, org_id, lock=True)
             member = await conn.fetchrow(
                 "SELECT 1 FROM org_members WHERE org_id = $1 AND user_id = $2 FOR UPDATE", org_id, user_id)
@@ -113,7 +115,7 @@ class AdminQueries(Queries):
                           purchase_amount: str | None, purchase_currency: str, created_by: str) -> OrgSummary:
         """An operator's top-up (source 'operator', created_by the operator), once per purchase reference: a
         retry with the same amount replays, another amount is AlreadyExists."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             await self.require_org(conn, org_id, lock=True)
             await self.add_to_pool(conn, org_id, amount_mc, purchase_reference, purchase_amount, purchase_currency,
                                    "operator", created_by, f"operator {created_by}, reference {purchase_reference}")
@@ -171,7 +173,7 @@ class AdminQueries(Queries):
                VALUES ('allocation', $1, $2, 'allocation', $3, $4)""", org_id, user_id, delta_mc, note)
 
     async def set_allocation(self, org_id: str, user_id: str, allocation_mc: int, allocated_by: str) -> MemberRow:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             pool = await self.require_org(conn, org_id, lock=True)
             await self.require_member(conn, org_id, user_id)
             alloc = await conn.fetchrow(
@@ -196,7 +198,7 @@ class AdminQueries(Queries):
         """An operator's grant (created_by the operator), once per (user, reference): a retry with the same
         amount replays (returns the balance), another amount is AlreadyExists. Of simultaneous grants with one
         reference, one inserts; the others wait on the unique index for it to commit, then find its row."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             await self.require_user(conn, user_id)
             inserted = await conn.fetchval(
                 """INSERT INTO individual_grants (user_id, amount_mc, reason, reference, created_by)
@@ -266,7 +268,7 @@ class AdminQueries(Queries):
                              expires_at: datetime | None) -> tuple[ApiKeyRow, str]:
         key_id = "ck_" + secrets.token_hex(8)
         secret = f"{key_id}.{secrets.token_urlsafe(32)}"
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             await self.require_user(conn, user_id)
             if org_id is not None:
                 await self.require_org(conn, org_id)
@@ -279,6 +281,7 @@ class AdminQueries(Queries):
                     raise FailedPrecondition(
                         f"a service key acts for every member of {org_id!r}: its owner {user_id!r} "
                         "must be an owner or admin there")
+            await aim_entry(conn, "api_key", org_id, key_id)
             row = await conn.fetchrow(
                 """INSERT INTO api_keys (key_id, secret_hash, user_id, org_id, kind, name, expires_at)
                    VALUES ($1, $2, $3, $4, $5, $6, coalesce($7::timestamptz, now() + $8::bigint * interval '1 second'))
@@ -287,9 +290,12 @@ class AdminQueries(Queries):
         return api_key_row(row), secret
 
     async def revoke_api_key(self, key_id: str) -> ApiKeyRow:
-        row = await self.pool.fetchrow(
-            """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
-               WHERE key_id = $1 RETURNING *""", key_id)
+        async with self.writing() as conn:
+            await aim_entry(conn, "api_key", await conn.fetchval("SELECT org_id FROM api_keys WHERE key_id = $1",
+                                                                 key_id), key_id)
+            row = await conn.fetchrow(
+                """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+                   WHERE key_id = $1 RETURNING *""", key_id)
         if row is None:
             raise NotFound(f"API key {key_id!r} not found")
         return api_key_row(row)

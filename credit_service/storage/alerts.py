@@ -10,6 +10,7 @@ import asyncpg
 from ..errors import FailedPrecondition, NotFound
 from ..model import AlertDelivery, AlertEvent, AlertThreshold, AlertWebhook, DueAlert
 from ..secret_box import SecretBox
+from .audit import aim_entry
 from .common import Queries
 
 EVENT_COLUMNS = [name for name in AlertEvent.__dataclass_fields__ if name != "deliveries"]
@@ -42,7 +43,7 @@ class AlertQueries(Queries):
 
     async def set_alert_webhook(self, org_id: str, url: str, secret: str) -> AlertWebhook | None:
         """Stores (or with an empty url removes) the org's webhook; returns the row, or None when removed."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             await self.require_org(conn, org_id)
             if not url:
                 await conn.execute("DELETE FROM alert_webhooks WHERE org_id = $1", org_id)
@@ -104,7 +105,7 @@ class AlertQueries(Queries):
     async def create_alert_threshold(self, org_id: str, user_id: str | None, kind: str,
                                      value: int) -> AlertThreshold:
         """Adds a threshold, fired already when remaining is at or below it (no alert for that)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             await self.require_org(conn, org_id)
             await self._lock_org_allocations(conn, org_id)
             count = await conn.fetchval("SELECT count(*) FROM alert_thresholds WHERE org_id = $1", org_id)
@@ -125,13 +126,14 @@ class AlertQueries(Queries):
                 """INSERT INTO alert_thresholds (org_id, user_id, kind, value, state)
                    VALUES ($1, $2, $3, $4, CASE WHEN credit_alert_below($3, $4, $5, $6) THEN 'fired' ELSE 'armed' END)
                    RETURNING threshold_id""", org_id, user_id, kind, value, remaining, base)
+            await aim_entry(conn, "alert_threshold", org_id, str(threshold_id))
             await self._rewatch(conn, org_id)
             row = await conn.fetchrow(self._THRESHOLD_SELECT + " WHERE t.org_id = $1 AND t.threshold_id = $2",
                                       org_id, threshold_id)
         return AlertThreshold(**dict(row))
 
     async def delete_alert_threshold(self, org_id: str, threshold_id: int) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             await self._lock_org_allocations(conn, org_id)
             deleted = await conn.execute(
                 "DELETE FROM alert_thresholds WHERE org_id = $1 AND threshold_id = $2", org_id, threshold_id)

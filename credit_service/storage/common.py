@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from .. import audit
 from ..errors import ACCOUNT_TOTAL_LIMIT, FailedPrecondition, NotFound, PermissionDenied, ReadTimeout
 from ..model import MAX_ACCOUNT_TOTAL_MC
 
@@ -63,6 +64,23 @@ class Queries:
                 yield conn
         except asyncpg.QueryCanceledError as error:
             raise ReadTimeout(self.read_timeout_seconds) from error
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[asyncpg.Connection]:
+        """A write transaction on the main pool. Inside an audited RPC (audit.current set) the action's audit
+        record is appended in it too (storage/audit.py): `before` read as it starts, `after` and the record
+        written just before it commits, so the change and its record commit together or not at all. The
+        first write transaction of an action carries its record."""
+        from .audit import open_entry, seal_entry  # audit.py builds on this module
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            entry = audit.current.get()
+            if entry is None or entry.written:
+                yield conn
+            else:
+                await open_entry(conn, entry)
+                yield conn
+                await seal_entry(conn, entry)
 
     @staticmethod
     async def require_org(conn: asyncpg.Connection, org_id: str, lock: bool = False) -> asyncpg.Record:

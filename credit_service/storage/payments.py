@@ -16,6 +16,7 @@ import asyncpg
 from ..errors import AlreadyExists
 from ..model import PaidSession, PaymentOutcome, Purchase
 from .admin import AdminQueries
+from .audit import aim_entry
 from .common import Queries
 
 PURCHASE_COLUMNS = """org_id, session_id, status, credits_mc, amount_minor, currency, refunded_mc, overdrawn,
@@ -38,7 +39,7 @@ class PaymentQueries(Queries):
                               currency: str, created_by: str) -> Purchase:
         """A pending purchase, once per session id: the same checkout again returns the row as it stands;
         the session id with another org, amount or currency is AlreadyExists."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             await self.require_org(conn, org_id)
             row = await conn.fetchrow(
                 f"""INSERT INTO purchases (org_id, session_id, status, credits_mc, amount_minor, currency, created_by)
@@ -75,8 +76,9 @@ class PaymentQueries(Queries):
     async def apply_paid_session(self, event_id: str, event_type: str, paid: PaidSession) -> PaymentOutcome:
         """Credits a paid session's org once: purchase pending (or absent) -> paid, the pool topped up, the
         event recorded, in one transaction. Anything already paid answers already_applied, writing nothing."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             await self.require_org(conn, paid.org_id, lock=True)
+            await aim_entry(conn, "purchase", paid.org_id, paid.session_id)
             row = await conn.fetchrow(
                 f"""INSERT INTO purchases AS p (org_id, session_id, status, credits_mc, amount_minor, currency,
                                                 payment_intent, created_by, paid_at)
@@ -108,7 +110,9 @@ class PaymentQueries(Queries):
 
     async def expire_session(self, event_id: str, event_type: str, session_id: str) -> PaymentOutcome:
         """A pending purchase whose session expired unpaid; any other state is left as it is."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
+            await aim_entry(conn, "purchase", await conn.fetchval(
+                "SELECT org_id FROM purchases WHERE session_id = $1", session_id), session_id)
             row = await conn.fetchrow(
                 f"""UPDATE purchases SET status = 'expired' WHERE session_id = $1 AND status = 'pending'
                     RETURNING {PURCHASE_COLUMNS}""", session_id)
@@ -129,11 +133,12 @@ class PaymentQueries(Queries):
         org_id = await self.pool.fetchval("SELECT org_id FROM purchases WHERE payment_intent = $1", payment_intent)
         if org_id is None:
             return PaymentOutcome(event_id, event_type, "ignored")
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             pool = await self.require_org(conn, org_id, lock=True)
             row = await conn.fetchrow(f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE payment_intent = $1 "
                                       "FOR UPDATE", payment_intent)
             purchase = purchase_row(row)
+            await aim_entry(conn, "purchase", org_id, purchase.session_id)
             refunded = min(refunded_minor, purchase.amount_minor)
             if purchase.status not in ("paid", "partially_refunded") or refunded <= purchase.refunded_minor:
                 return PaymentOutcome(event_id, event_type, "already_applied", purchase)

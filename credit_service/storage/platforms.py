@@ -40,7 +40,7 @@ class PlatformQueries(Queries):
 
     async def create_platform_credential(self, name: str, org_ids: list[str], individuals: bool, roles: list[str],
                                          created_by: str, secret_hash: bytes) -> PlatformCredentialRow:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             known = await conn.fetch("SELECT org_id FROM organizations WHERE org_id = ANY($1::text[])", org_ids)
             missing = sorted(set(org_ids) - {r["org_id"] for r in known})
             if missing:
@@ -62,7 +62,7 @@ class PlatformQueries(Queries):
                                          grace_seconds: int) -> PlatformCredentialRow:
         """A new current secret; the current one stays valid `grace_seconds` more (an older one still in its
         grace keeps the shorter of its own end and that); secrets whose grace has ended are deleted."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             state = await conn.fetchrow("SELECT revoked_at FROM platform_credentials WHERE name = $1 FOR UPDATE",
                                         name)
             if state is None:
@@ -80,7 +80,7 @@ class PlatformQueries(Queries):
 
     async def revoke_platform_credential(self, name: str) -> PlatformCredentialRow:
         """Revoked now (a repeated revocation keeps the first time)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             await conn.execute("UPDATE platform_credentials SET revoked_at = coalesce(revoked_at, now()) "
                                "WHERE name = $1", name)
             return await self._credential(conn, name)

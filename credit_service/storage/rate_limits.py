@@ -8,6 +8,7 @@ import asyncpg
 
 from ..errors import InvalidArgument, NotFound
 from ..model import LIMIT_NAMES, LimitScope, RateLimitRow
+from .audit import aim_entry
 from .common import Queries
 
 # What is left now of each limit, computed as credit_limit_try counts it.
@@ -76,8 +77,9 @@ class RateLimitQueries(Queries):
     async def set_rate_limit(self, org_id: str, user_id: str, key_id: str, limits: dict[str, int | None],
                              clear: bool, updated_by: str) -> RateLimitRow:
         """Sets the given limits of the scope (None: unchanged), or clears them all; returns the row."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writing() as conn:
             scope = await self.resolve_limit_scope(conn, org_id, user_id, key_id)
+            await aim_entry(conn, "rate_limit", scope.org_id, scope.key)
             if scope.scope != "member" and (limits["credits_per_day_mc"] or limits["credits_per_month_mc"]):
                 raise InvalidArgument("credits_per_day_millicredits" if limits["credits_per_day_mc"]
                                       else "credits_per_month_millicredits",
