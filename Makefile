@@ -7,10 +7,19 @@ NODE_DEPS := clients/node/node_modules/.installed
 PATRONI := .patroni/.installed
 OIDC_DEPS := tests/oidc/node_modules/.installed
 
-.PHONY: run test mutate proto bench lint fmt clean node-deps oidc-deps chromium patroni etcd
+.PHONY: run stop test mutate proto bench lint fmt clean node-deps oidc-deps chromium patroni etcd
 
-run: $(STAMP)  ## embedded PostgreSQL, migrations, demo seed, authority on :50051, REST on :8084
-	$(BIN)/python -m credit_service up
+run: $(STAMP)  ## embedded PostgreSQL, migrations, demo seed, authority on :50051, REST on :8084; Ctrl-C stops it all
+	@$(BIN)/python -m credit_service up
+
+# What `make run` left running: a `make run` of this checkout (another terminal), the embedded PostgreSQL under
+# .data/ (CREDIT_EMBEDDED_PG_KEEP=1, or a run killed with SIGKILL). Without .venv, PostgreSQL's own pid file.
+stop:  ## stop a running `make run` and the embedded PostgreSQL under .data/
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m credit_service stop; \
+	elif [ -f .data/pg/postmaster.pid ] && kill -0 $$(head -1 .data/pg/postmaster.pid) 2>/dev/null; then \
+		pid=$$(head -1 .data/pg/postmaster.pid); echo "stopping PostgreSQL (pid $$pid)"; kill -INT $$pid; \
+		while kill -0 $$pid 2>/dev/null; do sleep 0.2; done; \
+	fi
 
 test: lint $(NODE_DEPS) $(OIDC_DEPS) chromium patroni  ## lint, every test (real PostgreSQL, real gRPC servers), then 3 mutants of the day
 	$(BIN)/python -m pytest
@@ -35,14 +44,14 @@ lint: $(STAMP)  ## ruff and mypy (with mypy-protobuf stubs of the generated code
 fmt: $(STAMP)  ## sort imports and apply ruff's safe fixes
 	$(BIN)/ruff check --fix .
 
-clean:  ## remove the virtualenv and all local data
+clean: stop  ## stop what is running (make stop), then remove the virtualenv and all local data
 	rm -rf $(VENV) .patroni .data .pytest_cache .hypothesis
 
+# The virtualenv and the packages; on a terminal every step named with its duration and pip's own progress
+# (CREDIT_QUIET=1, or no terminal: pip --quiet, nothing printed unless a step fails).
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	@$(PY) -m credit_service.bootstrap $(VENV) $(if $(filter 1 true yes,$(CREDIT_QUIET)),--quiet)
+	@touch $(STAMP)
 
 node-deps: $(NODE_DEPS)  ## Node.js client deps and the pinned buf CLI (npm ci from clients/node/package-lock.json)
 

@@ -105,3 +105,43 @@ async def seed(authority: CreditAuthority, env_path: Path, tokens: dict[str, str
     }
     write_private(env_path, "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))  # mode 0600 from creation
     return env
+
+
+def shown_path(path: Path) -> str:
+    """`path` relative to the working directory when under it (what a person types), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def banner(env: dict[str, str], env_path: Path, rest: tuple[str, int] | None, metrics: tuple[str, int],
+           sso_provider: str, stop_line: str, data_dir_prefix: str) -> str:
+    """What `up` prints once everything listens: the demo's keys and tokens, then where to go next.
+
+    `rest` is the REST service's (host, port) or None when it is not started; `metrics` the authority's
+    (host, port 0 = off); `sso_provider` the "Sign in with" name when SSO is on; `stop_line` what Ctrl-C
+    does (the last line); `data_dir_prefix` the `CREDIT_DATA_DIR=… ` a command needs when the data
+    directory is not the default one."""
+    env_file = shown_path(env_path)
+    lines = [f"== demo (also in {env_file}; keys generated on first run) =="]
+    lines += [f"{name}={value}" for name, value in env.items()]
+    lines += ["", "== next steps =="]
+    if rest is not None:
+        base = f"http://{'localhost' if rest[0] in ('0.0.0.0', '::', '') else rest[0]}:{rest[1]}"
+        sign_in = "paste DEMO_API_KEY (owner of demo-org) or SOLO_API_KEY (individual)"
+        if sso_provider:
+            sign_in += f", or \"Sign in with {sso_provider}\""
+        lines += [f"console    {base}/console/  — {sign_in}",
+                  f"API docs   {base}/docs",
+                  f"metrics    {base}/metrics (REST)"
+                  + (f", http://{metrics[0]}:{metrics[1]}/metrics (authority)" if metrics[1] else ""),
+                  f"first call set -a; . {env_file}; set +a",
+                  f"           curl -s {base}/api/v1/llm/chat/completions -H \"Authorization: Bearer $DEMO_API_KEY\""
+                  " -H 'Content-Type: application/json'"
+                  " -d '{\"model\": \"demo-chat\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'"]
+    elif metrics[1]:
+        lines.append(f"metrics    http://{metrics[0]}:{metrics[1]}/metrics (authority)")
+    lines.append(f"creditctl  {data_dir_prefix}.venv/bin/creditctl org-show {DEMO_ORG}")
+    lines += ["", stop_line]
+    return "\n".join(lines)

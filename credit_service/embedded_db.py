@@ -50,6 +50,7 @@ class EmbeddedPostgres:
 
     pgdata: Path
     port: int
+    started: bool = False  # whether start() started the server (it was not already running)
 
     @property
     def url(self) -> str:
@@ -81,6 +82,7 @@ class EmbeddedPostgres:
             except subprocess.CalledProcessError as exc:
                 log = (self.pgdata / "server.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"embedded PostgreSQL failed to start: {exc.stderr}\n{log}") from exc
+            self.started = True
         self._wait_ready()
         self._ensure_database()
         return self
@@ -89,6 +91,20 @@ class EmbeddedPostgres:
         result = subprocess.run([bin_path("pg_ctl"), "-D", str(self.pgdata), "status"],
                                 capture_output=True, text=True, user=run_as_postgres_user())
         return result.returncode == 0
+
+    @property
+    def initialized(self) -> bool:
+        return (self.pgdata / "PG_VERSION").exists()
+
+    def postmaster(self) -> tuple[int, int] | None:
+        """(pid, port) of the running server, from its postmaster.pid; None when not running."""
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return None
+        if len(lines) < 4 or not self.is_running():
+            return None
+        return int(lines[0]), int(lines[3])
 
     def _wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

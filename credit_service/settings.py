@@ -121,6 +121,8 @@ class Settings(FromEnvironment):
     # empty: a key generated once into data_dir/secrets.key (mode 0600)
     secrets_keys: str = setting("CREDIT_SECRETS_KEYS", "")
     embedded_pg_port: int = setting("CREDIT_EMBEDDED_PG_PORT", 54329)
+    # `up` (make run) leaves the embedded PostgreSQL it started running when it stops (make stop stops it)
+    keep_embedded_pg: bool = setting("CREDIT_EMBEDDED_PG_KEEP", False)
     listen_addr: str = setting("CREDIT_LISTEN_ADDR", "0.0.0.0:50051")
     db_pool_min: int = setting("CREDIT_DB_POOL_MIN", 2)
     db_pool_max: int = setting("CREDIT_DB_POOL_MAX", 10)
@@ -159,6 +161,15 @@ class Settings(FromEnvironment):
     platform_grace_seconds: int = setting("CREDIT_PLATFORM_GRACE_SECONDS", 3600)
     alerts: AlertSettings = group(AlertSettings)
     payments: PaymentSettings = group(PaymentSettings)
+
+
+@dataclass(frozen=True)
+class OutputSettings(FromEnvironment):
+    """What a person sees on a terminal (credit_service/logs.py, `up`'s progress), for every process."""
+
+    # auto: one readable line per event on a terminal, one JSON object per line otherwise; text or json: always
+    log_format: str = setting("LOG_FORMAT", "auto")
+    quiet: bool = setting("CREDIT_QUIET", False)  # no start-up progress lines (make run)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from helpers import ROOT
 
-from credit_service.settings import AdminCliSettings, AlertSettings, Settings
+from credit_service.settings import AdminCliSettings, AlertSettings, OutputSettings, Settings
 from inference_service.settings import Settings as InferenceSettings
 from inference_service.settings import SsoSettings
 
@@ -111,7 +111,7 @@ def test_the_environment_check_sees_every_spelling():
     assert environment_reads("import os\nos.path.join('a')\n") == []
 
 
-SETTINGS_CLASSES = (Settings, AlertSettings, AdminCliSettings, InferenceSettings, SsoSettings)
+SETTINGS_CLASSES = (Settings, AlertSettings, AdminCliSettings, OutputSettings, InferenceSettings, SsoSettings)
 
 
 def declared_variables() -> dict[str, list[object]]:

@@ -41,9 +41,9 @@ def _wait_listening(proc: subprocess.Popen, timeout: float = 90) -> str:
         if not line:
             break
         output.append(line)
-        if "listening on" in line:
+        if line.startswith("Ctrl-C stops"):  # the banner's last line: everything listens
             return "".join(output)
-    raise AssertionError("authority did not start:\n" + "".join(output))
+    raise AssertionError("make run's stack did not start:\n" + "".join(output))
 
 
 def _wait_http(url: str, timeout: float = 60) -> None:
