@@ -17,6 +17,7 @@ from google.protobuf import timestamp_pb2
 
 from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_grpc, types_pb2
 
+from .cli_audit import AuditCommands, add_audit_commands, operator_claim
 from .cli_keys import KeyCommands, add_key_commands, key_hint, moment
 from .cli_limits import RateLimitCommands, ScopeError, add_rate_limit_commands, option_hint
 from .cli_platforms import PlatformCommands, add_platform_commands
@@ -91,7 +92,7 @@ def funding_text(funding: types_pb2.Funding) -> str:
     return f"org:{funding.org_id}" if funding.kind == types_pb2.Funding.ORG else "individual"
 
 
-class Commands(KeyCommands, RateLimitCommands, PlatformCommands):
+class Commands(KeyCommands, RateLimitCommands, PlatformCommands, AuditCommands):
     def __init__(self, admin: admin_pb2_grpc.CreditAdminStub, authority: authority_pb2_grpc.CreditAuthorityStub,
                  metadata: tuple):
         self.admin = admin
@@ -291,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.set_defaults(user=None)  # an organization's forecast covers every member
     add_rate_limit_commands(add, arg, credits)
     add_platform_commands(add, arg)
+    add_audit_commands(add, arg)
     return parser
 
 
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with grpc.insecure_channel(addr) as channel:
         commands = Commands(admin_pb2_grpc.CreditAdminStub(channel), authority_pb2_grpc.CreditAuthorityStub(channel),
-                            (("authorization", f"Bearer {token}"),))
+                            (("authorization", f"Bearer {token}"), ("x-on-behalf-of", operator_claim())))
         try:
             commands.run(args)
         except (UsageError, ScopeError) as error:

@@ -1,5 +1,5 @@
-"""CSV exports: the one rule for a cell a spreadsheet shows but never runs, and a statement as one table,
-written the same by the console's export and by `creditctl statement --csv`."""
+"""CSV exports: the one rule for a cell a spreadsheet shows but never runs, a statement as one table, and the
+audit log, each written the same by the console's export and by `creditctl statement --csv` / `audit --csv`."""
 
 from __future__ import annotations
 
@@ -72,4 +72,36 @@ def statement_csv(s: admin_pb2.Statement, note: str) -> str:
                         ("total_usage", -s.usage_millicredits)):
         row(section, mc)
     row("closing_balance", s.closing_balance_millicredits, at=_time(s.end_time))
+    return out.getvalue()
+
+
+# ---- the audit log's export (console and `creditctl audit --csv`) ----
+
+AUDIT_COLUMNS = ("audit_id", "at", "actor", "actor_kind", "on_behalf_of", "action", "target_kind", "org_id",
+                 "target_id", "changes", "before", "after", "request_id", "source", "forwarded_for")
+
+
+def audit_changes(before_json: str, after_json: str) -> str:
+    """The fields an audit record's change moved, as "field: old -> new" joined by "; " (created: every
+    field of after; deleted: "deleted")."""
+    before, after = json.loads(before_json or "null"), json.loads(after_json or "null")
+    if before is None and after is None:
+        return ""
+    if after is None:
+        return "deleted"
+    before = before or {}
+    moved = [f"{k}: {json.dumps(before.get(k))} -> {json.dumps(after[k])}" for k in sorted(after)
+             if before.get(k) != after[k]]
+    return "; ".join(moved) if moved else "no change"
+
+
+def audit_csv(records: list[admin_pb2.AuditRecord]) -> str:
+    """One row per record, newest first as listed; before/after as the JSON the authority stored."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(AUDIT_COLUMNS)
+    for r in records:
+        cells = {"at": _time(r.at), "changes": audit_changes(r.before_json, r.after_json),
+                 "before": r.before_json, "after": r.after_json}
+        writer.writerow([csv_cell(cells[c] if c in cells else getattr(r, c)) for c in AUDIT_COLUMNS])
     return out.getvalue()
