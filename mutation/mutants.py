@@ -154,8 +154,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "RETRY = RetryPolicy(attempts=4,", "RETRY = RetryPolicy(attempts=1,", COMMIT_FAULTS),
     # ---- Python: money in (issue #13) ----
     mutant("mint-check-skipped", "TopUpPool takes the admin role instead of mint: the REST service's token mints",
-           "credit_service/server/servicers.py", """    @rpc(Role.MINT)
-    async def TopUpPool""", """    @rpc(Role.ADMIN)
+           "credit_service/server/servicers.py", """    @rpc(Role.MINT, audited=Audited("organization", org_of_request, lambda r: r.org_id))
+    async def TopUpPool""", """    @rpc(Role.ADMIN, audited=Audited("organization", org_of_request, lambda r: r.org_id))
     async def TopUpPool""", "tests/test_money_in_roles.py"),
     mutant("payment-paid-twice", "a paid session's purchase is paid again by every delivery (no status guard)",
            "credit_service/storage/payments.py",
@@ -240,4 +240,15 @@ MUTANTS: tuple[Mutant, ...] = (
            "    IF TG_OP = 'TRUNCATE' THEN RETURN NULL; END IF;\n"
            "    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP",
            "tests/test_append_only.py", function="history_is_append_only"),
+    # ---- the audit log ----
+    mutant("audit-record-after-the-change", "the audit record is not written in the change's transaction (the RPC "
+           "layer appends it alone afterwards)", "credit_service/storage/common.py",
+           "                await seal_entry(conn, entry)", "                pass", "tests/test_audit_log.py"),
+    mutant("audit-key-digest-recorded", "an API key's audit snapshot keeps the secret's digest",
+           "credit_service/storage/audit.py", "SELECT to_jsonb(k) - 'secret_hash' - 'last_used_at'",
+           "SELECT to_jsonb(k) - 'last_used_at'", "tests/test_audit_log.py"),
+    mutant("audit-change-marked-read", "SetAllocation is declared a read: its calls leave no audit record",
+           "credit_service/server/servicers.py",
+           "@rpc(Role.ADMIN, audited=MEMBER)\n    async def SetAllocation(",
+           "@rpc(Role.ADMIN, audited=NOT_A_CHANGE)\n    async def SetAllocation(", "tests/test_audit_log.py"),
 )

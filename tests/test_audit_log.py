@@ -8,6 +8,7 @@ test_every_changing_rpc_appends_exactly_one_record until this file calls it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable
@@ -208,6 +209,7 @@ def test_no_secret_is_in_the_audit_log(run, payments):
     assert len(state["secrets"]) == 4
     for secret in state["secrets"]:
         assert secret not in dump
+        assert hashlib.sha256(secret.encode()).hexdigest() not in dump  # nor its digest (how keys are stored)
     webhook = [json.loads(r[0]) for r in payments.query(
         "SELECT after::text FROM audit_log WHERE action = 'SetAlertWebhook' AND org_id = $1", run[3])]
     assert webhook == [{"url": "https://hooks.example.test/audit", "secret_set": True,
