@@ -22,7 +22,7 @@ from . import errors, metrics
 from .edge import Edge
 from .payments import Payments
 from .quiet_litellm import skip_unobserved_success_logging
-from .routes import console, credits, limits, llm, payments, reports, sso
+from .routes import console, credits, limits, llm, modes, payments, reports, sso
 from .service import InferenceService
 from .settings import Settings
 from .sso import SESSION_COOKIE
@@ -73,13 +73,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "X-Cost-Incurred, X-Credits-Remaining (credits), X-Request-Id and X-Funding-Source.")
     app.state.service = service
     app.state.payments = Payments.from_settings(settings)  # refuses prices it cannot charge exactly
-    app.add_middleware(Edge, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(Edge, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes)
     if service.sso is not None:  # the console's SSO session: signed, HttpOnly, SameSite=Lax
         app.add_middleware(SessionMiddleware, secret_key=settings.sso.session_secret, session_cookie=SESSION_COOKIE,
                            max_age=settings.sso.session_seconds, same_site="lax",
                            https_only=settings.sso.session_https_only)
     add_error_handlers(app)
     app.include_router(llm.router)
+    app.include_router(modes.router)  # embeddings, audio transcriptions, moderations
     app.include_router(credits.router)
 
     @app.get("/metrics", include_in_schema=False)

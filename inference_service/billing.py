@@ -68,6 +68,15 @@ class ChatEstimate:
         return self.reserved_prompt_tokens + self.max_tokens * self.n
 
 
+@dataclass(frozen=True)
+class InputEstimate:
+    """What a call billed for its input alone (embeddings) may cost at worst."""
+
+    counted_tokens: int  # our count (charged when the provider reports no usage)
+    reserved_tokens: int  # what the hold pays for: text with PROMPT_SAFETY, token arrays as they are
+    amount_mc: int
+
+
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -156,6 +165,22 @@ class Pricing:
 
     def image_estimate(self, entry: ModelEntry, n: int, quality: str | None, size: str | None) -> int:
         return max(self.to_millicredits(entry.image_price(quality, size) * n), 1)
+
+    def input_estimate(self, entry: ModelEntry, text_tokens: int, exact_tokens: int) -> InputEstimate:
+        """The worst case of a call billed for its input only (embeddings): `text_tokens` as counted here
+        (times PROMPT_SAFETY), `exact_tokens` (token arrays: one token each) as they are."""
+        reserved = math.ceil(text_tokens * PROMPT_SAFETY) + exact_tokens
+        return InputEstimate(text_tokens + exact_tokens, reserved, self.input_worst_mc(entry, reserved))
+
+    def input_worst_mc(self, entry: ModelEntry, tokens: int) -> int:
+        return max(self.to_millicredits(self.chat_cost_usd(entry, tokens, 0)), 1)
+
+    def audio_cost_usd(self, entry: ModelEntry, seconds: Decimal) -> Decimal:
+        """Audio priced per second (the catalogue's input_cost_per_second), to the picodollar."""
+        return usd(entry.input_cost_per_second * seconds)
+
+    def audio_worst_mc(self, entry: ModelEntry, seconds: int) -> int:
+        return max(self.to_millicredits(self.audio_cost_usd(entry, Decimal(seconds))), 1)
 
     def chat_cost_usd(self, entry: ModelEntry, prompt_tokens: int, completion_tokens: int) -> Decimal:
         """What LiteLLM says these tokens cost (with our price override when the catalogue has one)."""

@@ -1,5 +1,5 @@
 """The model catalogue: which models clients may call, how LiteLLM reaches
-them, and what they cost (USD per token / per image, as Decimal)."""
+them, and what they cost (USD per token / per image / per second of audio, as Decimal)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,17 @@ DEFAULT_IMAGE_SIZE = "1024x1024"
 # An image part's worst case in input tokens: Anthropic bills ~1,600 for its largest
 # images; OpenAI's gpt-4o at most 85 + 8 × 170 = 1,445 ("high" detail, 8 tiles).
 DEFAULT_MAX_TOKENS_PER_IMAGE = 1600
+# What an entry may be used for (model_info.mode), and the endpoint under /api/v1/llm that serves each mode.
+ENDPOINT_OF_MODE = {"chat": "/chat/completions", "image_generation": "/images/generations",
+                    "embedding": "/embeddings", "audio_transcription": "/audio/transcriptions",
+                    "moderation": "/moderations"}
+DEFAULT_MAX_INPUT_TOKENS = 8191  # an embedding or moderation input's cap when the catalogue names none
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    mode: str  # "chat" | "image_generation"
+    mode: str  # a key of ENDPOINT_OF_MODE
     litellm_params: dict[str, Any]
     input_cost_per_token: Decimal
     output_cost_per_token: Decimal
@@ -37,6 +42,10 @@ class ModelEntry:
     image_prices: dict[str, Decimal] = field(default_factory=dict)
     # Input tokens one image part may cost at most (model_info.max_tokens_per_image).
     max_tokens_per_image: int = DEFAULT_MAX_TOKENS_PER_IMAGE
+    # USD per second of audio (audio_transcription: model_info.input_cost_per_second, LiteLLM's name).
+    input_cost_per_second: Decimal = Decimal(0)
+    # Input tokens one embedding input (or a whole moderation request) may have (model_info.max_input_tokens).
+    max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS
 
     @property
     def litellm_model(self) -> str:
@@ -93,10 +102,20 @@ def load(path: Path, env: dict[str, str] | None = None) -> dict[str, ModelEntry]
             log.info("model %s is off: its provider key is not set", name)
             continue
         info = dict(item.get("model_info") or {})
-        override = any(k in info for k in ("input_cost_per_token", "output_cost_per_token", "output_cost_per_image"))
+        override = any(k in info for k in ("input_cost_per_token", "output_cost_per_token", "output_cost_per_image",
+                                           "input_cost_per_second"))
         known = {} if override else _litellm_prices(params["model"])
         merged = {**known, **info}
         mode = merged.get("mode") or "chat"
+        if mode not in ENDPOINT_OF_MODE:
+            log.warning("model %s is off: mode %s is not served here (%s)", name, mode, ", ".join(ENDPOINT_OF_MODE))
+            continue
+        if mode == "embedding" and not merged.get("input_cost_per_token"):
+            log.warning("model %s is off: no per-token price known (add model_info.input_cost_per_token)", name)
+            continue
+        if mode == "audio_transcription" and not merged.get("input_cost_per_second"):
+            log.warning("model %s is off: no per-second price known (add model_info.input_cost_per_second)", name)
+            continue
         if mode == "chat" and not (merged.get("input_cost_per_token") or merged.get("output_cost_per_token")):
             log.warning("model %s is off: no price known (add model_info prices)", name)
             continue
@@ -111,5 +130,7 @@ def load(path: Path, env: dict[str, str] | None = None) -> dict[str, ModelEntry]
             max_output_tokens=int(merged.get("max_output_tokens") or merged.get("max_tokens") or 4096),
             price_override=override, provider=params["model"].split("/", 1)[0],
             image_prices={str(k): _decimal(v) for k, v in (info.get("image_prices") or {}).items()},
-            max_tokens_per_image=int(info.get("max_tokens_per_image") or DEFAULT_MAX_TOKENS_PER_IMAGE))
+            max_tokens_per_image=int(info.get("max_tokens_per_image") or DEFAULT_MAX_TOKENS_PER_IMAGE),
+            input_cost_per_second=_decimal(merged.get("input_cost_per_second")),
+            max_input_tokens=int(merged.get("max_input_tokens") or DEFAULT_MAX_INPUT_TOKENS))
     return entries

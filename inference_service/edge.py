@@ -1,6 +1,7 @@
 """The REST service's edge, as one plain ASGI middleware (Starlette's
 BaseHTTPMiddleware costs a task and a copy per request): body size limit,
-JSON content type, strict JSON (no NaN/Infinity, bounded nesting, no lone
+JSON content type (multipart/form-data up to the upload limit on the upload
+paths), strict JSON (no NaN/Infinity, bounded nesting, no lone
 surrogate escapes), metrics,
 and one JSON access-log line per request (never headers, so never keys)."""
 
@@ -19,6 +20,10 @@ from . import errors, metrics
 log = logging.getLogger("inference_service")
 
 MAX_JSON_DEPTH = 64
+# POST paths that take a file (multipart/form-data) instead of JSON, and the room the form's other
+# fields and framing may take besides the file itself.
+UPLOAD_PATHS = frozenset({"/api/v1/llm/audio/transcriptions"})
+FORM_OVERHEAD_BYTES = 64 * 1024
 
 
 def _reject_constant(name: str) -> None:
@@ -64,9 +69,10 @@ def _error(error: errors.ApiError) -> JSONResponse:
 
 
 class Edge:
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int = 25 * 1024 * 1024):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,7 +88,9 @@ class Edge:
             await send(message)
 
         try:
-            if scope["method"] == "POST":
+            if scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS:
+                await self._upload(scope, receive, observed_send)
+            elif scope["method"] == "POST":
                 body, problem = await self._read_json(scope, receive)
                 if problem is not None:
                     await _error(problem)(scope, receive, observed_send)
@@ -108,6 +116,45 @@ class Edge:
                 log.info("http", extra={"method": scope["method"], "route": route, "status": status,
                                         "ms": round(elapsed * 1000, 2),
                                         "request_id": scope.get("state", {}).get("request_id")})
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A multipart upload, streamed to the app (Starlette spools the file) and counted: past the limit
+        the app is told the client left, and its answer is replaced by a 413."""
+        headers = dict(scope["headers"])
+        limit = self.max_upload_bytes + FORM_OVERHEAD_BYTES
+        too_large = errors.ApiError(413, f"Upload larger than {self.max_upload_bytes} bytes.",
+                                    "invalid_request_error", "request_too_large")
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await _error(too_large)(scope, receive, send)
+            return
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if content_type != b"multipart/form-data":
+            await _error(errors.ApiError(415, "Content-Type must be multipart/form-data (the audio file and the "
+                                              "form fields).", "invalid_request_error", "unsupported_media_type"))(
+                scope, receive, send)
+            return
+        size, over = 0, False
+
+        async def counted() -> Message:
+            nonlocal size, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > limit:
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def unless_over(message: Message) -> None:
+            if not over:  # the app's answer to a body it could not finish reading is replaced below
+                await send(message)
+
+        await self.app(scope, counted, unless_over)
+        if over:
+            await _error(too_large)(scope, receive, send)
 
     async def _read_json(self, scope: Scope, receive: Receive) -> tuple[bytes, errors.ApiError | None]:
         headers = dict(scope["headers"])

@@ -162,3 +162,86 @@ class ImageGenerationRequest(BaseModel):
     style: Literal["vivid", "natural"] | None = None
     response_format: Literal["url", "b64_json"] | None = None
     user: ClientText | None = Field(None, max_length=256)
+
+
+# ---- embeddings, audio transcriptions, moderations ------------------------------------------------
+
+EMBEDDING_MAX_INPUTS = 2048  # OpenAI's bound on the inputs of one embeddings request
+TOKEN_ID_MAX = 1_000_000  # token ids at or above this are no tokenizer's (o200k_base has ~200k)
+TokenId = Annotated[int, Field(ge=0, lt=TOKEN_ID_MAX, strict=True)]
+NonEmptyText = Annotated[str, Field(min_length=1)]
+
+
+class EmbeddingRequest(BaseModel):
+    """POST /embeddings: `input` is a string, a list of strings, a token array or a list of token arrays.
+    The total of tokens is bounded where the catalogue entry is known (metering_modes.py)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1, max_length=128)
+    input: (NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=EMBEDDING_MAX_INPUTS)]
+            | Annotated[list[TokenId], Field(min_length=1)]
+            | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]],
+                        Field(min_length=1, max_length=EMBEDDING_MAX_INPUTS)])
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(None, ge=1, le=65_536)
+    user: ClientText | None = Field(None, max_length=256,
+                                    description="End user; bills them only with an org service key")
+
+    @property
+    def texts(self) -> list[str]:
+        """The inputs given as text."""
+        if isinstance(self.input, str):
+            return [self.input]
+        return [item for item in self.input if isinstance(item, str)]
+
+    @property
+    def token_arrays(self) -> list[list[int]]:
+        """The inputs given as token arrays (one array, or several)."""
+        if isinstance(self.input, str) or not self.input or isinstance(self.input[0], str):
+            return []
+        if isinstance(self.input[0], int):
+            return [[t for t in self.input if isinstance(t, int)]]
+        return [item for item in self.input if isinstance(item, list)]
+
+
+ModerationPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ModerationRequest(BaseModel):
+    """POST /moderations: `input` is a string, a list of strings, or a list of text and image parts."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1, max_length=128)
+    input: (NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=128)]
+            | Annotated[list[ModerationPart], Field(min_length=1, max_length=128)])
+
+    @property
+    def texts(self) -> list[str]:
+        if isinstance(self.input, str):
+            return [self.input]
+        return [item if isinstance(item, str) else item.text for item in self.input
+                if isinstance(item, str) or isinstance(item, TextPart)]
+
+    def sent(self) -> str | list[Any]:
+        """The input as the provider is sent it."""
+        if isinstance(self.input, str):
+            return self.input
+        return [item if isinstance(item, str) else item.model_dump(exclude_none=True) for item in self.input]
+
+
+TranscriptionFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+LANGUAGE = re.compile(r"[a-z]{2,3}(-[A-Za-z]{2,4})?")
+
+
+class TranscriptionForm(BaseModel):
+    """The text fields of POST /audio/transcriptions (multipart/form-data; the file is checked apart)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1, max_length=128)
+    language: Annotated[str, AfterValidator(_pattern(LANGUAGE, "an ISO-639-1 language code such as 'en'"))] | None \
+        = None
+    prompt: ClientText | None = Field(None, max_length=4096)
+    response_format: TranscriptionFormat = "json"
+    temperature: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    timestamp_granularities: list[Literal["word", "segment"]] | None = Field(None, max_length=2)
+    user: ClientText | None = Field(None, max_length=256)

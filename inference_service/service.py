@@ -128,10 +128,15 @@ class InferenceService:
             self._client.outbox.close()
 
     def model(self, name: str, mode: str) -> catalogue.ModelEntry:
+        """The catalogue entry; 404 when there is none, 400 naming the right endpoint when it is of another mode."""
         entry = self.models.get(name)
-        if entry is None or entry.mode != mode:
+        if entry is None:
             raise errors.not_found(f"The model '{name}' does not exist or is not available here.",
                                    "model_not_found")
+        if entry.mode != mode:
+            raise errors.bad_request(f"The model '{name}' is a {entry.mode} model: use POST /api/v1/llm"
+                                     f"{catalogue.ENDPOINT_OF_MODE[entry.mode]}, not this endpoint.",
+                                     "wrong_endpoint_for_model")
         return entry
 
     # ---- who pays --------------------------------------------------------

@@ -64,6 +64,10 @@ class Settings(FromEnvironment):
     outbox_file: Path | None = setting("INFERENCE_OUTBOX_PATH", None, Path)  # None: data_dir / OUTBOX_FILE
     outbox_replay_seconds: float = setting("INFERENCE_OUTBOX_REPLAY_SECONDS", 2.0)
     max_body_bytes: int = setting("INFERENCE_MAX_BODY_BYTES", 1024 * 1024)
+    # POST /audio/transcriptions: the largest audio file accepted (OpenAI's limit: 25 MB)
+    max_upload_bytes: int = setting("INFERENCE_MAX_UPLOAD_BYTES", 25 * 1024 * 1024)
+    # POST /embeddings: the most input tokens one request may have, all inputs together (OpenAI's: 300,000)
+    embedding_max_tokens: int = setting("INFERENCE_EMBEDDING_MAX_TOKENS", 300_000)
     # CA of the authority's certificate: TLS when set
     authority_tls_ca_file: str = setting("CREDIT_AUTHORITY_TLS_CA_FILE", "")
     # our client certificate, for mutual TLS

@@ -22,6 +22,11 @@ from credit.v1 import admin_pb2
 CHAT_IN = "0.000001"  # USD per token, as priced in the test catalogue
 CHAT_OUT = "0.000002"
 IMAGE_PRICE = "0.04"
+EMBED_IN = "0.00000123"  # USD per input token of the test catalogue's embedding models
+AUDIO_PER_SECOND = "0.000123"  # USD per second of audio of its transcription models
+MODES = {"embedding": ("up-embed", "up-embed-fail", "up-embed-cut"),
+         "audio_transcription": ("up-transcribe", "up-transcribe-fail"),
+         "moderation": ("up-moderate", "up-moderate-fail")}
 
 
 def write_catalogue(path: Path, upstream: Upstream) -> Path:
@@ -29,8 +34,12 @@ def write_catalogue(path: Path, upstream: Upstream) -> Path:
         info = {"mode": mode, "max_output_tokens": 256}
         if mode == "chat":
             info.update(input_cost_per_token=float(CHAT_IN), output_cost_per_token=float(CHAT_OUT))
-        else:
+        elif mode == "image_generation":
             info.update(output_cost_per_image=float(IMAGE_PRICE))
+        elif mode == "embedding":
+            info.update(input_cost_per_token=float(EMBED_IN), max_input_tokens=8191)
+        elif mode == "audio_transcription":
+            info.update(input_cost_per_second=float(AUDIO_PER_SECOND))
         return {"model_name": name, "litellm_params": {"model": f"openai/{name}", "api_base": upstream.base_url,
                                                         "api_key": "upstream-test-key"}, "model_info": info}
 
@@ -39,6 +48,7 @@ def write_catalogue(path: Path, upstream: Upstream) -> Path:
     catalogue["model_list"] += [upstream_model(n) for n in ("up-chat", "up-fail", "up-slow", "up-delay",
                                                              "up-count", "up-tools")]
     catalogue["model_list"].append(upstream_model("up-image", "image_generation"))
+    catalogue["model_list"] += [upstream_model(name, mode) for mode, names in MODES.items() for name in names]
     path.write_text(yaml.safe_dump(catalogue))
     return path
 

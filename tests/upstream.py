@@ -3,7 +3,9 @@
 Models: up-chat (normal), up-fail (HTTP 500), up-slow (a long, slow stream),
 up-delay (answers after a pause), up-image (images), up-count (counts the
 prompt it was sent as a provider would: every message and tool, by tiktoken),
-up-tools (answers with a tool call, streamed as argument deltas, slowly).
+up-tools (answers with a tool call, streamed as argument deltas, slowly); embeddings (up-embed,
+up-embed-fail: HTTP 500, up-embed-cut: the connection cut mid-answer), transcriptions (up-transcribe,
+up-transcribe-fail) and moderations (up-moderate, up-moderate-fail) in OpenAI's wire format.
 Like a real provider, it never writes more than the `max_tokens` it was sent.
 Counts every request, keeps every request body, and serves /slow-image.png
 (counting fetches) for tests that check nobody fetches images while estimating.
@@ -13,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import Counter
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from helpers import ServedApp
 
 PROMPT_TOKENS = 12
@@ -113,6 +116,7 @@ def create_upstream() -> tuple[FastAPI, Counter]:
         return {"created": int(time.time()), "data": [{"url": f"http://upstream.invalid/img/{i}.png"}
                                                       for i in range(n)]}
 
+    add_media_routes(app, calls)
     return app, calls
 
 
@@ -132,6 +136,95 @@ def _tool_call_answer(model: str, body: dict):
             "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
                          "finish_reason": "tool_calls"}],
             "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 40, "total_tokens": PROMPT_TOKENS + 40}}
+
+
+def embedding_tokens(body: dict) -> int:
+    """What this upstream bills an embeddings input: token arrays as they are; text by tiktoken plus a
+    tenth (at least one), as a provider whose tokenizer counts a little more than ours would."""
+    import litellm
+
+    given = body["input"]
+    items = [given] if isinstance(given, str) or (given and isinstance(given[0], int)) else given
+    text = sum(len(litellm.encoding.encode(i)) for i in items if isinstance(i, str))
+    arrays = sum(len(i) if isinstance(i, list) else 1 for i in items if not isinstance(i, str))
+    return text + (max(1, text // 10) if text else 0) + arrays
+
+
+def wav_seconds(data: bytes) -> float:
+    import io
+    import wave
+
+    with wave.open(io.BytesIO(data)) as reader:
+        return reader.getnframes() / reader.getframerate()
+
+
+def add_media_routes(app: FastAPI, calls: Counter) -> None:
+    """/v1/embeddings, /v1/audio/transcriptions and /v1/moderations, answered as OpenAI does."""
+
+    def failed() -> JSONResponse:
+        return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        body = await request.json()
+        model = body["model"]
+        calls[model] += 1
+        app.state.bodies.append(body)
+        if model == "up-embed-fail":
+            return failed()
+        given = body["input"]
+        count = 1 if isinstance(given, str) or isinstance(given[0], int) else len(given)
+        answer = {"object": "list", "model": model, "data": [
+            {"object": "embedding", "index": i, "embedding": [0.5, -0.25, 0.125]} for i in range(count)],
+            "usage": {"prompt_tokens": embedding_tokens(body), "total_tokens": embedding_tokens(body)}}
+        if model == "up-embed-cut":  # promises the whole answer, sends half of it, then drops the connection
+            data = json.dumps(answer).encode()
+
+            async def half():
+                yield data[:len(data) // 2]
+                raise ConnectionResetError("upstream cut the connection")
+
+            return StreamingResponse(half(), media_type="application/json",
+                                     headers={"Content-Length": str(len(data))})
+        return answer
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request):
+        form = await request.form()
+        model = str(form["model"])
+        calls[model] += 1
+        upload = form["file"]
+        data = await upload.read()
+        app.state.bodies.append({"model": model, "file_bytes": len(data), "filename": upload.filename,
+                                 **{k: v for k, v in form.items() if isinstance(v, str)}})
+        if model == "up-transcribe-fail":
+            return failed()
+        seconds = wav_seconds(data)
+        text = "Credits are reserved before every call."
+        response_format = form.get("response_format") or "json"
+        if response_format in ("text", "srt", "vtt"):
+            return PlainTextResponse(text)
+        usage = {"type": "duration", "seconds": math.ceil(seconds)}  # billed by the whole second
+        if response_format == "verbose_json":
+            return {"task": "transcribe", "language": "english", "duration": seconds, "text": text,
+                    "segments": [], "usage": usage}
+        return {"text": text, "usage": usage}
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request):
+        body = await request.json()
+        model = body.get("model", "")
+        calls[model] += 1
+        app.state.bodies.append(body)
+        if model == "up-moderate-fail":
+            return failed()
+        given = body["input"]
+        count = len(given) if isinstance(given, list) and given and isinstance(given[0], str) else 1
+        flagged = [isinstance(given, str) and "hate" in given or isinstance(given, list) and "hate" in str(given[i])
+                   for i in range(count)]
+        return {"id": "modr-up", "model": model, "results": [
+            {"flagged": f, "categories": {"hate": f, "violence": False},
+             "category_scores": {"hate": 0.9 if f else 0.01, "violence": 0.02}} for f in flagged]}
 
 
 class Upstream(ServedApp):

@@ -1,0 +1,45 @@
+"""Support for the embeddings, transcription and moderation tests: WAV files made here (no fixtures on disk),
+multipart bodies as a client sends them, and the prices of the test catalogue read back from it."""
+
+from __future__ import annotations
+
+import io
+import math
+import wave
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import yaml
+
+MC_PER_USD = Decimal(100) * 1000  # the service's default rate: 100 credits per USD, 1,000 millicredits each
+
+
+def wav(seconds: float, rate: int = 8000, channels: int = 1) -> bytes:
+    """A silent 16-bit PCM WAV of `seconds` (rounded to whole frames)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(channels)
+        writer.setsampwidth(2)
+        writer.setframerate(rate)
+        writer.writeframes(b"\0\0" * channels * round(seconds * rate))
+    return buffer.getvalue()
+
+
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes, str]] | None = None) -> tuple[bytes, str]:
+    """(body, Content-Type) of a multipart/form-data request, encoded by httpx as the SDKs send it."""
+    request = httpx.Request("POST", "http://encoder.invalid/", data=fields, files=files or {})
+    return request.read(), request.headers["Content-Type"]
+
+
+def price(models_file: Path, model: str, field: str) -> Decimal:
+    """A price of the catalogue the service was started with, exactly as written there."""
+    for entry in yaml.safe_load(models_file.read_text())["model_list"]:
+        if entry["model_name"] == model:
+            return Decimal(str(entry["model_info"][field]))
+    raise KeyError(model)
+
+
+def millicredits(usd: Decimal) -> int:
+    """A provider cost in USD as the service charges it: rounded up to the millicredit."""
+    return math.ceil(usd * MC_PER_USD)
