@@ -37,7 +37,7 @@ def _command(pid: str) -> str:
     except OSError:
         return "?"
     words = [w.decode(errors="replace") for w in raw.split(b"\0") if w]
-    text = " ".join([Path(words[0]).name, *words[1:]]) if words else "?"
+    text = " ".join(" ".join([Path(words[0]).name, *words[1:]]).split()) if words else "?"  # one line
     return text if len(text) <= 80 else text[:77] + "..."
 
 

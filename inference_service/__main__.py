@@ -16,7 +16,6 @@ import uvicorn
 from credit_service import logs
 from credit_service.ports import bind_error
 
-from .app import create_app
 from .settings import Settings
 
 log = logging.getLogger("inference_service")
@@ -57,6 +56,8 @@ def main() -> None:
     import litellm
 
     litellm.suppress_debug_info = True
+    from .app import create_app  # the slow imports, after the socket is ours
+
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=15)
     try:

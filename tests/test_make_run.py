@@ -1,0 +1,219 @@
+"""`make run`'s entry point (`python -m credit_service up`) as a person meets it, run as a subprocess with
+a private data directory and free ports:
+
+* a taken port (the REST service's, the authority's, the embedded PostgreSQL's) ends the run at once, exit 1,
+  naming the port and the process that holds it, before anything is started; the same event as a readable
+  line (LOG_FORMAT=text) and as JSON (LOG_FORMAT=json);
+* the REST service alone on a taken port exits 2 naming it and never says "listening";
+* the REST child killed: `up` notices, stops the authority and PostgreSQL, exits 1;
+* SIGINT: no process of the stack and no PostgreSQL left (by pid and by port); CREDIT_EMBEDDED_PG_KEEP=1
+  leaves PostgreSQL running, `python -m credit_service stop` (make stop) stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, free_port
+
+from credit_service.embedded_db import EmbeddedPostgres
+
+EXIT_TIMEOUT = 60  # generous: the assertions are on exit codes and messages, not on time
+
+
+class Run:
+    """One `python -m credit_service up`, its output collected line by line (stdout and stderr)."""
+
+    def __init__(self, data_dir: Path, ports: dict[str, int], **extra: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CREDIT_AUTH_TOKENS")}
+        env.update(CREDIT_DATA_DIR=str(data_dir), CREDIT_LISTEN_ADDR=f"127.0.0.1:{ports['authority']}",
+                   CREDIT_EMBEDDED_PG_PORT=str(ports["pg"]), INFERENCE_PORT=str(ports["rest"]),
+                   INFERENCE_HOST="127.0.0.1", CREDIT_METRICS_PORT=str(ports["metrics"]), LOG_FORMAT="json")
+        env.update(extra)
+        self.ports = ports
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen([sys.executable, "-m", "credit_service", "up"], env=env, cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_up(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(line.startswith("Ctrl-C stops") for line in self.lines):
+            assert self.proc.poll() is None, f"up exited {self.proc.returncode}:\n{self.output}"
+            assert time.monotonic() < deadline, f"not up within {timeout} s:\n{self.output}"
+            time.sleep(0.1)
+
+    def wait(self) -> int:
+        code = self.proc.wait(EXIT_TIMEOUT)
+        self._reader.join(10)
+        return code
+
+    def events(self) -> list[dict]:
+        return [json.loads(line) for line in self.lines if line.startswith("{")]
+
+    def child_pid(self, name: str) -> int:
+        return next(e["pid"] for e in self.events() if e.get("msg") == f"{name} started")
+
+
+def _ports() -> dict[str, int]:
+    return {"authority": free_port(), "rest": free_port(), "pg": free_port(), "metrics": free_port()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its parent) is not running
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _assert_gone(pids: dict[str, int], ports: dict[str, int], output: str) -> None:
+    left = {name: pid for name, pid in pids.items() if _alive(pid)}
+    assert not left, f"still running: {left}\n{output}"
+    listening = {name: port for name, port in ports.items() if _listening(port)}
+    assert not listening, f"still listening: {listening}\n{output}"
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> Iterator[Path]:
+    """One data directory for the module's full starts: the cluster is created and migrated once."""
+    path = Path(tempfile.mkdtemp(prefix="credit-make-run-"))
+    yield path
+    EmbeddedPostgres(path / "pg", 0).stop("immediate")
+
+
+@pytest.fixture
+def holder() -> Iterator[tuple[subprocess.Popen, int]]:
+    """Another process listening on a free port (what a person would have left running)."""
+    proc = subprocess.Popen([sys.executable, "-c",
+                             "import socket, sys, time\n"
+                             "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+                             "print(s.getsockname()[1], flush=True); time.sleep(600)"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    yield proc, port
+    proc.kill()
+    proc.wait()
+
+
+NAMES = {"rest": "REST service", "authority": "credit authority", "pg": "embedded PostgreSQL"}
+VARIABLES = {"rest": "INFERENCE_PORT", "authority": "CREDIT_LISTEN_ADDR", "pg": "CREDIT_EMBEDDED_PG_PORT"}
+
+
+@pytest.mark.parametrize(("taken", "log_format"), [("rest", "json"), ("rest", "text"), ("authority", "json"),
+                                                   ("pg", "text")])
+def test_a_taken_port_ends_up_at_once_naming_the_port_and_its_holder(holder, taken, log_format):
+    proc, port = holder
+    data_dir = Path(tempfile.mkdtemp(prefix="credit-make-run-port-"))
+    ports = {**_ports(), taken: port}
+    run = Run(data_dir, ports, LOG_FORMAT=log_format)
+    assert run.wait() == 1, run.output
+    expected = (f"the {NAMES[taken]} cannot start: port {port} is already in use by pid {proc.pid} "
+                f"(python")
+    if log_format == "json":
+        errors = [e for e in run.events() if e["level"] == "error"]
+        assert len(errors) == 1, run.output
+        assert errors[0]["msg"].startswith(expected) and VARIABLES[taken] in errors[0]["msg"], run.output
+        assert (errors[0]["logger"], errors[0]["service"], errors[0]["port"]) == ("up", "up", port)
+    else:
+        assert not any(line.startswith("{") for line in run.lines), run.output
+        line = next(line for line in run.lines if " ERROR " in line)
+        assert re.match(r"\d\d:\d\d:\d\d ERROR +up +" + re.escape(expected), line), line
+        assert line.rstrip().endswith(f"port={port}"), line
+    assert "listening" not in run.output and "Ctrl-C" not in run.output
+    assert not (data_dir / "pg").exists(), "nothing may start before every port is checked"
+
+
+def test_the_rest_service_on_a_taken_port_exits_naming_it_without_saying_listening(holder):
+    proc, port = holder
+    env = {**os.environ, "INFERENCE_HOST": "127.0.0.1", "INFERENCE_PORT": str(port),
+           "CREDIT_SERVICE_TOKEN": "t" * 32, "LOG_FORMAT": "json"}
+    result = subprocess.run([sys.executable, "-m", "inference_service"], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=EXIT_TIMEOUT)
+    assert result.returncode == 2, result.stderr
+    assert "listening" not in result.stdout
+    error = json.loads(result.stderr.strip().splitlines()[-1])
+    assert error["port"] == port and error["service"] == "rest"
+    assert f"port {port} is already in use by pid {proc.pid}" in error["msg"], error
+
+
+def test_a_dead_rest_service_stops_the_authority_and_postgres(data_dir):
+    ports = _ports()
+    run = Run(data_dir, ports)
+    try:
+        run.wait_up()
+        pg = EmbeddedPostgres(data_dir / "pg", ports["pg"]).postmaster()
+        assert pg is not None and pg[1] == ports["pg"]
+        pids = {"authority": run.child_pid("credit authority"), "rest": run.child_pid("REST service"),
+                "postgres": pg[0]}
+        os.kill(pids["rest"], signal.SIGKILL)
+        assert run.wait() == 1, run.output
+    finally:
+        run.proc.kill()
+    error = next(e for e in run.events() if e["level"] == "error")
+    assert f"the REST service (pid {pids['rest']}) was killed by signal SIGKILL" in error["msg"], run.output
+    _assert_gone(pids, ports, run.output)
+
+
+def test_sigint_leaves_nothing_running_and_keep_leaves_only_postgres(data_dir):
+    ports = _ports()
+    run = Run(data_dir, ports, CREDIT_EMBEDDED_PG_KEEP="1")
+    run.wait_up()
+    pg = EmbeddedPostgres(data_dir / "pg", ports["pg"]).postmaster()
+    assert pg is not None
+    services = {"authority": run.child_pid("credit authority"), "rest": run.child_pid("REST service")}
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait() == 0, run.output
+    _assert_gone(services, {k: v for k, v in ports.items() if k != "pg"}, run.output)
+    assert _alive(pg[0]) and _listening(ports["pg"]), "CREDIT_EMBEDDED_PG_KEEP=1 leaves PostgreSQL running"
+
+    env = {**os.environ, "CREDIT_DATA_DIR": str(data_dir), "CREDIT_EMBEDDED_PG_PORT": str(ports["pg"])}
+    stop = subprocess.run([sys.executable, "-m", "credit_service", "stop"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=EXIT_TIMEOUT)
+    assert stop.returncode == 0 and f"pid {pg[0]}" in stop.stdout, stop.stdout + stop.stderr
+    _assert_gone({"postgres": pg[0]}, {"pg": ports["pg"]}, stop.stdout)
+
+    run = Run(data_dir, ports)  # without the option: SIGINT stops PostgreSQL too
+    run.wait_up()
+    pg = EmbeddedPostgres(data_dir / "pg", ports["pg"]).postmaster()
+    assert pg is not None
+    pids = {"authority": run.child_pid("credit authority"), "rest": run.child_pid("REST service"),
+            "postgres": pg[0], "up": run.proc.pid}
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait() == 0, run.output
+    _assert_gone(pids, ports, run.output)
