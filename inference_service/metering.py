@@ -173,22 +173,27 @@ class Meter:
 
     async def chat(self, entry: ModelEntry, body: ChatCompletionRequest,
                    billing: Billing) -> JSONResponse | StreamingResponse:
-        params = self.chat_params(entry, body)
-        estimate = self.pricing.chat_estimate(entry, params, body.requested_max_tokens, body.n)
-        uncapped = estimate.max_tokens
-        hold, estimate = await self.reserve_chat(entry, billing, estimate, body.stream)
-        params["max_tokens"] = estimate.max_tokens  # the provider never writes more than the hold paid for
-        if estimate.max_tokens < uncapped:
-            hold.headers[CAPPED_HEADER] = str(estimate.max_tokens)
+        params, hold, estimate = await self.hold_chat(entry, body, billing, "llm_inference")
         if body.stream:
             return await ChatStream(self, entry, body, billing, hold, estimate).open(params)
         # Shielded: a client that goes away cannot stop the settlement of a call already made.
-        task = self.spawn(self._chat_once(entry, body, billing, hold, params, estimate), name="settle-chat")
+        task = self.spawn(self.chat_once(entry, body, billing, hold, params, estimate), name="settle-chat")
         payload, headers = await asyncio.shield(task)
         return JSONResponse(payload, headers=headers)
 
+    async def hold_chat(self, entry: ModelEntry, body: ChatCompletionRequest, billing: Billing,
+                        service_type: str) -> tuple[dict[str, Any], Hold, ChatEstimate]:
+        """Estimates and holds a chat call; returns LiteLLM's params (with the cap the hold paid for)."""
+        params = self.chat_params(entry, body)
+        wanted = self.pricing.chat_estimate(entry, params, body.requested_max_tokens, body.n)
+        hold, estimate = await self.reserve_chat(entry, billing, wanted, body.stream, service_type)
+        params["max_tokens"] = estimate.max_tokens  # the provider never writes more than the hold paid for
+        if estimate.max_tokens < wanted.max_tokens:
+            hold.headers[CAPPED_HEADER] = str(estimate.max_tokens)
+        return params, hold, estimate
+
     async def reserve_chat(self, entry: ModelEntry, billing: Billing, estimate: ChatEstimate,
-                           stream: bool) -> tuple[Hold, ChatEstimate]:
+                           stream: bool, service_type: str) -> tuple[Hold, ChatEstimate]:
         """Holds the worst case, within X-Max-Cost; with X-Fit-To-Budget, `max_tokens` capped to the
         credits available when the worst case does not fit them. Returns the hold and what it paid for."""
         budget = billing.budget
@@ -200,7 +205,7 @@ class Meter:
             estimate = fitted
         for attempt in range(FIT_ATTEMPTS):
             try:
-                hold = await self.reserve(billing, estimate.amount_mc, "llm_inference", entry,
+                hold = await self.reserve(billing, estimate.amount_mc, service_type, entry,
                                           {"estimate_millicredits": estimate.amount_mc, "stream": stream,
                                            "max_tokens": estimate.max_tokens}, tokens=estimate.tokens)
                 return hold, estimate
@@ -211,8 +216,8 @@ class Meter:
                 estimate = fitted
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _chat_once(self, entry: ModelEntry, body: ChatCompletionRequest, billing: Billing, hold: Hold,
-                         params: dict[str, Any], estimate: ChatEstimate) -> tuple[dict[str, Any], Headers]:
+    async def chat_once(self, entry: ModelEntry, body: ChatCompletionRequest, billing: Billing, hold: Hold,
+                        params: dict[str, Any], estimate: ChatEstimate) -> tuple[dict[str, Any], Headers]:
         started = time.monotonic()
         try:
             response = await litellm.acompletion(**params, timeout=self.upstream_timeout(hold))

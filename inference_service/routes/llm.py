@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
+from ..responses_api import create_response
+from ..responses_schema import ResponsesRequest
 from ..schemas import ChatCompletionRequest, ImageGenerationRequest
 from ..service import Caller
 from .common import BILLED, READS, caller, service_of
@@ -21,6 +23,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, who: C
 async def image_generations(body: ImageGenerationRequest, request: Request, who: Caller = Depends(caller)):
     """OpenAI image generation."""
     return await service_of(request).images(who, body, request)
+
+
+@router.post("/responses", responses=BILLED)
+async def responses(body: ResponsesRequest, request: Request, who: Caller = Depends(caller)):
+    """OpenAI's Responses API, with `stream: true` as its events; no stored state (previous_response_id and
+    store: true are refused). Billed as chat, under service type `responses`."""
+    return await create_response(service_of(request), who, body, request)
 
 
 @router.get("/models", responses=READS)
