@@ -171,10 +171,13 @@ def up(settings: Settings) -> int:
         _start(settings, rest, pg, supervisor)
         supervisor.watch()
     except Stopped as stop:
-        progress.line(f"\n{stop.args[0]}: stopping")
+        progress.line("")
+        log.info("%s: stopping everything make run started", stop.args[0])
     except Failed as failure:
         extra = failure.args[1] if len(failure.args) > 1 else {}
-        log.error("%s; stopping everything make run started", failure.args[0], extra=extra)
+        started = supervisor.children or (pg is not None and pg.started)
+        log.error("%s; %s", failure.args[0], "stopping everything make run started" if started
+                  else "nothing was started", extra=extra)
         code = 1
     except (RuntimeError, OSError) as exc:  # the embedded PostgreSQL or the database refused
         log.error("make run failed: %s", exc)
