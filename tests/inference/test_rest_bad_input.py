@@ -91,6 +91,61 @@ CASES = {
 
 PATHS = {"chat": "/api/v1/llm/chat/completions", "images": "/api/v1/llm/images/generations"}
 
+# ---- the Responses API (/responses): its own items, and no stored state --------------------------
+PATHS["responses"] = "/api/v1/llm/responses"
+RESPOND = {"model": "up-chat", "input": "hi"}
+
+
+def respond(**changes):
+    body = {**RESPOND, **changes}
+    return "responses", {k: v for k, v in body.items() if v is not ...}, {}, 400
+
+
+def respond_items(*items):
+    return respond(input=list(items))
+
+
+CASES.update({
+    "responses input missing": respond(input=...),
+    "responses empty input": respond(input=""),
+    "responses empty item list": respond(input=[]),
+    "responses input a number": respond(input=42),
+    "responses 2049 items": respond_items(*[{"role": "user", "content": "a"}] * 2049),
+    "responses oversized input": ("responses", {**RESPOND, "input": "x" * 2_000_000}, {}, 413),
+    "responses max_output_tokens zero": respond(max_output_tokens=0),
+    "responses max_output_tokens negative": respond(max_output_tokens=-1),
+    "responses max_output_tokens 2^63": respond(max_output_tokens=2**63),
+    "responses max_output_tokens as string": respond(max_output_tokens="ten"),
+    "responses max_output_tokens NaN": ("responses", raw('{"model": "up-chat", "input": "hi", '
+                                                         '"max_output_tokens": NaN}'), {}, 400),
+    "responses previous_response_id": respond(previous_response_id="resp_0123456789abcdef"),
+    "responses store true": respond(store=True),
+    "responses background true": respond(background=True),
+    "responses conversation": respond(conversation={"id": "conv_123"}),
+    "responses stored prompt template": respond(prompt={"id": "pmpt_123"}),
+    "responses item_reference item": respond_items({"type": "item_reference", "id": "msg_123"}),
+    "responses reasoning item": respond_items({"type": "reasoning", "id": "rs_1", "summary": []}),
+    "responses unknown item type": respond_items({"type": "x'; DROP TABLE users; --", "content": "hi"}),
+    "responses input_file part": respond_items({"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}),
+    "responses image by file_id": respond_items({"role": "user", "content": [{"type": "input_image",
+                                                                               "file_id": "file-1"}]}),
+    "responses image in an assistant message": respond_items({"role": "assistant", "content": [
+        {"type": "input_image", "image_url": "https://images.invalid/a.png"}]}),
+    "responses unknown role": respond_items({"role": "root", "content": "hi"}),
+    "responses function_call_output without call_id": respond_items({"type": "function_call_output", "output": "x"}),
+    "responses function_call with a bad name": respond_items({"type": "function_call", "call_id": "c1",
+                                                              "name": "a b\u0000", "arguments": "{}"}),
+    "responses built-in tool": respond(tools=[{"type": "web_search"}]),
+    "responses function tool without a name": respond(tools=[{"type": "function"}]),
+    "responses tool_choice a built-in tool": respond(tool_choice={"type": "file_search"}),
+    "responses json_schema without a schema": respond(text={"format": {"type": "json_schema", "name": "x"}}),
+    "responses user NUL": respond(user="a\u0000b"),
+    "responses stream not a bool": respond(stream="yes please"),
+    "responses with an image model": respond(model="demo-image"),
+    "responses with an embedding model": respond(model="up-embed"),
+    "responses unknown model": ("responses", {**RESPOND, "model": "no-such-model"}, {}, 404),
+})
+
 
 def test_the_rest_catalogue_is_large_enough():
     assert len(CASES) >= 50
