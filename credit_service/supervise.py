@@ -160,3 +160,5 @@ class Supervisor:
                     proc.wait()
             self.progress.line(f"✓ {child.name} stopped (pid {child.pid}, exit code {proc.returncode}, "
                                f"{time.monotonic() - started:.1f} s)")
+            log.log(logging.DEBUG if self.progress.enabled else logging.INFO, "%s stopped", child.name,
+                    extra={"pid": child.pid, "exit_code": proc.returncode})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from types import FrameType
 
 import uvicorn
 
@@ -22,7 +23,13 @@ log = logging.getLogger("inference_service")
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, saying "listening" once its socket accepts connections."""
+    """uvicorn's server, saying "listening" once its socket accepts connections, and exiting 0 after a stop
+    on SIGINT or SIGTERM (uvicorn raises the signal again once shut down: the process would end killed by it,
+    a Ctrl-C with a KeyboardInterrupt traceback)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -60,10 +67,7 @@ def main() -> None:
 
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=15)
-    try:
-        _Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it shut down on (Ctrl-C): already stopped
-        pass
+    _Server(config).run(sockets=[sock])
 
 
 if __name__ == "__main__":

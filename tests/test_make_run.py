@@ -217,3 +217,7 @@ def test_sigint_leaves_nothing_running_and_keep_leaves_only_postgres(data_dir):
     run.proc.send_signal(signal.SIGINT)
     assert run.wait() == 0, run.output
     _assert_gone(pids, ports, run.output)
+    # each service stopped cleanly (not killed by the signal it was stopped with), then PostgreSQL
+    stopped = [(e["msg"], e.get("exit_code")) for e in run.events() if e["msg"].endswith(" stopped")]
+    assert stopped == [("REST service stopped", 0), ("credit authority stopped", 0),
+                       ("embedded PostgreSQL stopped", None)], run.output
