@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 # C0 and C1 control characters, DEL and lone surrogates (which cannot be encoded as UTF-8).
 _NOT_PRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -167,21 +167,52 @@ class ImageGenerationRequest(BaseModel):
 # ---- embeddings, audio transcriptions, moderations ------------------------------------------------
 
 EMBEDDING_MAX_INPUTS = 2048  # OpenAI's bound on the inputs of one embeddings request
+MODERATION_MAX_INPUTS = 128
 TOKEN_ID_MAX = 1_000_000  # token ids at or above this are no tokenizer's (o200k_base has ~200k)
-TokenId = Annotated[int, Field(ge=0, lt=TOKEN_ID_MAX, strict=True)]
-NonEmptyText = Annotated[str, Field(min_length=1)]
+EMBEDDING_INPUT = "a string, a list of strings, a token array (integers) or a list of token arrays"
+
+
+def _token_array(value: list[Any], where: str) -> list[int]:
+    if not value:
+        raise ValueError(f"{where}: an empty token array")
+    for index, token in enumerate(value):
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < TOKEN_ID_MAX:
+            raise ValueError(f"{where}[{index}]: token ids are integers from 0 to {TOKEN_ID_MAX - 1:,}")
+    return value
+
+
+def embedding_input(value: Any) -> str | list[str] | list[int] | list[list[int]]:
+    """`input` of an embeddings request, each shape checked with a message that names what is wrong."""
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("must not be an empty string")
+        return value
+    if not isinstance(value, list):
+        raise ValueError(f"must be {EMBEDDING_INPUT}")
+    if not value:
+        raise ValueError("must not be an empty list")
+    if all(isinstance(item, int) and not isinstance(item, bool) for item in value):
+        return _token_array(value, "input")
+    if len(value) > EMBEDDING_MAX_INPUTS:
+        raise ValueError(f"has {len(value):,} inputs; at most {EMBEDDING_MAX_INPUTS:,}")
+    if all(isinstance(item, str) for item in value):
+        empty = next((i for i, item in enumerate(value) if not item), None)
+        if empty is not None:
+            raise ValueError(f"input[{empty}] is an empty string")
+        return value
+    if all(isinstance(item, list) for item in value):
+        return [_token_array(item, f"input[{i}]") for i, item in enumerate(value)]
+    raise ValueError(f"must be {EMBEDDING_INPUT}, not a mix (or token ids that are not integers)")
 
 
 class EmbeddingRequest(BaseModel):
     """POST /embeddings: `input` is a string, a list of strings, a token array or a list of token arrays.
-    The total of tokens is bounded where the catalogue entry is known (metering_modes.py)."""
+    The tokens are bounded where the catalogue entry is known (metering_modes.py)."""
 
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1, max_length=128)
-    input: (NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=EMBEDDING_MAX_INPUTS)]
-            | Annotated[list[TokenId], Field(min_length=1)]
-            | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]],
-                        Field(min_length=1, max_length=EMBEDDING_MAX_INPUTS)])
+    input: Annotated[Any, AfterValidator(embedding_input)] = Field(
+        description=f"{EMBEDDING_INPUT}; at most {EMBEDDING_MAX_INPUTS} inputs")
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(None, ge=1, le=65_536)
     user: ClientText | None = Field(None, max_length=256,
@@ -197,14 +228,43 @@ class EmbeddingRequest(BaseModel):
     @property
     def token_arrays(self) -> list[list[int]]:
         """The inputs given as token arrays (one array, or several)."""
-        if isinstance(self.input, str) or not self.input or isinstance(self.input[0], str):
+        if isinstance(self.input, str) or isinstance(self.input[0], str):
             return []
         if isinstance(self.input[0], int):
-            return [[t for t in self.input if isinstance(t, int)]]
-        return [item for item in self.input if isinstance(item, list)]
+            return [self.input]
+        return list(self.input)
 
 
 ModerationPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+_MODERATION_PART: TypeAdapter[TextPart | ImagePart] = TypeAdapter(ModerationPart)
+MODERATION_INPUT = "a string, a list of strings, or a list of text and image_url parts"
+
+
+def moderation_input(value: Any) -> str | list[str] | list[TextPart | ImagePart]:
+    """`input` of a moderations request."""
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("must not be an empty string")
+        return value
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be {MODERATION_INPUT}" + (", not an empty list" if value == [] else ""))
+    if len(value) > MODERATION_MAX_INPUTS:
+        raise ValueError(f"has {len(value):,} inputs; at most {MODERATION_MAX_INPUTS}")
+    if all(isinstance(item, str) for item in value):
+        empty = next((i for i, item in enumerate(value) if not item), None)
+        if empty is not None:
+            raise ValueError(f"input[{empty}] is an empty string")
+        return value
+    if all(isinstance(item, dict) for item in value):
+        parts = []
+        for index, item in enumerate(value):
+            try:
+                parts.append(_MODERATION_PART.validate_python(item))
+            except ValidationError:
+                raise ValueError(f"input[{index}]: a part is {{'type': 'text', 'text': …}} or "
+                                 "{'type': 'image_url', 'image_url': {'url': …}}") from None
+        return parts
+    raise ValueError(f"must be {MODERATION_INPUT}, not a mix")
 
 
 class ModerationRequest(BaseModel):
@@ -212,15 +272,14 @@ class ModerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1, max_length=128)
-    input: (NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=128)]
-            | Annotated[list[ModerationPart], Field(min_length=1, max_length=128)])
+    input: Annotated[Any, AfterValidator(moderation_input)] = Field(description=MODERATION_INPUT)
 
     @property
     def texts(self) -> list[str]:
         if isinstance(self.input, str):
             return [self.input]
         return [item if isinstance(item, str) else item.text for item in self.input
-                if isinstance(item, str) or isinstance(item, TextPart)]
+                if isinstance(item, str | TextPart)]
 
     def sent(self) -> str | list[Any]:
         """The input as the provider is sent it."""

@@ -134,7 +134,8 @@ class InferenceService:
             raise errors.not_found(f"The model '{name}' does not exist or is not available here.",
                                    "model_not_found")
         if entry.mode != mode:
-            raise errors.bad_request(f"The model '{name}' is a {entry.mode} model: use POST /api/v1/llm"
+            article = "an" if entry.mode[0] in "aeiou" else "a"
+            raise errors.bad_request(f"The model '{name}' is {article} {entry.mode} model: use POST /api/v1/llm"
                                      f"{catalogue.ENDPOINT_OF_MODE[entry.mode]}, not this endpoint.",
                                      "wrong_endpoint_for_model")
         return entry

@@ -27,9 +27,14 @@ def wav(seconds: float, rate: int = 8000, channels: int = 1) -> bytes:
 
 
 def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes, str]] | None = None) -> tuple[bytes, str]:
-    """(body, Content-Type) of a multipart/form-data request, encoded by httpx as the SDKs send it."""
-    request = httpx.Request("POST", "http://encoder.invalid/", data=fields, files=files or {})
-    return request.read(), request.headers["Content-Type"]
+    """(body, Content-Type) of a multipart/form-data request, as the SDKs send it (also with no file)."""
+    if files:
+        request = httpx.Request("POST", "http://encoder.invalid/", data=fields, files=files)
+        return request.read(), request.headers["Content-Type"]
+    boundary = "test-boundary-5f0c2a"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+             for name, value in fields.items()]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def price(models_file: Path, model: str, field: str) -> Decimal:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import httpx
 import openai
 import pytest
 from media_support import millicredits, price, wav
@@ -175,3 +176,46 @@ async def test_a_failed_or_cut_upstream_releases_the_hold_and_charges_nothing(in
     assert await db.fetch("SELECT 1 FROM usage_attribution WHERE user_id = $1", member.user_id) == []
     holds = await db.fetch("SELECT status FROM reservations WHERE user_id = $1", member.user_id)
     assert [h["status"] for h in holds] == ["released"]
+
+
+# ---- refused before anything is held ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call, endpoint", [
+    (lambda c: c.embeddings.create(model="up-chat", input="x"), "/api/v1/llm/chat/completions"),
+    (lambda c: c.moderations.create(model="up-embed", input="x"), "/api/v1/llm/embeddings"),
+    (lambda c: c.chat.completions.create(model="up-transcribe", messages=[{"role": "user", "content": "x"}]),
+     "/api/v1/llm/audio/transcriptions"),
+    (lambda c: c.audio.transcriptions.create(model="up-moderate", file=("a.wav", wav(1), "audio/wav")),
+     "/api/v1/llm/moderations"),
+], ids=["embeddings-with-chat", "moderations-with-embedding", "chat-with-transcription",
+        "transcription-with-moderation"])
+def test_a_model_used_through_another_endpoint_is_told_the_right_one(inference, member, call, endpoint):
+    with pytest.raises(openai.BadRequestError) as raised:
+        call(sdk(inference, member.key))
+    assert f"use POST {endpoint}" in raised.value.message
+
+
+async def test_an_upload_past_the_limit_without_a_length_is_cut_at_the_limit(inference, member, db, upstream):
+    """Chunked (no Content-Length): counted as it arrives, refused once past the limit; nothing held or called."""
+    from invariants import row_counts
+    from media_support import multipart
+
+    body, content_type = multipart({"model": "up-transcribe"},
+                                   {"file": ("a.wav", wav(1) + b"\0" * (26 * 1024 * 1024), "audio/wav")})
+
+    def chunks():
+        for start in range(0, len(body), 1 << 20):
+            yield body[start:start + (1 << 20)]
+
+    before, calls = await row_counts(db), sum(upstream.calls.values())
+    async with httpx.AsyncClient(timeout=60) as client:
+        async def stream():
+            for chunk in chunks():
+                yield chunk
+
+        response = await client.post(f"{inference.base_url}/audio/transcriptions", content=stream(),
+                                     headers={"Authorization": f"Bearer {member.key}", "Content-Type": content_type})
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert await row_counts(db) == before and sum(upstream.calls.values()) == calls

@@ -8,6 +8,7 @@ import json
 import httpx
 import pytest
 from invariants import row_counts
+from media_support import multipart, wav
 
 GOOD = {"model": "demo-chat", "messages": [{"role": "user", "content": "hi"}]}
 SQL = "x'; DROP TABLE users; --"
@@ -89,7 +90,99 @@ CASES = {
     "basic auth": ("chat", GOOD, {"Authorization": "Basic dXNlcjpwYXNz"}, 401),
 }
 
-PATHS = {"chat": "/api/v1/llm/chat/completions", "images": "/api/v1/llm/images/generations"}
+
+
+def upload(fields: dict[str, str] | None = None, file: tuple[str, bytes, str] | None = ("a.wav", wav(1), "audio/wav"),
+           **changes: str) -> tuple[bytes, dict[str, str]]:
+    """A transcription request as multipart/form-data: (body, the Content-Type header)."""
+    form = {"model": "up-transcribe", **(fields or {}), **changes}
+    body, content_type = multipart({k: v for k, v in form.items() if v is not None},
+                                   {"file": file} if file is not None else None)
+    return body, {"Content-Type": content_type}
+
+
+def transcription(status: int, fields: dict[str, str] | None = None, file: tuple[str, bytes, str] | None = (
+        "a.wav", wav(1), "audio/wav"), **changes: str) -> tuple[str, bytes, dict[str, str], int]:
+    body, headers = upload(fields, file, **changes)
+    return ("transcriptions", body, headers, status)
+
+
+WAV = wav(1)
+EMBED = {"model": "up-embed", "input": "hello"}
+MODERATE = {"model": "up-moderate", "input": "hello"}
+CASES.update({
+    # embeddings
+    "embeddings input missing": ("embeddings", {"model": "up-embed"}, {}, 400),
+    "embeddings empty string": ("embeddings", {**EMBED, "input": ""}, {}, 400),
+    "embeddings empty list": ("embeddings", {**EMBED, "input": []}, {}, 400),
+    "embeddings list with an empty string": ("embeddings", {**EMBED, "input": ["a", ""]}, {}, 400),
+    "embeddings empty token array": ("embeddings", {**EMBED, "input": [[]]}, {}, 400),
+    "embeddings negative token id": ("embeddings", {**EMBED, "input": [1, -5]}, {}, 400),
+    "embeddings token id 2^63": ("embeddings", {**EMBED, "input": [2**63]}, {}, 400),
+    "embeddings token ids as floats": ("embeddings", {**EMBED, "input": [1.0, 2.5]}, {}, 400),
+    "embeddings token ids as booleans": ("embeddings", {**EMBED, "input": [True, False]}, {}, 400),
+    "embeddings strings mixed with tokens": ("embeddings", {**EMBED, "input": ["a", 1]}, {}, 400),
+    "embeddings input an object": ("embeddings", {**EMBED, "input": {"text": "a"}}, {}, 400),
+    "embeddings 2049 inputs": ("embeddings", {**EMBED, "input": ["a"] * 2049}, {}, 400),
+    "embeddings huge token array": ("embeddings", {**EMBED, "input": [1] * 300_001}, {}, 400),
+    "embeddings token arrays over the request's tokens": ("embeddings", {**EMBED, "input": [[1] * 8000] * 40}, {},
+                                                           400),
+    "embeddings one input over the model's tokens": ("embeddings", {**EMBED, "input": ["word " * 9000]}, {}, 400),
+    "embeddings dimensions zero": ("embeddings", {**EMBED, "dimensions": 0}, {}, 400),
+    "embeddings dimensions the model does not take": ("embeddings", {**EMBED, "dimensions": 8}, {}, 400),
+    "embeddings bad encoding_format": ("embeddings", {**EMBED, "encoding_format": "int8"}, {}, 400),
+    "embeddings user NUL": ("embeddings", {**EMBED, "user": "a\u0000b"}, {}, 400),
+    "embeddings with a chat model": ("embeddings", {**EMBED, "model": "up-chat"}, {}, 400),
+    "embeddings unknown model": ("embeddings", {**EMBED, "model": "no-such-embedder"}, {}, 404),
+    "embeddings NaN dimensions": ("embeddings", raw('{"model": "up-embed", "input": "a", "dimensions": NaN}'), {}, 400),
+    "embeddings form content type": ("embeddings", raw("model=up-embed&input=a"),
+                                     {"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    "embeddings huge body": ("embeddings", {**EMBED, "input": "x" * 2_000_000}, {}, 413),
+    "chat with an embedding model": ("chat", chat(model="up-embed"), {}, 400),
+    "images with a transcription model": ("images", {"model": "up-transcribe", "prompt": "p"}, {}, 400),
+    # moderations
+    "moderations input missing": ("moderations", {"model": "up-moderate"}, {}, 400),
+    "moderations empty input": ("moderations", {**MODERATE, "input": ""}, {}, 400),
+    "moderations empty list": ("moderations", {**MODERATE, "input": []}, {}, 400),
+    "moderations input a number": ("moderations", {**MODERATE, "input": 42}, {}, 400),
+    "moderations 129 inputs": ("moderations", {**MODERATE, "input": ["a"] * 129}, {}, 400),
+    "moderations unknown part type": ("moderations", {**MODERATE, "input": [{"type": "audio", "audio": "x"}]}, {}, 400),
+    "moderations over the model's tokens": ("moderations", {**MODERATE, "input": "word " * 9000}, {}, 400),
+    "moderations with an embedding model": ("moderations", {**MODERATE, "model": "up-embed"}, {}, 400),
+    "moderations wrong content type": ("moderations", raw(json.dumps(MODERATE)), {"Content-Type": "text/plain"},
+                                       415),
+    "chat with a moderation model": ("chat", chat(model="up-moderate"), {}, 400),
+    # audio transcriptions (multipart/form-data)
+    "transcription as JSON": ("transcriptions", {"model": "up-transcribe", "file": "UklGRg=="}, {}, 415),
+    "transcription form-urlencoded": ("transcriptions", raw("model=up-transcribe&file=x"),
+                                      {"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    "transcription upload over 25 MiB": transcription(413, file=("big.wav", WAV + b"\0" * (25 * 1024 * 1024),
+                                                                "audio/wav")),
+    "transcription without a file": transcription(400, file=None),
+    "transcription file as a text field": transcription(400, {"file": "not a file"}, file=None),
+    "transcription empty file": transcription(400, file=("a.wav", b"", "audio/wav")),
+    "transcription of an MP3": transcription(400, file=("a.mp3", b"ID3\x04\x00\x00" + b"\xff\xfb" * 500,
+                                                        "audio/mpeg")),
+    "transcription of a text file named .wav": transcription(400, file=("a.wav", b"hello " * 100, "audio/wav")),
+    "transcription WAV header cut short": transcription(400, file=("a.wav", WAV[:30], "audio/wav")),
+    "transcription WAV with no frames": transcription(400, file=("a.wav", wav(0), "audio/wav")),
+    "transcription float WAV": transcription(400, file=("a.wav", WAV[:20] + b"\x03\x00" + WAV[22:], "audio/wav")),
+    "transcription model missing": transcription(400, model=None),
+    "transcription with a chat model": transcription(400, model="up-chat"),
+    "transcription unknown model": transcription(404, model="no-such-transcriber"),
+    "transcription bad response_format": transcription(400, response_format="mp4"),
+    "transcription temperature NaN": transcription(400, temperature="nan"),
+    "transcription temperature 2": transcription(400, temperature="2"),
+    "transcription language SQL": transcription(400, language=SQL),
+    "transcription prompt NUL": transcription(400, prompt="a\x00b"),
+    "transcription user control characters": transcription(400, user="\x1b[2J"),
+    "transcription bad timestamp granularity": transcription(400, {"timestamp_granularities[]": "char"}),
+    "embeddings with a transcription model": ("embeddings", {**EMBED, "model": "up-transcribe"}, {}, 400),
+})
+
+PATHS = {"chat": "/api/v1/llm/chat/completions", "images": "/api/v1/llm/images/generations",
+         "embeddings": "/api/v1/llm/embeddings", "moderations": "/api/v1/llm/moderations",
+         "transcriptions": "/api/v1/llm/audio/transcriptions"}
 
 # ---- the Responses API (/responses): its own items, and no stored state --------------------------
 PATHS["responses"] = "/api/v1/llm/responses"
