@@ -63,6 +63,7 @@ INSERT_SQL = """
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"""
 
 # The newest first, each filter optional ('' / NULL: any), before_id pages back.
+# ($6::bigint: compared with the literal 0 alone, PostgreSQL would type it int4 and refuse ids past 2**31.)
 LIST_SQL = """
     SELECT * FROM audit_log
      WHERE ($1 = '' OR org_id = $1)
@@ -70,7 +71,7 @@ LIST_SQL = """
        AND ($3 = '' OR action = $3)
        AND ($4::timestamptz IS NULL OR at >= $4)
        AND ($5::timestamptz IS NULL OR at < $5)
-       AND ($6 = 0 OR audit_id < $6)
+       AND ($6::bigint = 0 OR audit_id < $6)
      ORDER BY audit_id DESC
      LIMIT $7"""
 
