@@ -7,8 +7,8 @@ once: a retry after a lost answer could create a second key or threshold. Delete
 sent once too: its retry would answer NOT_FOUND for a threshold the first attempt deleted.
 RecordCheckout is repeatable (one purchase per Stripe session id), and so is ApplyPaymentEvent
 (the authority applies each Stripe event once, however often it is delivered). GetStatement and
-GetForecast are reads, and so is ListRateLimits; SetRateLimit sets values (the same request twice
-leaves the same limits). CreateUser (a first SSO sign-in) is retried too: a retry whose first attempt
+GetForecast are reads, and so are ListRateLimits and ListAuditRecords; SetRateLimit sets values (the
+same request twice leaves the same limits). CreateUser (a first SSO sign-in) is retried too: a retry whose first attempt
 landed answers ALREADY_EXISTS, which the sign-in takes as done.
 
 Errors are the authority's `grpc.aio.AioRpcError`, or whatever `with_errors` maps them to.
@@ -136,3 +136,10 @@ class AdminCalls:
 
     async def list_rate_limits(self, request: admin_pb2.ListRateLimitsRequest) -> admin_pb2.ListRateLimitsResponse:
         return await self._send(self.stub.ListRateLimits, request)  # a read
+
+    # ---- the audit log ----
+
+    async def list_audit_records(
+            self, request: admin_pb2.ListAuditRecordsRequest) -> admin_pb2.ListAuditRecordsResponse:
+        """A read: one org's records (the console never asks for every org's, which needs the mint role)."""
+        return await self._send(self.stub.ListAuditRecords, request)

@@ -23,7 +23,7 @@ from credit.v1 import admin_pb2, admin_pb2_grpc, authority_pb2, authority_pb2_gr
 from credit_client.retry import RETRYABLE, RetryPolicy
 from credit_service import logs
 
-from . import errors, ratelimits
+from . import acting, errors, ratelimits
 from .admin_client import AdminCalls
 from .outbox import CommitOutbox
 
@@ -165,7 +165,8 @@ class AuthorityClient:
         self._channel = open_channel(addr, tls)
         self._authority = authority_pb2_grpc.CreditAuthorityStub(self._channel)
         # CreditAdmin, typed; `admin` raises the authority's errors (the console maps them itself).
-        self.admin = AdminCalls(admin_pb2_grpc.CreditAdminStub(self._channel), lambda: self._md, timeout, RETRY)
+        self.admin = AdminCalls(admin_pb2_grpc.CreditAdminStub(self._channel), lambda: self._admin_md, timeout,
+                                RETRY)
         self._admin_api = self.admin.with_errors(to_api_error)
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._timeout = timeout
@@ -181,6 +182,12 @@ class AuthorityClient:
         """The bearer token, and the request id of the REST call being served."""
         rid = logs.request_id.get()
         return self._metadata + ((("x-request-id", rid),) if rid else ())
+
+    @property
+    def _admin_md(self) -> tuple:
+        """A CreditAdmin call's: also who it acts for and their address (acting.py), which the authority's
+        audit log records; the hot path (Reserve, Commit, Release, GetBalance) sends only `_md`."""
+        return self._md + acting.metadata()
 
     async def _call(self, method, request):
         try:

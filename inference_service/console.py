@@ -8,7 +8,8 @@ or the console's SSO session: sso.py) and then decides by the role of the
 signed-in user in the organization, read from the authority (ListMembers):
 
 * owner / admin — the org's pool, members, allocations, top-ups, API keys,
-  usage of every member, alert thresholds, webhook and alerts;
+  usage of every member, alert thresholds, webhook and alerts, and the org's
+  audit log (who changed what, before → after);
 * member — their own balance, usage, keys and the alerts of their allocation;
 * individual (no organization) — their own balance, usage and keys.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -340,6 +342,51 @@ def event_dict(e: admin_pb2.AlertEvent) -> dict[str, Any]:
             "deliveries": [{"attempt": d.attempt, "status_code": d.status_code or None, "error": d.error,
                             "duration_ms": d.duration_ms, "attempted_at": iso_time(d.attempted_at)}
                            for d in e.deliveries]}
+
+
+# ---- the audit log (owners and admins: their org's records) ----
+
+AUDIT_PAGE = 1000  # the most records the authority lists at once
+_ACTION = re.compile(r"[A-Za-z]{1,64}")  # an RPC's name, e.g. SetAllocation
+
+
+def audit_filters(actor: str | None, action: str | None) -> tuple[str, str]:
+    """The actor and action filters as the authority takes them ("" for any); 400 naming the field."""
+    actor, action = (actor or "").strip(), (action or "").strip()
+    if len(actor) > 200 or not actor.isprintable():
+        raise invalid("actor", "actor must be at most 200 printable characters: a token's name or an on-behalf-of "
+                               "value, e.g. user:alice (session)")
+    if action and not _ACTION.fullmatch(action):
+        raise invalid("action", "action must be an RPC's name, e.g. SetAllocation")
+    return actor, action
+
+
+def audit_request(org_id: str, actor: str, action: str, start: datetime | None, end: datetime | None,
+                  before_id: int, limit: int) -> admin_pb2.ListAuditRecordsRequest:
+    request = admin_pb2.ListAuditRecordsRequest(org_id=org_id, actor=actor, action=action, before_id=before_id,
+                                                limit=limit)
+    if start is not None:
+        request.start_time.FromDatetime(start)
+    if end is not None:
+        request.end_time.FromDatetime(end)
+    return request
+
+
+def field_changes(before: Any, after: Any) -> list[dict[str, Any]]:
+    """The fields a change moved, by name: a created target's every field (before null), a deleted one's
+    every field (after null)."""
+    old = before if isinstance(before, dict) else {}
+    new = after if isinstance(after, dict) else {}
+    return [{"field": name, "before": old.get(name), "after": new.get(name)}
+            for name in sorted(old.keys() | new.keys()) if old.get(name) != new.get(name)]
+
+
+def audit_dict(r: admin_pb2.AuditRecord) -> dict[str, Any]:
+    before, after = json.loads(r.before_json or "null"), json.loads(r.after_json or "null")
+    return {"audit_id": r.audit_id, "at": iso_time(r.at), "actor": r.actor, "actor_kind": r.actor_kind,
+            "on_behalf_of": r.on_behalf_of, "action": r.action, "target_kind": r.target_kind, "org_id": r.org_id,
+            "target_id": r.target_id, "changes": field_changes(before, after), "before": before, "after": after,
+            "request_id": r.request_id, "source": r.source, "forwarded_for": r.forwarded_for}
 
 
 def webhook_dict(w: admin_pb2.AlertWebhook) -> dict[str, Any]:

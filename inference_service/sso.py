@@ -30,7 +30,7 @@ from starlette.requests import Request
 
 from credit.v1 import admin_pb2
 
-from . import errors
+from . import acting, errors
 from .access_tokens import AccessTokens, Jwks, KeysUnavailable, TokenRefused
 from .authority_client import ApiKey, AuthorityClient, to_api_error
 from .settings import SsoSettings
@@ -120,6 +120,7 @@ class Sso:
             user_id = self.tokens.user_id(claims)
         except TokenRefused as refused:
             raise SignInRefused(str(refused).replace("access token", "identity provider's answer")) from None
+        acting.act_for(user_id, "session")  # a first sign-in's CreateUser names them in the audit log
         if not await self.known_user(authority, user_id, claims):
             raise SignInRefused(f"'{user_id}' is not a user of the credit authority; ask an operator to add you.")
         request.session.pop(SESSION_ERROR, None)
@@ -150,6 +151,7 @@ class Sso:
             raise errors.unavailable("The identity provider's keys cannot be fetched; no token can be checked "
                                      "now. Retry shortly.") from None
         user_id = self.tokens.user_id(claims)
+        acting.act_for(user_id, "access_token")
         if not await self.known_user(authority, user_id, claims):
             raise TokenRefused(f"The access token names '{user_id}', who is not a user of the credit authority.")
         return ApiKey("", user_id, "", False)

@@ -3,7 +3,7 @@
  * `Authorization: Bearer …`; without one, a sign-in through the identity provider (sso.js) is the
  * server's HttpOnly session cookie. Everything shown is built with textContent, never HTML.
  * This file signs in and shows the balance, the organization and usage; the other parts (keys.js,
- * alerts.js, payments.js, reports.js, limits.js) use its helpers (window.creditConsole), start on
+ * alerts.js, payments.js, reports.js, limits.js, audit.js) use its helpers (window.creditConsole), start on
  * `console:started` (detail: the signed-in viewer, /me) and fill their member lists on
  * `console:members` (detail: the org's members, admins only). */
 (function () {

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import Request
 from pydantic import BaseModel
 
+from .. import acting
 from ..service import Caller, InferenceService
 
 
@@ -39,5 +40,8 @@ def service_of(request: Request) -> InferenceService:
 
 
 async def caller(request: Request) -> Caller:
-    """The authenticated caller (401/429 otherwise)."""
-    return await service_of(request).authenticate(request)
+    """The authenticated caller (401/429 otherwise), and who the authority is told acts (acting.py)."""
+    acting.begin(request)
+    who = await service_of(request).authenticate(request)
+    acting.act_for(who.key.user_id, who.signed_in_with, who.key.key_id, who.key.is_service)
+    return who

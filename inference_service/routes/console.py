@@ -19,10 +19,12 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from credit.v1 import admin_pb2, types_pb2
 from credit_service.ids import API_KEY_ID
+from credit_service.statement_csv import audit_csv
 
-from .. import errors
+from .. import acting, errors
 from ..authority_client import funding_label
 from ..console import (
+    AUDIT_PAGE,
     KIND_ENUMS,
     ROLE_NAMES,
     STATIC_DIR,
@@ -32,6 +34,9 @@ from ..console import (
     ThresholdBody,
     Viewer,
     WebhookBody,
+    audit_dict,
+    audit_filters,
+    audit_request,
     console_admin,
     csv_of_records,
     event_dict,
@@ -51,10 +56,12 @@ from ..service import credits_fields
 
 async def viewer(request: Request) -> Viewer:
     """The signed-in user (API key, provider's access token, or SSO session) and their role in the org shown
-    (a dependency of every console route)."""
+    (a dependency of every console route). The authority is told who acts, from where (acting.py)."""
     service = request.app.state.service
+    acting.begin(request)
     caller = await service.authenticate(request, session=True)
     key = caller.key
+    acting.act_for(key.user_id, caller.signed_in_with, key.key_id, key.is_service)
     if key.is_service:
         raise errors.forbidden("Sign in to the console with a user API key, not an org service key.")
     org_id = key.org_id
@@ -292,6 +299,59 @@ async def delete_threshold(threshold_id: int = PathParam(ge=1, le=2**63 - 1), wh
     await who.admin.delete_alert_threshold(admin_pb2.DeleteAlertThresholdRequest(
         org_id=who.org_id, threshold_id=threshold_id))
     return {"deleted": True, "threshold_id": threshold_id}
+
+# ---- the audit log (owners and admins) ----
+
+def actor_param():
+    return Query(None, description="records whose actor (the authority token's name) or on_behalf_of (e.g. "
+                                   "'user:alice (session)') is exactly this")
+
+def action_param():
+    return Query(None, description="records of this change, e.g. SetAllocation, CreateApiKey")
+
+def before_id_param():
+    return Query(0, ge=0, le=2**63 - 1, description="records older than this audit_id (the previous page's "
+                                                    "next_before_id); 0: from the newest")
+
+async def audit_page(who: Viewer, actor: str | None, action: str | None, start: datetime | None,
+                     end: datetime | None, before_id: int, limit: int) -> list[admin_pb2.AuditRecord]:
+    """The org's records, newest first: always one org's (the viewer's), never every org's."""
+    who.require_admin()
+    actor_, action_ = audit_filters(actor, action)
+    start, end = time_range(start, end)
+    records = await who.admin.list_audit_records(audit_request(who.org_id, actor_, action_, start, end, before_id,
+                                                               limit))
+    return list(records.records)
+
+@router.get("/api/v1/console/audit", tags=TAGS, responses=READS)
+async def audit(who: Viewer = Depends(viewer), actor: str | None = actor_param(), action: str | None = action_param(),
+                start: datetime | None = start_param(), end: datetime | None = end_param(),
+                before_id: int = before_id_param(), limit: int = Query(50, ge=1, le=AUDIT_PAGE)):
+    """The organization's audit log, newest first: each change made to it (allocations, keys, limits, alerts,
+    purchases…) with when, who (the authority token and the person it acted for, from which address), what,
+    and its fields before → after. next_before_id pages back (null: no older records)."""
+    records = await audit_page(who, actor, action, start, end, before_id, min(limit + 1, AUDIT_PAGE))
+    more = len(records) > limit or len(records) == AUDIT_PAGE
+    page = records[:limit]
+    return {"data": [audit_dict(r) for r in page], "next_before_id": page[-1].audit_id if more and page else None}
+
+@router.get("/api/v1/console/audit/export.csv", tags=TAGS, responses=READS, response_class=Response)
+async def audit_export(who: Viewer = Depends(viewer), actor: str | None = actor_param(),
+                       action: str | None = action_param(), start: datetime | None = start_param(),
+                       end: datetime | None = end_param(), before_id: int = before_id_param(),
+                       limit: int = Query(1000, ge=1, le=10_000)):
+    """The same records as CSV (newest first, one row per record; the format of `creditctl audit --csv`)."""
+    records: list[admin_pb2.AuditRecord] = []
+    while len(records) < limit:  # in pages the authority allows, each older than the last
+        want = min(limit - len(records), AUDIT_PAGE)
+        page = await audit_page(who, actor, action, start, end, before_id, want)
+        records += page
+        if len(page) < want:
+            break
+        before_id = page[-1].audit_id
+    name = f"audit-{who.org_id}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.csv"
+    return Response(audit_csv(records), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 # ---- the pages ----
 

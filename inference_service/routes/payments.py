@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from credit.v1 import admin_pb2
 from credit_client.retry import RETRYABLE
 
-from .. import errors
+from .. import acting, errors
 from ..console import Amount, Viewer, require_id
 from ..payments import Payments, checkout_millicredits, not_configured, purchase_dict
 from .console import viewer
@@ -109,6 +109,7 @@ async def stripe_webhook(request: Request):
     signature = request.headers.get("stripe-signature", "")
     if not signature:
         raise errors.bad_request("The Stripe-Signature header is missing.", "invalid_signature")
+    acting.begin(request)  # the audit log's record of the event names Stripe's address, and no person
     admin = request.app.state.service.client.admin
     try:
         result = await admin.apply_payment_event(admin_pb2.ApplyPaymentEventRequest(

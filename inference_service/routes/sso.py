@@ -9,7 +9,7 @@ from enum import Enum
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 
-from .. import errors
+from .. import acting, errors
 from ..sso import AFTER_SIGN_IN, CALLBACK_PATH, LOGIN_PATH, SESSION_ERROR, SESSION_USER, SignInRefused, Sso
 
 log = logging.getLogger("inference_service.sso")
@@ -47,6 +47,7 @@ async def callback(request: Request):
     way the browser goes back to the console, which shows a failure's reason."""
     sso = sso_of(request)
     request.session.pop(SESSION_USER, None)
+    acting.begin(request)
     try:
         user_id = await sso.finish(request, request.app.state.service.client)
         log.info("console sign-in through %s: %s", sso.provider_name, user_id)
