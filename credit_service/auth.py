@@ -19,6 +19,7 @@ import enum
 import hashlib
 import hmac
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from .errors import OUT_OF_SCOPE, PermissionDenied
 from .model import PLATFORM_CALLER_PREFIX, PlatformGrant
 
 PLATFORM_SECRET_PREFIX = "cp_"  # a platform credential's secret; other tokens are never looked up in the database
-CACHE_ENTRIES = 10_000  # cached lookups per process (the cache starts over when full)
+CACHE_ENTRIES = 10_000  # cached misses per process (least recently looked up dropped first)
 
 
 class Role(enum.Enum):
@@ -102,22 +103,51 @@ def platform_caller(grant: PlatformGrant) -> Caller:
                   Scope(frozenset(grant.org_ids), grant.individuals))
 
 
+class LookupsExhausted(Exception):
+    """Too many platform secrets never seen valid were looked up this second: refused without a query."""
+
+
 class CredentialCache:
     """Platform callers by secret digest, each lookup kept `ttl` seconds (a secret in its rotation grace no
-    longer than the grace), misses too; concurrent lookups of one digest share one query."""
+    longer than the grace), misses too; concurrent lookups of one digest share one query.
 
-    def __init__(self, lookup: Callable[[bytes], Awaitable[PlatformGrant | None]], ttl: float):
+    A flood of made-up `cp_` secrets cannot turn into a flood of queries, nor push valid credentials out:
+    a digest never seen valid is looked up only while a token bucket of `unknown_per_second` (burst: two
+    seconds' worth) has a token, else LookupsExhausted (the caller answers UNAVAILABLE: retry); misses are
+    kept in their own bounded LRU, apart from the valid digests, which are refreshed when their entry ends
+    without taking a token."""
+
+    def __init__(self, lookup: Callable[[bytes], Awaitable[PlatformGrant | None]], ttl: float,
+                 unknown_per_second: float = 50.0):
         self._lookup = lookup
         self._ttl = ttl
-        self._entries: dict[bytes, tuple[Caller | None, float]] = {}
+        self._valid: dict[bytes, tuple[Caller, float]] = {}  # digests found valid: (caller, until)
+        self._misses: OrderedDict[bytes, float] = OrderedDict()  # digests not found: until
         self._pending: dict[bytes, asyncio.Future[Caller | None]] = {}
+        self._rate = unknown_per_second
+        self._tokens = self._burst = max(unknown_per_second * 2, 1.0)
+        self._filled_at = time.monotonic()
+
+    def _take_token(self, now: float) -> bool:
+        self._tokens = min(self._burst, self._tokens + (now - self._filled_at) * self._rate)
+        self._filled_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
     async def get(self, digest: bytes) -> Caller | None:
-        entry = self._entries.get(digest)
-        if entry is not None and time.monotonic() < entry[1]:
-            return entry[0]
+        now = time.monotonic()
+        valid = self._valid.get(digest)
+        if valid is not None and now < valid[1]:
+            return valid[0]
+        until = self._misses.get(digest)
+        if until is not None and now < until:
+            return None
         pending = self._pending.get(digest)
         if pending is None:
+            if valid is None and not self._take_token(now):
+                raise LookupsExhausted()
             pending = asyncio.ensure_future(self._load(digest))
             self._pending[digest] = pending
             pending.add_done_callback(lambda _: self._pending.pop(digest, None))
@@ -127,14 +157,19 @@ class CredentialCache:
         started = time.monotonic()
         grant = await self._lookup(digest)
         until = started + self._ttl
-        caller = None
-        if grant is not None:
-            caller = platform_caller(grant)
-            if grant.ms_left is not None:
-                until = min(until, started + grant.ms_left / 1000)
-        if len(self._entries) >= CACHE_ENTRIES:
-            self._entries.clear()
-        self._entries[digest] = (caller, until)
+        if grant is None:
+            self._valid.pop(digest, None)  # revoked, or its grace ended
+            self._misses[digest] = until
+            self._misses.move_to_end(digest)
+            while len(self._misses) > CACHE_ENTRIES:
+                self._misses.popitem(last=False)
+            return None
+        caller = platform_caller(grant)
+        if grant.ms_left is not None:
+            until = min(until, started + grant.ms_left / 1000)
+        if digest not in self._valid and len(self._valid) >= CACHE_ENTRIES:
+            self._valid.clear()  # more valid secrets than any deployment has: start over
+        self._valid[digest] = (caller, until)
         return caller
 
 

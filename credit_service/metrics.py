@@ -23,6 +23,9 @@ READ_POOL_SIZE = Gauge("credit_read_pool_connections", "Connections in the slow 
 READ_POOL_IDLE = Gauge("credit_read_pool_idle_connections", "Idle connections in the slow reads' pool.")
 READ_REPLICA_LAG = Gauge("credit_read_replica_lag_seconds",
                          "Seconds the read pool's server (DATABASE_READ_URL) is behind its primary; 0 on a primary.")
+PLATFORM_LOOKUPS_REFUSED = Counter(
+    "credit_platform_lookups_refused_total",
+    "Platform secrets never seen valid refused without a database lookup (CREDIT_PLATFORM_UNKNOWN_LOOKUPS_PER_SECOND).")
 RESERVE_RETRIES = Counter("credit_reserve_retries_total",
                           "Reserves run again because a concurrent Reserve with the same request_id won the race"
                           " (the rerun replays it), by the path that lost: single or batch.", ["path"])

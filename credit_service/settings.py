@@ -157,6 +157,8 @@ class Settings(FromEnvironment):
     start_inference: bool = setting("INFERENCE_ENABLED", True)
     # platform credentials: how long an authority process trusts a lookup (a revocation reaches it within this)
     platform_cache_seconds: float = setting("CREDIT_PLATFORM_CACHE_SECONDS", 2.0)
+    # lookups per second of platform secrets never seen valid (a flood of made-up ones costs no more queries)
+    platform_unknown_lookups_per_second: float = setting("CREDIT_PLATFORM_UNKNOWN_LOOKUPS_PER_SECOND", 50.0)
     # how long a rotated-out platform secret stays valid, unless the rotation asks otherwise
     platform_grace_seconds: int = setting("CREDIT_PLATFORM_GRACE_SECONDS", 3600)
     alerts: AlertSettings = group(AlertSettings)

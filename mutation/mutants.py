@@ -154,9 +154,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "RETRY = RetryPolicy(attempts=4,", "RETRY = RetryPolicy(attempts=1,", COMMIT_FAULTS),
     # ---- Python: money in (issue #13) ----
     mutant("mint-check-skipped", "TopUpPool takes the admin role instead of mint: the REST service's token mints",
-           "credit_service/server/servicers.py", """    @rpc(Role.MINT, audited=Audited("organization", org_of_request, lambda r: r.org_id))
-    async def TopUpPool""", """    @rpc(Role.ADMIN, audited=Audited("organization", org_of_request, lambda r: r.org_id))
-    async def TopUpPool""", "tests/test_money_in_roles.py"),
+           "credit_service/server/servicers.py", "    @rpc(Role.MINT, audited=POOL)\n    async def TopUpPool",
+           "    @rpc(Role.ADMIN, audited=POOL)\n    async def TopUpPool", "tests/test_money_in_roles.py"),
     mutant("payment-paid-twice", "a paid session's purchase is paid again by every delivery (no status guard)",
            "credit_service/storage/payments.py",
            "WHERE p.status IN ('pending', 'expired') AND p.org_id = EXCLUDED.org_id",
@@ -186,7 +185,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "credit_service/storage/platforms.py", "WHERE s.secret_hash = $1 AND c.revoked_at IS NULL AND",
            "WHERE s.secret_hash = $1 AND", PLATFORM_ROTATION),
     mutant("platform-cache-never-expires", "a platform credential looked up once is trusted for the process's life",
-           "credit_service/auth.py", "if entry is not None and time.monotonic() < entry[1]:", "if entry is not None:",
+           "credit_service/auth.py", "if valid is not None and now < valid[1]:", "if valid is not None:",
            PLATFORM_ROTATION),
     mutant("platform-grace-forever", "a rotated-out platform secret stays valid after its grace",
            "credit_service/storage/platforms.py", "(s.valid_until IS NULL OR s.valid_until > now())", "true",
@@ -240,6 +239,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "    IF TG_OP = 'TRUNCATE' THEN RETURN NULL; END IF;\n"
            "    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP",
            "tests/test_append_only.py", function="history_is_append_only"),
+    mutant("platform-flood-evicts-valid", "a credential seen valid needs a lookup token to be refreshed: a flood of "
+           "made-up secrets locks it out", "credit_service/auth.py",
+           "            if valid is None and not self._take_token(now):",
+           "            if not self._take_token(now):", "tests/test_platform_flood.py"),
     # ---- the audit log ----
     mutant("audit-record-after-the-change", "the audit record is not written in the change's transaction (the RPC "
            "layer appends it alone afterwards)", "credit_service/storage/common.py",

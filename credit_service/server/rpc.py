@@ -19,7 +19,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from .. import audit, logs, metrics
-from ..auth import Caller, Role, TokenAuthenticator
+from ..auth import Caller, LookupsExhausted, Role, TokenAuthenticator
 from ..authority import CreditAuthority
 from ..errors import (
     INSUFFICIENT_CREDITS,
@@ -173,6 +173,9 @@ async def platform_caller(servicer: Servicer, metadata: dict[str, str]) -> Calle
     """A platform credential's caller, looked up after the static tokens; fails closed when the database is down."""
     try:
         return await servicer.auth.authenticate_platform(metadata.get("authorization"))
+    except LookupsExhausted:
+        metrics.PLATFORM_LOOKUPS_REFUSED.inc()
+        raise refusal(grpc.StatusCode.UNAVAILABLE, "too many unknown platform credentials presented; retry") from None
     except DATABASE_DOWN as error:
         log.warning("database unavailable looking up a platform credential: %s", type(error).__name__)
         raise refusal(grpc.StatusCode.UNAVAILABLE, "credit database unavailable; retry") from None

@@ -122,7 +122,8 @@ async def serve(settings: Settings) -> None:
                                     read_url=settings.database_read_url, read_max_size=settings.read_pool_max,
                                     read_timeout_seconds=settings.read_statement_timeout_seconds)
     # After the static tokens, platform credentials from the database (each lookup cached this long).
-    auth.platforms = CredentialCache(storage.find_platform_grant, settings.platform_cache_seconds)
+    auth.platforms = CredentialCache(storage.find_platform_grant, settings.platform_cache_seconds,
+                                     settings.platform_unknown_lookups_per_second)
     server, port, sweeper = await start_server(settings, storage, auth)
     # the expiry sweeper, the read pool's gauges, alert delivery
     jobs = start_jobs(sweeper, database_url, storage, settings.alerts, settings.read_lag_interval_seconds)

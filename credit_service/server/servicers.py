@@ -52,6 +52,7 @@ def org_of_request(request: Any) -> str:
 
 
 MEMBER = Audited("member", org_of_request, lambda r: r.user_id)
+POOL = Audited("organization", org_of_request, lambda r: r.org_id)
 PLATFORM = Audited("platform_credential", target=lambda r: r.name)
 
 
@@ -142,7 +143,7 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
         returned = await self.authority.remove_member(request.org_id, request.user_id)
         return admin_pb2.RemoveMemberResponse(returned_to_pool_millicredits=returned)
 
-    @rpc(Role.MINT, audited=Audited("organization", org_of_request, lambda r: r.org_id))
+    @rpc(Role.MINT, audited=POOL)
     async def TopUpPool(self, request: admin_pb2.TopUpPoolRequest, caller: Caller) -> admin_pb2.Organization:
         return org_message(await self.authority.top_up_pool(
             request.org_id, request.amount_millicredits, request.purchase_reference, request.purchase_amount,
