@@ -1,7 +1,8 @@
 """`up`'s process supervision: the authority and the REST service as child processes, each started, waited
 for until its port accepts connections, then watched. A child that fails to start or dies is named with
 its exit status (and, when its port is held by someone else, by whom); the others are then stopped.
-SIGINT and SIGTERM stop every child in order (the REST service first, it calls the authority).
+SIGINT and SIGTERM stop every child in order (the REST service first, it calls the authority); the
+children run in their own process group, so a Ctrl-C on the terminal reaches `up` only.
 
 Start-up progress (`Progress`) goes to the terminal only: nothing when stdout is not one or CREDIT_QUIET=1.
 """
@@ -114,7 +115,9 @@ class Supervisor:
         """Starts `child` and waits until its port accepts connections (Failed if it dies or never does)."""
         self.progress.line(f"▸ {child.name} on port {child.port} …")
         started = time.monotonic()
-        child.proc = subprocess.Popen(child.argv, env=child.env, preexec_fn=_die_with_parent)
+        # Its own process group: a Ctrl-C reaches `up` alone, which then stops the children one by one, each
+        # with one SIGTERM (two signals racing a shutdown could end a child killed by the second).
+        child.proc = subprocess.Popen(child.argv, env=child.env, process_group=0, preexec_fn=_die_with_parent)
         self.children.append(child)
         log.log(logging.DEBUG if self.progress.enabled else logging.INFO, "%s started", child.name,
                 extra={"pid": child.pid, "port": child.port})

@@ -7,19 +7,23 @@ a private data directory and free ports:
 * the REST service alone on a taken port exits 2 naming it and never says "listening";
 * the REST child killed: `up` notices, stops the authority and PostgreSQL, exits 1;
 * SIGINT: no process of the stack and no PostgreSQL left (by pid and by port); CREDIT_EMBEDDED_PG_KEEP=1
-  leaves PostgreSQL running, `python -m credit_service stop` (make stop) stops it.
+  leaves PostgreSQL running, `python -m credit_service stop` (make stop) stops it; on a terminal, Ctrl-C
+  (progress lines and readable log lines there) stops the services one by one, each exiting 0.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +40,7 @@ EXIT_TIMEOUT = 60  # generous: the assertions are on exit codes and messages, no
 class Run:
     """One `python -m credit_service up`, its output collected line by line (stdout and stderr)."""
 
-    def __init__(self, data_dir: Path, ports: dict[str, int], **extra: str) -> None:
+    def __init__(self, data_dir: Path, ports: dict[str, int], terminal: bool = False, **extra: str) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CREDIT_AUTH_TOKENS")}
         env.update(CREDIT_DATA_DIR=str(data_dir), CREDIT_LISTEN_ADDR=f"127.0.0.1:{ports['authority']}",
                    CREDIT_EMBEDDED_PG_PORT=str(ports["pg"]), INFERENCE_PORT=str(ports["rest"]),
@@ -44,15 +48,43 @@ class Run:
         env.update(extra)
         self.ports = ports
         self.lines: list[str] = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "credit_service", "up"], env=env, cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.terminal: int | None = None
+        argv = [sys.executable, "-m", "credit_service", "up"]
+        if terminal:  # a pseudo-terminal, `up` its session leader and foreground process group, as in a shell
+            env["LOG_FORMAT"] = "auto"
+            self.terminal, follower = pty.openpty()
+            self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=follower, stdout=follower, stderr=follower,
+                                         start_new_session=True,
+                                         preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+            os.close(follower)
+        else:
+            self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
+        if self.terminal is None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line)
+            return
+        pending = b""
+        while True:
+            try:
+                data = os.read(self.terminal, 65536)
+            except OSError:  # EIO: every process holding the terminal is gone
+                data = b""
+            if not data:
+                break
+            *done, pending = (pending + data).split(b"\n")
+            self.lines += [line.decode(errors="replace").rstrip("\r") + "\n" for line in done]
+        if pending:
+            self.lines.append(pending.decode(errors="replace"))
+
+    def type_ctrl_c(self) -> None:
+        assert self.terminal is not None
+        os.write(self.terminal, b"\x03")  # the terminal sends SIGINT to its foreground process group
 
     @property
     def output(self) -> str:
@@ -68,12 +100,16 @@ class Run:
     def wait(self) -> int:
         code = self.proc.wait(EXIT_TIMEOUT)
         self._reader.join(10)
+        if self.terminal is not None:
+            os.close(self.terminal)
         return code
 
     def events(self) -> list[dict]:
         return [json.loads(line) for line in self.lines if line.startswith("{")]
 
     def child_pid(self, name: str) -> int:
+        if self.terminal is not None:  # from the progress line
+            return int(re.search(rf"✓ {name} on port \d+: up, pid (\d+)", self.output).group(1))
         return next(e["pid"] for e in self.events() if e.get("msg") == f"{name} started")
 
 
@@ -208,16 +244,21 @@ def test_sigint_leaves_nothing_running_and_keep_leaves_only_postgres(data_dir):
     assert stop.returncode == 0 and f"pid {pg[0]}" in stop.stdout, stop.stdout + stop.stderr
     _assert_gone({"postgres": pg[0]}, {"pg": ports["pg"]}, stop.stdout)
 
-    run = Run(data_dir, ports)  # without the option: SIGINT stops PostgreSQL too
+    # Without the option, on a terminal (progress, readable lines), Ctrl-C: PostgreSQL stops too.
+    run = Run(data_dir, ports, terminal=True)
     run.wait_up()
     pg = EmbeddedPostgres(data_dir / "pg", ports["pg"]).postmaster()
     assert pg is not None
+    progress = "".join(run.lines)
+    assert re.search(r"✓ migrations: up to date \(\d+\.\d s\)", progress), progress
+    assert not any(line.startswith("{") for line in run.lines), "a terminal gets readable lines, not JSON"
     pids = {"authority": run.child_pid("credit authority"), "rest": run.child_pid("REST service"),
             "postgres": pg[0], "up": run.proc.pid}
-    run.proc.send_signal(signal.SIGINT)
+    run.type_ctrl_c()
     assert run.wait() == 0, run.output
     _assert_gone(pids, ports, run.output)
-    # each service stopped cleanly (not killed by the signal it was stopped with), then PostgreSQL
-    stopped = [(e["msg"], e.get("exit_code")) for e in run.events() if e["msg"].endswith(" stopped")]
-    assert stopped == [("REST service stopped", 0), ("credit authority stopped", 0),
-                       ("embedded PostgreSQL stopped", None)], run.output
+    for name in ("REST service", "credit authority"):  # each stopped by up, cleanly, the REST service first
+        assert re.search(rf"✓ {name} stopped \(pid {pids['rest' if name == 'REST service' else 'authority']}, "
+                         r"exit code 0,", run.output), run.output
+    assert run.output.index("✓ REST service stopped") < run.output.index("✓ credit authority stopped")
+    assert "✓ stopping PostgreSQL" in run.output
