@@ -22,11 +22,11 @@ from credit.v1 import admin_pb2
 CHAT_IN = "0.000001"  # USD per token, as priced in the test catalogue
 CHAT_OUT = "0.000002"
 IMAGE_PRICE = "0.04"
-EMBED_IN = "0.00000123"  # USD per input token of the test catalogue's embedding models
+EMBED_IN = "0.0000123"  # USD per input token of its embedding models: over 1 millicredit, one token more shows
 AUDIO_PER_SECOND = "0.000123"  # USD per second of audio of its transcription models
-MODES = {"embedding": ("up-embed", "up-embed-fail", "up-embed-cut"),
-         "audio_transcription": ("up-transcribe", "up-transcribe-fail"),
-         "moderation": ("up-moderate", "up-moderate-fail")}
+MODES = {"embedding": ("up-embed", "up-embed-fail", "up-embed-cut", "up-embed-delay"),
+         "audio_transcription": ("up-transcribe", "up-transcribe-fail", "up-transcribe-delay"),
+         "moderation": ("up-moderate", "up-moderate-fail", "up-moderate-delay")}
 
 
 def write_catalogue(path: Path, upstream: Upstream) -> Path:

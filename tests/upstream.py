@@ -5,7 +5,8 @@ up-delay (answers after a pause), up-image (images), up-count (counts the
 prompt it was sent as a provider would: every message and tool, by tiktoken),
 up-tools (answers with a tool call, streamed as argument deltas, slowly); embeddings (up-embed,
 up-embed-fail: HTTP 500, up-embed-cut: the connection cut mid-answer), transcriptions (up-transcribe,
-up-transcribe-fail) and moderations (up-moderate, up-moderate-fail) in OpenAI's wire format.
+up-transcribe-fail) and moderations (up-moderate, up-moderate-fail) in OpenAI's wire format; their
+*-delay models answer after MEDIA_DELAY_SECONDS.
 Like a real provider, it never writes more than the `max_tokens` it was sent.
 Counts every request, keeps every request body, and serves /slow-image.png
 (counting fetches) for tests that check nobody fetches images while estimating.
@@ -158,8 +159,15 @@ def wav_seconds(data: bytes) -> float:
         return reader.getnframes() / reader.getframerate()
 
 
+MEDIA_DELAY_SECONDS = 1.0
+
+
 def add_media_routes(app: FastAPI, calls: Counter) -> None:
     """/v1/embeddings, /v1/audio/transcriptions and /v1/moderations, answered as OpenAI does."""
+
+    async def maybe_wait(model: str) -> None:
+        if model.endswith("-delay"):
+            await asyncio.sleep(MEDIA_DELAY_SECONDS)
 
     def failed() -> JSONResponse:
         return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
@@ -172,6 +180,7 @@ def add_media_routes(app: FastAPI, calls: Counter) -> None:
         app.state.bodies.append(body)
         if model == "up-embed-fail":
             return failed()
+        await maybe_wait(model)
         given = body["input"]
         count = 1 if isinstance(given, str) or isinstance(given[0], int) else len(given)
         answer = {"object": "list", "model": model, "data": [
@@ -199,6 +208,7 @@ def add_media_routes(app: FastAPI, calls: Counter) -> None:
                                  **{k: v for k, v in form.items() if isinstance(v, str)}})
         if model == "up-transcribe-fail":
             return failed()
+        await maybe_wait(model)
         seconds = wav_seconds(data)
         text = "Credits are reserved before every call."
         response_format = form.get("response_format") or "json"
@@ -218,6 +228,7 @@ def add_media_routes(app: FastAPI, calls: Counter) -> None:
         app.state.bodies.append(body)
         if model == "up-moderate-fail":
             return failed()
+        await maybe_wait(model)
         given = body["input"]
         count = len(given) if isinstance(given, list) and given and isinstance(given[0], str) else 1
         flagged = [isinstance(given, str) and "hate" in given or isinstance(given, list) and "hate" in str(given[i])

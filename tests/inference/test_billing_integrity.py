@@ -15,10 +15,11 @@ import httpx
 import litellm
 import pytest
 from conftest import AuthorityProcess
+from media_support import wav
 from rest_support import InferenceProcess, make_key
 from upstream import TOOL_ARGUMENTS
 
-from credit.v1 import admin_pb2
+from credit.v1 import admin_pb2, authority_pb2
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 CHAT = "/chat/completions"
@@ -261,3 +262,39 @@ async def test_a_rest_process_killed_mid_call_loses_at_most_the_calls_in_flight(
     assert len(committed) == 1 and committed[0]["request_metadata"] is not None
     assert len(unbilled) <= in_flight and len(rows) == 1 + in_flight
     print(f"\nREST-KILL-FIGURES in_flight={in_flight} unbilled={len(unbilled)} committed={len(committed)}")
+
+
+# ---- embeddings, transcriptions, moderations: a client that leaves mid-call ---------------------
+
+def media_request(mode: str) -> tuple[str, dict]:
+    """(path, httpx keyword arguments) of a call to a model that answers after a pause."""
+    if mode == "audio_transcription":
+        return "/audio/transcriptions", {"files": {"file": ("a.wav", wav(1.5), "audio/wav")},
+                                         "data": {"model": "up-transcribe-delay"}}
+    if mode == "embedding":
+        return "/embeddings", {"json": {"model": "up-embed-delay", "input": ["a client", "that leaves"]}}
+    return "/moderations", {"json": {"model": "up-moderate-delay", "input": "a client that leaves"}}
+
+
+@pytest.mark.parametrize("mode", ["embedding", "audio_transcription", "moderation"])
+async def test_a_client_that_leaves_mid_call_is_billed_exactly_once(inference, member, upstream, db, spend, mode):
+    """The settlement runs on without the client: billed once (moderations: released, no row), nothing held."""
+    path, request = media_request(mode)
+    model = (request.get("json") or request.get("data"))["model"]
+    before = upstream.calls[model]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(inference.base_url + path, headers={"Authorization": f"Bearer {member.key}"}, timeout=0.4,
+                   **request)
+    assert upstream.calls[model] == before + 1, "the model was called"
+    [row] = await settled(db, member.user_id, 1)
+    balance = spend.GetBalance(authority_pb2.GetBalanceRequest(user_id=member.user_id))
+    assert balance.held_millicredits == 0, "a hold was left behind"
+    if mode == "moderation":
+        assert row["status"] == "released" and row["request_metadata"] is None
+        assert balance.used_millicredits == 0
+        return
+    assert row["status"] == "committed" and row["service_type"] == mode
+    assert row["request_metadata"] is not None, "the call left no attribution row"
+    assert 0 < row["charged_mc"] <= row["amount_mc"] and balance.used_millicredits == row["charged_mc"]
+    assert await db.fetchval("SELECT count(*) FROM usage_attribution WHERE reservation_id = $1",
+                             row["reservation_id"]) == 1
