@@ -282,10 +282,10 @@ def test_keyboard_only_navigation(browser, shots, console_inference, org: Org):
     assert any(f.startswith("alloc-") for f in forward), forward  # the members' allocation fields are reachable
     page.focus("#overview-title")  # where sign-in put the focus; from there backwards to the section links
     backward = []
-    for _ in range(9):
+    for _ in range(10):
         page.keyboard.press("Shift+Tab")
         backward.append(page.evaluate(describe))
-    assert backward[:8] == ["#alerts", "#limits", "#keys", "#forecast", "#statement", "#usage", "#org",
+    assert backward[:9] == ["#audit", "#alerts", "#limits", "#keys", "#forecast", "#statement", "#usage", "#org",
                             "#overview"], backward
     page.keyboard.press("Tab")
     page.keyboard.press("Tab")

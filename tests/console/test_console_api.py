@@ -79,6 +79,8 @@ def test_a_member_gets_403_on_every_admin_endpoint_and_changes_nothing(console_i
         get(console_inference, key, "/usage/records", user_id=org.other),
         get(console_inference, key, "/usage/summary", user_id=org.other),
         get(console_inference, key, "/usage/export.csv", user_id=org.owner),
+        get(console_inference, key, "/audit"),
+        get(console_inference, key, "/audit/export.csv"),
     ]
     assert [c.status_code for c in calls] == [403] * len(calls), [c.text for c in calls]
     assert all(c.json()["error"]["type"] == "permission_error" for c in calls)

@@ -27,6 +27,7 @@ from .conftest import Org, chat
 API = "/api/v1/console"
 USAGE_FIELDS = (("query", "start"), ("query", "end"), ("query", "user_id"), ("query", "limit"),
                 ("headers", "OpenAI-Organization"))
+AUDIT_FIELDS = tuple(("query", name) for name in ("actor", "action", "start", "end", "before_id", "limit"))
 
 
 def credits_mc(value: Any) -> int:
@@ -79,6 +80,12 @@ def test_the_console_admin_api_fuzzed_as_an_owner(console_inference, org: Org, w
                       {**edges_org, ("path", parameter): edges})
 
     usage = {"start": "2020-01-01", "end": "2100-01-01T00:00:00Z", "user_id": org.member}
+    audit = {"action": "SetAllocation", "start": "2020-01-01", "limit": 20}
+    audit_edges = {("query", "actor"): ["", "console", f"user:{org.owner} (session)", "x" * 200, "x" * 201, "a\tb"],
+                   ("query", "action"): ["", "CreateApiKey", "Set Allocation", "x" * 65],
+                   ("query", "before_id"): [0, 1, 2**31, 2**63 - 1, 2**63, -1],
+                   ("query", "limit"): [1, 1000, 1001, 0], ("query", "start"): usage_edges[("query", "start")],
+                   ("query", "end"): usage_edges[("query", "end")]}
     targets = [
         get("me", f"{API}/me"),
         get("org", f"{API}/org"),
@@ -106,6 +113,9 @@ def test_the_console_admin_api_fuzzed_as_an_owner(console_inference, org: Org, w
               "value": ["0", 100, "100.0", 101, "12.5", "-1", True]}),
         delete("delete-threshold", f"{API}/alerts/thresholds/{{threshold_id}}", "threshold_id", thresholds, 2**62,
                [1, 0, -1, 2**63 - 1, 2**63]),
+        get("audit", f"{API}/audit", audit, AUDIT_FIELDS, audit_edges),
+        get("audit-csv", f"{API}/audit/export.csv", audit, AUDIT_FIELDS,
+            {**audit_edges, ("query", "limit"): [1, 10_000, 10_001, 0]}),
     ]
     examples = {"allocations": 80, "create-key": 50, "revoke-key": 50, "webhook": 50,
                 "threshold": 60, "delete-threshold": 50}

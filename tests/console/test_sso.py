@@ -128,6 +128,10 @@ def test_a_user_the_authority_does_not_know(sso, admin, spend):
     assert (me["user_id"], me["view"], me["balance"]["available"]) == (newcomer, "individual", "0.000")
     funding = spend.GetBalance(authority_pb2.GetBalanceRequest(user_id=newcomer)).funding
     assert funding.kind == types_pb2.Funding.INDIVIDUAL
+    # The audit log's record of that creation names them, and the address they called from.
+    created = admin.ListAuditRecords(admin_pb2.ListAuditRecordsRequest(action="CreateUser",
+                                                                       actor=f"user:{newcomer} (access_token)"))
+    assert [(r.target_id, r.actor, r.forwarded_for) for r in created.records] == [(newcomer, "console", "127.0.0.1")]
     # Once created, the strict service knows them too.
     assert chat(strict, token).status_code == 402
 
