@@ -2,7 +2,7 @@
 output is billed exactly once, whatever the client, the input or the authority does.
 
 Over 2,000 REST requests (chat, streams with and without usage, tool-call streams,
-images) go through the real inference service, which talks to the real authority
+images, the Responses API streamed and not) go through the real inference service, which talks to the real authority
 through a gRPC proxy that breaks Commits (INTERNAL, UNAVAILABLE, answers lost
 after the Commit landed) while the authority is also restarted once. The mix
 includes hostile strings in every client-controlled field, streams the client
@@ -63,9 +63,10 @@ HTTP_LAYER_REFUSAL = "Invalid HTTP request received."
 RECONNECT_GRACE_SECONDS = 3.0
 NO_MODEL_WORDS = ("no model was called", "hold was released")
 CHAT_PATH, IMAGE_PATH = "/api/v1/llm/chat/completions", "/api/v1/llm/images/generations"
+RESPONSES_PATH = "/api/v1/llm/responses"
 KINDS = (("chat", 22), ("stream", 14), ("stream_tools", 8), ("stream_cut", 12), ("stream_finish", 8),
          ("image", 10), ("fail", 3), ("tools_heavy", 2), ("overlong", 3), ("hostile", 20), ("max_cost", 5),
-         ("fit", 4))
+         ("fit", 4), ("responses", 5), ("responses_stream", 4), ("responses_cut", 5))
 LIMITED_RPM, LIMITED_PARALLEL = 30, 2  # the rate-limited member's limits
 MAX_RETRY_WAIT_MS = 5_000  # the client retries a 429 once when told to wait at most this long
 BODY_HOSTILE = {"nul": "a\x00b", "control": "a\x01\x1b[2J\x07\x7f\r\nb", "surrogate": f"a{SURROGATE_SLOT}b",
@@ -75,6 +76,7 @@ HEADER_HOSTILE: dict[str, str | bytes] = {"control": "id\x01\x1b\x7f", "surrogat
                                           "huge": "h" * 65536}
 CHAT_FIELDS = ("user", "power_level", "task_type", "name", "Idempotency-Key", "X-Request-Id", "OpenAI-Organization")
 IMAGE_FIELDS = ("user", "size", "quality", "style", "Idempotency-Key", "X-Request-Id", "OpenAI-Organization")
+RESPONSES_FIELDS = ("user", "power_level", "task_type", "Idempotency-Key", "X-Request-Id", "OpenAI-Organization")
 HEADER_FIELDS = ("Idempotency-Key", "X-Request-Id", "OpenAI-Organization")
 
 
@@ -178,6 +180,17 @@ def chat_body(text: str, *, stream: bool, include_usage: bool, max_tokens: int |
     return body
 
 
+def responses_body(text: str, *, stream: bool, max_tokens: int | None, as_parts: bool) -> dict[str, Any]:
+    """A Responses API request: the marker in the user's text, sent as a string or as an input_text part."""
+    user = [{"role": "user", "content": [{"type": "input_text", "text": text}]}] if as_parts else text
+    body: dict[str, Any] = {"model": "up-chat", "instructions": "Be terse.", "input": user}
+    if stream:
+        body["stream"] = True
+    if max_tokens:
+        body["max_output_tokens"] = max_tokens
+    return body
+
+
 def heavy_tools(count: int) -> list[dict[str, Any]]:
     """A large tools array (thousands of prompt tokens the provider counts)."""
     description = "Looks up the ledger entries of one account between two dates, inclusive. " * 8
@@ -217,7 +230,7 @@ class Planner:
 
     def spec(self, seq: int) -> Spec:
         kind = self.kind()
-        base = self.rng.choice(("chat", "stream", "image")) if kind == "hostile" else kind
+        base = self.rng.choice(("chat", "stream", "image", "responses")) if kind == "hostile" else kind
         payers = self.generous if base == "image" else self.payers
         if kind in ("tools_heavy", "fit"):
             payers = [p for p in self.payers if p.tight]
@@ -237,7 +250,8 @@ class Planner:
             "chat": self.plain_chat, "stream": self.plain_stream, "stream_tools": self.tool_stream,
             "stream_cut": self.long_cut_stream, "stream_finish": self.finish_stream, "image": self.image,
             "fail": self.failing, "tools_heavy": self.tools_heavy, "overlong": self.overlong,
-            "max_cost": self.max_cost, "fit": self.fit}
+            "max_cost": self.max_cost, "fit": self.fit, "responses": self.responses,
+            "responses_stream": self.responses_stream, "responses_cut": self.responses_cut}
         shapers[base](spec)
 
     def cap(self) -> int | None:
@@ -278,6 +292,24 @@ class Planner:
         if self.rng.random() < 0.5:
             spec.body.update(size="1024x1024", quality="standard")
 
+    def responses(self, spec: Spec) -> None:
+        spec.path = RESPONSES_PATH
+        text = prompt(spec.marker, self.rng.randint(4, 40), tools=self.rng.random() < 0.1)
+        spec.body = responses_body(text, stream=False, max_tokens=self.cap(), as_parts=self.rng.random() < 0.5)
+
+    def responses_stream(self, spec: Spec) -> None:
+        spec.path, spec.stream = RESPONSES_PATH, True
+        text = prompt(spec.marker, self.rng.randint(4, 40), tools=self.rng.random() < 0.2)
+        spec.body = responses_body(text, stream=True, max_tokens=self.cap(), as_parts=self.rng.random() < 0.5)
+
+    def responses_cut(self, spec: Spec) -> None:
+        """A Responses stream the client leaves after some output deltas."""
+        chunks = self.rng.randint(40, 120)
+        spec.path, spec.stream = RESPONSES_PATH, True
+        text = prompt(spec.marker, chunks, tools=self.rng.random() < 0.3, pause_ms=2)
+        spec.body = responses_body(text, stream=True, max_tokens=None, as_parts=self.rng.random() < 0.5)
+        spec.cut_after = self.rng.randint(1, chunks - 1)
+
     def failing(self, spec: Spec) -> None:
         stream = self.rng.random() < 0.5
         spec.stream = stream
@@ -311,7 +343,7 @@ class Planner:
         spec.headers["X-Fit-To-Budget"] = "true"
 
     def hostile(self, spec: Spec) -> None:
-        fields = IMAGE_FIELDS if spec.path == IMAGE_PATH else CHAT_FIELDS
+        fields = {IMAGE_PATH: IMAGE_FIELDS, RESPONSES_PATH: RESPONSES_FIELDS}.get(spec.path, CHAT_FIELDS)
         spec.hostile_field = name = self.rng.choice(fields)
         if name in HEADER_FIELDS:
             spec.hostile_kind = self.rng.choice(sorted(HEADER_HOSTILE))
@@ -383,8 +415,32 @@ def finished(chunk: dict[str, Any]) -> bool:
     return any(choice.get("finish_reason") for choice in chunk.get("choices") or ())
 
 
+RESPONSES_DELTAS = ("response.output_text.delta", "response.function_call_arguments.delta")
+
+
+def take_event(spec: Spec, outcome: Outcome, payload: str) -> bool:
+    """Records one event of a Responses stream (its output deltas count as chunks); True when the client
+    stops reading here: at response.completed / response.incomplete, or where the spec cuts."""
+    event = json.loads(payload)
+    kind = event.get("type")
+    if kind == "error":
+        outcome.stream_error = str(event.get("message") or event)
+        return False
+    if kind in ("response.completed", "response.incomplete"):
+        outcome.done = True
+        return True
+    if kind not in RESPONSES_DELTAS:
+        return False
+    outcome.chunks += 1
+    outcome.received.append(event.get("delta") or "")
+    outcome.cut = spec.cut_after is not None and outcome.chunks >= spec.cut_after
+    return outcome.cut
+
+
 def take_chunk(spec: Spec, outcome: Outcome, payload: str) -> bool:
     """Records one SSE data payload; True when the client stops reading here."""
+    if spec.path == RESPONSES_PATH:
+        return take_event(spec, outcome, payload)
     if payload == "[DONE]":
         outcome.done = True
         return True
@@ -756,6 +812,7 @@ async def test_every_model_call_is_billed_exactly_once(own_authority, tokens, wo
                retried_after_429=sum(1 for s in seen if s.outcome.retried_after_429),
                served_after_429=sum(1 for s in seen if s.outcome.retried_after_429 and s.outcome.status == 200),
                capped=sum(1 for s in seen if s.outcome.capped),
+               responses_api=sum(1 for s in seen if s.spec.path == RESPONSES_PATH),
                failed_checks={name: len(found) for name, found in problems.items() if found})
         verdict = failure_text(counted["unbilled"], problems)
         if verdict:
