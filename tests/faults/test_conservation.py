@@ -3,8 +3,9 @@ output is billed exactly once, whatever the client, the input or the authority d
 
 Over 2,000 REST requests (chat, streams with and without usage, tool-call streams,
 images, the Responses API streamed and not) go through the real inference service,
-which talks to the real authority through a gRPC proxy that breaks Commits (INTERNAL, UNAVAILABLE, answers lost
-after the Commit landed) while the authority is also restarted once. The mix
+which talks to the real authority through a gRPC proxy that breaks Commits
+(INTERNAL, UNAVAILABLE, answers lost after the Commit landed) while the authority
+is also restarted once. The mix
 includes hostile strings in every client-controlled field, streams the client
 cuts, clients that leave right after the last chunk, members funded by org
 allocations, solo users, and an org service key naming the member in `user`.
