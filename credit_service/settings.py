@@ -91,6 +91,7 @@ class AlertSettings(FromEnvironment):
     max_attempts: int = setting("CREDIT_ALERT_MAX_ATTEMPTS", 8)
     timeout_seconds: float = setting("CREDIT_ALERT_TIMEOUT_SECONDS", 5.0)  # total deadline of one attempt
     max_concurrent_per_org: int = setting("CREDIT_ALERT_MAX_CONCURRENT_PER_ORG", 2)
+    max_in_flight: int = setting("CREDIT_ALERT_MAX_IN_FLIGHT", 32)  # deliveries under way in one process, all orgs
     # hosts a webhook may reach over plain http, trusted whatever they resolve to (comma-separated)
     webhook_http_hosts: str = setting("CREDIT_WEBHOOK_HTTP_HOSTS", "")
     poll_seconds: float = setting("CREDIT_ALERT_POLL_SECONDS", 5.0)  # safety net: look even without a notification

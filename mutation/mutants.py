@@ -243,6 +243,11 @@ MUTANTS: tuple[Mutant, ...] = (
            "made-up secrets locks it out", "credit_service/auth.py",
            "            if valid is None and not self._take_token(now):",
            "            if not self._take_token(now):", "tests/test_platform_flood.py"),
+    mutant("alert-pass-waits-for-deliveries", "the running alert worker waits for a pass's deliveries: a dripping "
+           "receiver holds up every alert that falls due meanwhile", "credit_service/jobs/alert_delivery.py",
+           "                    await self.start_due()\n                    due = await",
+           "                    await self.run_once()\n                    due = await",
+           "tests/test_webhook_safety.py"),
     # ---- the audit log ----
     mutant("audit-record-after-the-change", "the audit record is not written in the change's transaction (the RPC "
            "layer appends it alone afterwards)", "credit_service/storage/common.py",

@@ -143,6 +143,44 @@ async def test_a_dripping_receiver_is_cut_off_at_the_deadline_while_another_orgs
     assert arrived and arrived[0] - started < deadline, "the other org's alert waited for the dripping one"
 
 
+async def test_an_alert_that_falls_due_while_a_dripping_delivery_is_in_flight_is_not_held_up_by_it(alert_db):
+    """The running worker does not wait for a pass's deliveries before the next: an alert queued while another
+    org's receiver is dripping is sent at the next look, long before the dripping one's deadline."""
+    url, storage, conn = alert_db
+    arrived: list[float] = []
+
+    async def quick(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        arrived.append(time.monotonic())
+        writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+    drip = await asyncio.start_server(_drip, "127.0.0.1", 0)
+    fine = await asyncio.start_server(quick, "127.0.0.1", 0)
+    deadline = 8.0
+    worker = AlertWorker(url, storage, AlertSettings(timeout_seconds=deadline, webhook_http_hosts="127.0.0.1",
+                                                     poll_seconds=0.2))
+    running = asyncio.create_task(worker.run())
+    try:
+        await _due_alert(storage, conn, "dripping-first", f"http://127.0.0.1:{drip.sockets[0].getsockname()[1]}/h")
+        leased = "SELECT lease_until IS NOT NULL FROM alert_events WHERE org_id = 'dripping-first'"
+        while not await conn.fetchval(leased):
+            await asyncio.sleep(0.05)  # the dripping delivery is under way
+        queued = time.monotonic()
+        await _due_alert(storage, conn, "queued-later", f"http://127.0.0.1:{fine.sockets[0].getsockname()[1]}/h")
+        while not arrived and time.monotonic() - queued < deadline + 5:
+            await asyncio.sleep(0.05)
+        still_dripping = await _errors(conn, "dripping-first") == []
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        drip.close()
+        fine.close()
+    assert arrived, "the alert queued later never arrived"
+    assert still_dripping, "the dripping delivery ended before the later alert arrived: the test proved nothing"
+    assert arrived[0] - queued < deadline / 2, f"the later alert waited {arrived[0] - queued:.1f}s for the dripping one"
+
+
 def test_the_alert_worker_uses_the_policy_client():
     assert alert_delivery.post is webhook_post.post
 

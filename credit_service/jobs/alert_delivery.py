@@ -111,6 +111,7 @@ class AlertWorker:
         self._per_org: dict[str, asyncio.Semaphore] = {}  # at most max_concurrent_per_org deliveries an org
         self._reports = Reports(storage)
         self._wake = asyncio.Event()
+        self._in_flight: set[asyncio.Task] = set()  # deliveries under way (each holds its alert's lease)
         self.delivered = 0
 
     async def run(self) -> None:
@@ -119,7 +120,7 @@ class AlertWorker:
             while True:
                 due = None
                 try:
-                    await self.run_once()
+                    await self.start_due()
                     due = await self._storage.next_alert_due_seconds()
                 except asyncio.CancelledError:
                     raise
@@ -135,20 +136,48 @@ class AlertWorker:
                 self._wake.clear()
         finally:
             listener.cancel()
+            for task in self._in_flight:
+                task.cancel()  # their leases run out; another pass (or replica) sends them again
 
     async def run_once(self) -> None:
-        """Decides queued pool checks, then sends every alert that is due."""
+        """One pass, waiting for the deliveries it started (run() does not wait: a slow receiver never holds
+        up the next alert that falls due)."""
+        await self.start_due()
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def start_due(self) -> None:
+        """Decides queued pool checks, then starts a delivery of every alert that is due, as long as fewer than
+        CREDIT_ALERT_MAX_IN_FLIGHT are in flight (each one that ends wakes the loop to claim more)."""
         while True:
             consumed, fired = await self._storage.process_alert_checks(100)
             if fired:
                 log.info("%d pool alerts fired", fired)
             if consumed < 100:
                 break
-        while True:
-            claimed = await self._storage.claim_alert_deliveries(10, self._settings.lease_seconds)
-            await asyncio.gather(*(self._deliver(due) for due in claimed))
-            if len(claimed) < 10:
+        while (room := min(10, max(self._settings.max_in_flight, 1) - len(self._in_flight))) > 0:
+            claimed = await self._storage.claim_alert_deliveries(room, self._settings.lease_seconds)
+            for due in claimed:
+                task = asyncio.create_task(self._deliver_logged(due))
+                self._in_flight.add(task)
+                task.add_done_callback(self._finished)
+            if len(claimed) < room:
                 break
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._in_flight.discard(task)
+        self._wake.set()
+
+    async def _deliver_logged(self, due: DueAlert) -> None:
+        try:
+            await self._deliver(due)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("alert %s:%s delivery not recorded: %s", due.event.org_id, due.event.event_id,
+                        type(error).__name__)
+        except Exception:
+            log.exception("alert %s:%s delivery failed", due.event.org_id, due.event.event_id)
 
     async def _with_forecast(self, event: AlertEvent) -> AlertEvent:
         """The event with its forecast, computed at the first attempt and stored, so later attempts send
