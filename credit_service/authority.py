@@ -83,7 +83,6 @@ class UsageQuery:
     end: datetime | None = None
     group_by: str | None = None
     limit: int = 0
-    individual_only: bool = False  # only charges to individual balances (a platform credential without orgs named)
 
 
 class CreditAuthority:
@@ -252,7 +251,11 @@ class CreditAuthority:
         require_id("org_id", org_id)
         return await self._storage.list_members(org_id)
 
-    async def query_usage(self, query: UsageQuery) -> UsagePage:
+    async def query_usage(self, query: UsageQuery, scope: Scope | None = None) -> UsagePage:
+        """Usage analytics; a platform credential (`scope`) sees an org of its scope, or with no org named only
+        charges to individual balances (and only if it may act on them)."""
+        if scope is not None:
+            scope.require("org" if query.org_id else "individual", query.org_id or None, query.user_id)
         optional_id("org_id", query.org_id)
         optional_id("user_id", query.user_id)
         require_label("service_type", query.service_type, 128)
@@ -267,7 +270,7 @@ class CreditAuthority:
             org_id=query.org_id or None, user_id=query.user_id or None,
             service_type=query.service_type or None, model=query.model or None,
             start=query.start, end=query.end, group_by=query.group_by, limit=query.limit or 1000,
-            individual_only=query.individual_only)
+            individual_only=scope is not None and not query.org_id)
 
     async def create_api_key(self, user_id: str, org_id: str, kind: str, name: str, ttl_seconds: int = 0,
                              expires_at: datetime | None = None) -> tuple[ApiKeyRow, str]:

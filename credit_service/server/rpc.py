@@ -169,7 +169,7 @@ def refusal(code: grpc.StatusCode, message: str) -> Refusal:
     return Refusal(_rich_status(code, message))
 
 
-async def platform_caller(servicer: Servicer, metadata: dict[str, str]) -> Caller | None:
+async def credential_caller(servicer: Servicer, metadata: dict[str, str]) -> Caller | None:
     """A platform credential's caller, looked up after the static tokens; fails closed when the database is down."""
     try:
         return await servicer.auth.authenticate_platform(metadata.get("authorization"))
@@ -217,7 +217,7 @@ def rpc(*roles: Role, scope: ScopeOf | None = None, audited: Audited | None = No
                     # Static tokens first, without an await: the hot path's cost is unchanged for them.
                     caller = self.auth.authenticate(metadata.get("authorization"))
                     if caller is None and self.auth.platforms is not None:
-                        caller = await platform_caller(self, metadata)
+                        caller = await credential_caller(self, metadata)
                     caller = admit(caller, request, name, roles, scope)
                 except Refusal as refused:
                     code = refused.status.code

@@ -178,15 +178,12 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
     @rpc(Role.ADMIN, Role.READ, scope=IN_METHOD, audited=NOT_A_CHANGE)
     async def QueryUsage(self, request: admin_pb2.QueryUsageRequest,
                          caller: Caller) -> admin_pb2.QueryUsageResponse:
-        if caller.scope is not None:  # a platform credential: an org of its scope, else individual balances only
-            caller.scope.require("org" if request.org_id else "individual", request.org_id or None, request.user_id)
         query = UsageQuery(
             org_id=request.org_id, user_id=request.user_id, service_type=request.service_type,
             model=request.model,
             start=time_field(request, "start_time"), end=time_field(request, "end_time"),
-            group_by=enum_value(GROUPINGS, request.group_by, "group_by"), limit=request.limit,
-            individual_only=caller.scope is not None and not request.org_id)
-        page = await self.authority.query_usage(query)
+            group_by=enum_value(GROUPINGS, request.group_by, "group_by"), limit=request.limit)
+        page = await self.authority.query_usage(query, caller.scope)
         return admin_pb2.QueryUsageResponse(
             records=[usage_record_message(r) for r in page.records],
             groups=[usage_group_message(g) for g in page.groups],
