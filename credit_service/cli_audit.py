@@ -1,5 +1,5 @@
 """creditctl audit: the audit log over CreditAdmin.ListAuditRecords — one organization's records (ORG), or
-every record (no ORG: the operator's token, role mint). A table of the newest --limit records, or with
+every record (no ORG: a token with role admin or mint). A table of the newest --limit records, or with
 --csv every matching record (paged from the newest), as the console exports them.
 
 creditctl sends who runs it (the OS user and host) as x-on-behalf-of: the authority records it as the

@@ -292,16 +292,19 @@ def test_listing_an_orgs_records_and_every_record(run, payments, tokens):
         paged += page
         before_id = page[-1].audit_id
     assert [r.audit_id for r in paged] == [r.audit_id for r in mine]
-    # Every record, platform credentials' included, is the operator's (mint) to see.
+    # Every record, platform credentials' included, is for the operator's token (admin, mint) to see.
     everything = operator.ListAuditRecords(admin_pb2.ListAuditRecordsRequest(
         action="CreatePlatformCredential", limit=1000)).records
     assert any(r.request_id == expected["CreatePlatformCredential"][0] for r in everything)
     service = admin_pb2_grpc.CreditAdminStub(payments.channel)
-    bearer = (("authorization", f"Bearer {tokens.service}"),)  # admin, not mint
+    reader = (("authorization", f"Bearer {tokens.read}"),)  # read only: one org's records, not every record
     with pytest.raises(grpc.RpcError) as refused:
-        service.ListAuditRecords(admin_pb2.ListAuditRecordsRequest(), metadata=bearer)
+        service.ListAuditRecords(admin_pb2.ListAuditRecordsRequest(), metadata=reader)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert service.ListAuditRecords(admin_pb2.ListAuditRecordsRequest(org_id=org), metadata=bearer).records
+    assert service.ListAuditRecords(admin_pb2.ListAuditRecordsRequest(org_id=org), metadata=reader).records
+    bearer = (("authorization", f"Bearer {tokens.service}"),)  # the REST service's: admin (the console's operators)
+    assert service.ListAuditRecords(admin_pb2.ListAuditRecordsRequest(action="CreatePlatformCredential"),
+                                    metadata=bearer).records
     for bad in (admin_pb2.ListAuditRecordsRequest(org_id=org, limit=1001),
                 admin_pb2.ListAuditRecordsRequest(org_id="bad org"),
                 admin_pb2.ListAuditRecordsRequest(org_id=org, before_id=-1)):

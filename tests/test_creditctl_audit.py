@@ -51,8 +51,8 @@ def test_creditctl_audit_of_every_org_needs_the_operators_token(authority, token
     ctl(authority, tokens, "platform-create", name, "--orgs", world.org(), "--roles", "spend")
     everything = ctl(authority, tokens, "audit", "--action", "CreatePlatformCredential", "--limit", "1000").stdout
     assert f"platform_credential {name}" in everything
-    env = {**os.environ, "CREDIT_AUTHORITY_ADDR": authority.addr, "CREDIT_ADMIN_TOKEN": tokens.service}
+    env = {**os.environ, "CREDIT_AUTHORITY_ADDR": authority.addr, "CREDIT_ADMIN_TOKEN": tokens.read}
     refused = subprocess.run([CREDITCTL, "audit"], env=env, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr and "mint" in refused.stderr
+    assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr and "admin or mint" in refused.stderr
     bad = ctl(authority, tokens, "audit", "--since", "yesterday", check=False)
     assert bad.returncode == 2 and "not an ISO date or time" in bad.stderr

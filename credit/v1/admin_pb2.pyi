@@ -2822,7 +2822,7 @@ class ListAuditRecordsRequest(_message.Message):
     BEFORE_ID_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     org_id: _builtins.str
-    """One organization's records; empty: all (role mint)."""
+    """One organization's records; empty: all (roles admin or mint)."""
     actor: _builtins.str
     """Records whose actor or on_behalf_of is this."""
     action: _builtins.str

@@ -441,9 +441,9 @@ class CreditAdminServicer:
 
     def ListAuditRecords(self, request, context):
         """The audit log: one record per administrative action (every RPC of this service that changes
-        something), newest first. With org_id: that organization's records (roles admin or read); without:
-        every record, including those no organization owns (platform credentials, individual grants,
-        users), role mint only.
+        something), newest first. With org_id: that organization's records (roles admin, read or mint);
+        without: every record, including those no organization owns (platform credentials, individual
+        grants, users): roles admin or mint, not read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -122,9 +122,9 @@ class CreditAdminStub:
     """Revokes a credential and all its secrets (every replica refuses it within its cache window)."""
     ListAuditRecords: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRecordsRequest, _admin_pb2.ListAuditRecordsResponse]
     """The audit log: one record per administrative action (every RPC of this service that changes
-    something), newest first. With org_id: that organization's records (roles admin or read); without:
-    every record, including those no organization owns (platform credentials, individual grants,
-    users), role mint only.
+    something), newest first. With org_id: that organization's records (roles admin, read or mint);
+    without: every record, including those no organization owns (platform credentials, individual
+    grants, users): roles admin or mint, not read.
     """
 
 @_typing.type_check_only
@@ -219,9 +219,9 @@ class CreditAdminAsyncStub(CreditAdminStub):
     """Revokes a credential and all its secrets (every replica refuses it within its cache window)."""
     ListAuditRecords: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRecordsRequest, _admin_pb2.ListAuditRecordsResponse]  # type: ignore[assignment]
     """The audit log: one record per administrative action (every RPC of this service that changes
-    something), newest first. With org_id: that organization's records (roles admin or read); without:
-    every record, including those no organization owns (platform credentials, individual grants,
-    users), role mint only.
+    something), newest first. With org_id: that organization's records (roles admin, read or mint);
+    without: every record, including those no organization owns (platform credentials, individual
+    grants, users): roles admin or mint, not read.
     """
 
 class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -505,9 +505,9 @@ class CreditAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListAuditRecordsResponse, _abc.Awaitable[_admin_pb2.ListAuditRecordsResponse]]:
         """The audit log: one record per administrative action (every RPC of this service that changes
-        something), newest first. With org_id: that organization's records (roles admin or read); without:
-        every record, including those no organization owns (platform credentials, individual grants,
-        users), role mint only.
+        something), newest first. With org_id: that organization's records (roles admin, read or mint);
+        without: every record, including those no organization owns (platform credentials, individual
+        grants, users): roles admin or mint, not read.
         """
 
 def add_CreditAdminServicer_to_server(servicer: CreditAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -331,9 +331,9 @@ class AdminServicer(Servicer, admin_pb2_grpc.CreditAdminServicer):
     @rpc(Role.ADMIN, Role.READ, Role.MINT, audited=NOT_A_CHANGE)
     async def ListAuditRecords(self, request: admin_pb2.ListAuditRecordsRequest,
                                caller: Caller) -> admin_pb2.ListAuditRecordsResponse:
-        if not request.org_id and Role.MINT not in caller.roles:
-            raise PermissionDenied("ListAuditRecords without org_id (every record) requires the mint role",
-                                   ROLE_REQUIRED, {"rpc": "ListAuditRecords", "roles": Role.MINT.value})
+        if not request.org_id and not caller.roles & {Role.ADMIN, Role.MINT}:
+            raise PermissionDenied("ListAuditRecords without org_id (every record) requires the admin or mint role",
+                                   ROLE_REQUIRED, {"rpc": "ListAuditRecords", "roles": "admin or mint"})
         records = await self.authority.list_audit(AuditQuery(
             org_id=request.org_id, actor=request.actor, action=request.action,
             start=time_field(request, "start_time"), end=time_field(request, "end_time"),
