@@ -12,8 +12,10 @@ from decimal import ROUND_CEILING, Decimal
 
 import httpx
 import litellm
+import pytest
 import yaml
 from invariants import assert_invariants
+from rest_support import InferenceProcess
 from upstream import PROMPT_TOKENS, TOOL_ARGUMENTS, WORDS
 
 from credit.v1 import authority_pb2
@@ -208,3 +210,46 @@ async def test_x_max_cost_caps_the_output_sent(inference, member, db, upstream):
 def test_the_openapi_schema_lists_responses(inference):
     schema = httpx.get(f"{inference.url}/openapi.json").json()
     assert "/api/v1/llm/responses" in schema["paths"]
+
+
+async def test_a_provider_failing_before_any_output_releases_the_hold(inference, member, spend, db, upstream):
+    before = upstream.calls["up-fail"]
+    for stream in (False, True):
+        response = httpx.post(inference.base_url + PATH, headers={"Authorization": f"Bearer {member.key}"},
+                              json={"model": "up-fail", "input": "Hi", "stream": stream}, timeout=30)
+        assert response.status_code == 502 and "released" in response.json()["error"]["message"]
+    assert upstream.calls["up-fail"] > before
+    statuses = await db.fetch("SELECT status FROM reservations WHERE user_id = $1", member.user_id)
+    assert [r["status"] for r in statuses] == ["released", "released"]
+    balance = spend.GetBalance(authority_pb2.GetBalanceRequest(user_id=member.user_id))
+    assert (balance.used_millicredits, balance.held_millicredits) == (0, 0)
+
+
+@pytest.fixture(scope="module")
+def short_hold_inference(authority, tokens, models_file):
+    process = InferenceProcess(authority, tokens.spend, models_file,
+                               extra_env={"INFERENCE_RESERVE_TTL_SECONDS": "3"}).start()
+    yield process
+    process.stop()
+
+
+async def test_a_responses_stream_never_outlives_its_hold(short_hold_inference, member, db):
+    """up-slow takes ~5 s for 256 words; the hold lasts 3 s: the stream ends with an error event and is
+    charged, in time, for what it produced."""
+    events: list[dict] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with client.stream("POST", short_hold_inference.base_url + PATH,
+                                 headers={"Authorization": f"Bearer {member.key}"},
+                                 json={"model": "up-slow", "input": "Write at length.", "stream": True}) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "hold_deadline", events[-1]
+    assert not any(e["type"] == "response.completed" for e in events)
+    written = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    row = await row_of(db, response.headers["X-Request-Id"])
+    hold = await db.fetchrow("SELECT * FROM reservations WHERE user_id = $1", member.user_id)
+    assert hold["status"] == "committed" and not hold["late"], dict(hold)
+    metadata = json.loads(row["request_metadata"])
+    assert len(litellm.encoding.encode(written)) <= metadata["completion_tokens"] < 256
