@@ -228,11 +228,11 @@ def test_a_dead_rest_service_stops_the_authority_and_postgres(data_dir):
 
 def test_sigint_leaves_nothing_running_and_keep_leaves_only_postgres(data_dir):
     ports = _ports()
-    run = Run(data_dir, ports, CREDIT_EMBEDDED_PG_KEEP="1")
+    run = Run(data_dir, ports, CREDIT_EMBEDDED_PG_KEEP="1", INFERENCE_ENABLED="0")  # (the REST service: below)
     run.wait_up()
     pg = EmbeddedPostgres(data_dir / "pg", ports["pg"]).postmaster()
     assert pg is not None
-    services = {"authority": run.child_pid("credit authority"), "rest": run.child_pid("REST service")}
+    services = {"authority": run.child_pid("credit authority")}
     run.proc.send_signal(signal.SIGINT)
     assert run.wait() == 0, run.output
     _assert_gone(services, {k: v for k, v in ports.items() if k != "pg"}, run.output)
