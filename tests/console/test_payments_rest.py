@@ -194,6 +194,12 @@ def test_the_webhook_credits_the_pool_once_and_refuses_what_stripe_did_not_sign(
     assert pool_total(admin, org.org_id) == before + 1_000_000  # pack 0: 1,000 credits
     paid = purchase(payments_inference, org, answer["session_id"])
     assert (paid["status"], paid["credits"], paid["amount"]) == ("paid", "1000.000", "10.00") and paid["paid_at"]
+    # The audit log: the checkout names the owner who started it; Stripe's event names no one, only its address.
+    records = get(payments_inference, org.keys["owner"], "/audit?limit=1000").json()["data"]
+    about = [(r["action"], r["on_behalf_of"].split(" (")[0], r["forwarded_for"]) for r in records
+             if r["target_id"] == answer["session_id"]]
+    assert about[-1] == ("RecordCheckout", f"user:{org.owner}", "127.0.0.1")
+    assert ("ApplyPaymentEvent", "", "127.0.0.1") in about[:-1]
 
 
 def purchase(inference, org: Org, session_id: str) -> dict:
