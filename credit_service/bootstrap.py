@@ -44,4 +44,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except KeyboardInterrupt:  # Ctrl-C: the next make starts over (its stamp was not written)
+        print("\ninterrupted: the next `make run` installs again", file=sys.stderr)
+        sys.exit(130)

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -148,7 +149,8 @@ def _finish(settings: Settings, pg: EmbeddedPostgres | None, supervisor: Supervi
     if pg is None or not pg.started:
         return
     if settings.keep_embedded_pg:
-        supervisor.progress.line(f"PostgreSQL left running on 127.0.0.1:{pg.port} (`make stop` stops it)")
+        log.info("embedded PostgreSQL left running (CREDIT_EMBEDDED_PG_KEEP=1; make stop stops it)",
+                 extra={"port": pg.port})
         return
     with supervisor.progress.step(f"stopping PostgreSQL on 127.0.0.1:{pg.port}"):
         pg.stop()
@@ -179,7 +181,7 @@ def up(settings: Settings) -> int:
         log.error("%s; %s", failure.args[0], "stopping everything make run started" if started
                   else "nothing was started", extra=extra)
         code = 1
-    except (RuntimeError, OSError) as exc:  # the embedded PostgreSQL or the database refused
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:  # PostgreSQL or the database refused
         log.error("make run failed: %s", exc)
         code = 1
     finally:
