@@ -273,6 +273,9 @@ class ModerationRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1, max_length=128)
     input: Annotated[Any, AfterValidator(moderation_input)] = Field(description=MODERATION_INPUT)
+    user: ClientText | None = Field(None, max_length=256,
+                                    description="End user (not sent to the provider); with an org service key, "
+                                                "whose rate limits apply")
 
     @property
     def texts(self) -> list[str]:

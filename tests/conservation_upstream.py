@@ -11,6 +11,9 @@ stream chunk). Options in the same text shape the answer:
 * `pause=MS`  — a pause between stream chunks, so a client can cut mid-way.
 
 Model `up-fail` answers HTTP 500 without output; `up-image` makes images.
+Embeddings (`up-embed`; `up-embed-fail` answers 500), transcriptions (the
+marker in the form's `prompt`; usage in whole seconds of the WAV sent) and
+moderations answer in OpenAI's wire format.
 Usage is reported as a provider would: the prompt (messages and tools)
 counted with the same tokenizer the service uses, and every output token.
 """
@@ -18,11 +21,14 @@ counted with the same tokenizer the service uses, and every output token.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import math
 import os
 import re
 import threading
 import time
+import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -198,7 +204,44 @@ def create_app(ledger: Ledger) -> FastAPI:
         return {"created": int(time.time()), "data": [{"url": f"http://upstream.invalid/img/{i}.png"}
                                                       for i in range(n)]}
 
+    add_media_routes(app, ledger)
     return app
+
+
+def add_media_routes(app: FastAPI, ledger: Ledger) -> None:
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Any:
+        body = await request.json()
+        given = body["input"]
+        texts = [given] if isinstance(given, str) else [i for i in given if isinstance(i, str)]
+        marker = marker_of(" ".join(texts))
+        ledger.called(marker)
+        if body.get("model") == "up-embed-fail":
+            return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, 500)
+        ledger.produced(marker)
+        tokens = sum(count_tokens(t) for t in texts)
+        return {"object": "list", "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "data": [{"object": "embedding", "index": i, "embedding": [0.25, -0.5]} for i in range(len(texts))]}
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request) -> Any:
+        form = await request.form()
+        marker = marker_of(str(form.get("prompt") or ""))
+        ledger.called(marker)
+        upload = form["file"]
+        with wave.open(io.BytesIO(await upload.read())) as reader:  # type: ignore[union-attr]
+            seconds = reader.getnframes() / reader.getframerate()
+        ledger.produced(marker)
+        return {"text": "Credits are reserved first.", "usage": {"type": "duration", "seconds": math.ceil(seconds)}}
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request) -> Any:
+        body = await request.json()
+        marker = marker_of(str(body.get("input")))
+        ledger.called(marker)
+        ledger.produced(marker)
+        return {"id": "modr-cons", "model": body.get("model"), "results": [
+            {"flagged": False, "categories": {"hate": False}, "category_scores": {"hate": 0.01}}]}
 
 
 class ConservationUpstream(ServedApp):

@@ -61,4 +61,4 @@ async def moderations(body: ModerationRequest, request: Request, who: Caller = D
     """OpenAI moderations: not billed (X-Cost-Incurred 0.000), but under the caller's rate limits."""
     service = service_of(request)
     entry = service.model(body.model, "moderation")
-    return await OtherModes(service.meter).moderation(entry, body, service.billing(who, request, None))
+    return await OtherModes(service.meter).moderation(entry, body, service.billing(who, request, body.user))

@@ -2,7 +2,9 @@
 output is billed exactly once, whatever the client, the input or the authority does.
 
 Over 2,000 REST requests (chat, streams with and without usage, tool-call streams,
-images, the Responses API streamed and not) go through the real inference service,
+images, the Responses API streamed and not, embeddings (some failing upstream),
+audio transcriptions, and moderations, which are served free: their 1-millicredit
+hold must be released, never charged) go through the real inference service,
 which talks to the real authority through a gRPC proxy that breaks Commits
 (INTERNAL, UNAVAILABLE, answers lost after the Commit landed) while the authority
 is also restarted once. The mix
@@ -42,6 +44,7 @@ import pytest
 from conftest import AuthorityProcess, Stub, World, free_port
 from conservation_upstream import ConservationUpstream, Served, count_tokens
 from invariants import violations
+from media_support import multipart, wav
 from rest_support import CHAT_OUT, write_catalogue
 
 from credit.v1 import admin_pb2
@@ -65,9 +68,13 @@ RECONNECT_GRACE_SECONDS = 3.0
 NO_MODEL_WORDS = ("no model was called", "hold was released")
 CHAT_PATH, IMAGE_PATH = "/api/v1/llm/chat/completions", "/api/v1/llm/images/generations"
 RESPONSES_PATH = "/api/v1/llm/responses"
+EMBED_PATH, TRANSCRIBE_PATH = "/api/v1/llm/embeddings", "/api/v1/llm/audio/transcriptions"
+MODERATE_PATH = "/api/v1/llm/moderations"
+UNBILLED_KINDS = ("moderate",)  # served, never charged: the hold is released (README, "How a call is billed")
 KINDS = (("chat", 22), ("stream", 14), ("stream_tools", 8), ("stream_cut", 12), ("stream_finish", 8),
          ("image", 10), ("fail", 3), ("tools_heavy", 2), ("overlong", 3), ("hostile", 20), ("max_cost", 5),
-         ("fit", 4), ("responses", 5), ("responses_stream", 4), ("responses_cut", 5))
+         ("fit", 4), ("responses", 5), ("responses_stream", 4), ("responses_cut", 5), ("embed", 6),
+         ("embed_fail", 1), ("transcribe", 4), ("moderate", 3))
 LIMITED_RPM, LIMITED_PARALLEL = 30, 2  # the rate-limited member's limits
 MAX_RETRY_WAIT_MS = 5_000  # the client retries a 429 once when told to wait at most this long
 BODY_HOSTILE = {"nul": "a\x00b", "control": "a\x01\x1b[2J\x07\x7f\r\nb", "surrogate": f"a{SURROGATE_SLOT}b",
@@ -78,6 +85,7 @@ HEADER_HOSTILE: dict[str, str | bytes] = {"control": "id\x01\x1b\x7f", "surrogat
 CHAT_FIELDS = ("user", "power_level", "task_type", "name", "Idempotency-Key", "X-Request-Id", "OpenAI-Organization")
 IMAGE_FIELDS = ("user", "size", "quality", "style", "Idempotency-Key", "X-Request-Id", "OpenAI-Organization")
 RESPONSES_FIELDS = ("user", "power_level", "task_type", "Idempotency-Key", "X-Request-Id", "OpenAI-Organization")
+EMBED_FIELDS = ("user", "Idempotency-Key", "X-Request-Id", "OpenAI-Organization")
 HEADER_FIELDS = ("Idempotency-Key", "X-Request-Id", "OpenAI-Organization")
 
 
@@ -153,6 +161,7 @@ class Spec:
     hostile_field: str | None = None
     hostile_kind: str | None = None
     max_cost_mc: int | None = None  # X-Max-Cost sent
+    content: bytes | None = None  # the body as sent, when it is not JSON (a transcription's multipart form)
 
     @property
     def label(self) -> str:
@@ -161,6 +170,8 @@ class Spec:
         return f"#{self.seq} {self.request_id or '-'} {what}{shape} {self.payer.label}"
 
     def raw_body(self) -> bytes:
+        if self.content is not None:
+            return self.content
         return json.dumps(self.body).replace(SURROGATE_SLOT, "\\ud800").encode()
 
 
@@ -231,7 +242,7 @@ class Planner:
 
     def spec(self, seq: int) -> Spec:
         kind = self.kind()
-        base = self.rng.choice(("chat", "stream", "image", "responses")) if kind == "hostile" else kind
+        base = self.rng.choice(("chat", "stream", "image", "responses", "embed")) if kind == "hostile" else kind
         payers = self.generous if base == "image" else self.payers
         if kind in ("tools_heavy", "fit"):
             payers = [p for p in self.payers if p.tight]
@@ -242,6 +253,9 @@ class Planner:
         self.shape(spec, base)
         if (user := self.user_field(payer)) is not None:
             spec.body["user"] = user
+        if base == "transcribe":
+            spec.content, spec.headers["Content-Type"] = multipart(
+                spec.body, {"file": ("a.wav", wav(self.rng.choice((0.5, 1.25, 2.0))), "audio/wav")})
         if kind == "hostile":
             self.hostile(spec)
         return spec
@@ -252,7 +266,8 @@ class Planner:
             "stream_cut": self.long_cut_stream, "stream_finish": self.finish_stream, "image": self.image,
             "fail": self.failing, "tools_heavy": self.tools_heavy, "overlong": self.overlong,
             "max_cost": self.max_cost, "fit": self.fit, "responses": self.responses,
-            "responses_stream": self.responses_stream, "responses_cut": self.responses_cut}
+            "responses_stream": self.responses_stream, "responses_cut": self.responses_cut,
+            "embed": self.embed, "embed_fail": self.embed, "transcribe": self.transcribe, "moderate": self.moderate}
         shapers[base](spec)
 
     def cap(self) -> int | None:
@@ -311,6 +326,21 @@ class Planner:
         spec.body = responses_body(text, stream=True, max_tokens=None, as_parts=self.rng.random() < 0.5)
         spec.cut_after = self.rng.randint(1, chunks - 1)
 
+    def embed(self, spec: Spec) -> None:
+        spec.path = EMBED_PATH
+        text = f"rid={spec.marker} " + "ledger entries " * self.rng.randint(1, 30)
+        given: str | list[str] = [text, "a second input"] if self.rng.random() < 0.5 else text
+        spec.body = {"model": "up-embed-fail" if spec.kind == "embed_fail" else "up-embed", "input": given}
+
+    def transcribe(self, spec: Spec) -> None:
+        spec.path = TRANSCRIBE_PATH
+        spec.body = {"model": "up-transcribe", "prompt": f"rid={spec.marker} a meeting about credits",
+                     "response_format": self.rng.choice(("json", "verbose_json"))}
+
+    def moderate(self, spec: Spec) -> None:
+        spec.path = MODERATE_PATH
+        spec.body = {"model": "up-moderate", "input": [f"rid={spec.marker} is this fine?", "and this?"]}
+
     def failing(self, spec: Spec) -> None:
         stream = self.rng.random() < 0.5
         spec.stream = stream
@@ -344,7 +374,8 @@ class Planner:
         spec.headers["X-Fit-To-Budget"] = "true"
 
     def hostile(self, spec: Spec) -> None:
-        fields = {IMAGE_PATH: IMAGE_FIELDS, RESPONSES_PATH: RESPONSES_FIELDS}.get(spec.path, CHAT_FIELDS)
+        fields = {IMAGE_PATH: IMAGE_FIELDS, RESPONSES_PATH: RESPONSES_FIELDS, EMBED_PATH: EMBED_FIELDS}.get(
+            spec.path, CHAT_FIELDS)
         spec.hostile_field = name = self.rng.choice(fields)
         if name in HEADER_FIELDS:
             spec.hostile_kind = self.rng.choice(sorted(HEADER_HOSTILE))
@@ -619,9 +650,17 @@ def produced(s: Seen) -> bool:
     return s.served.outputs > 0
 
 
+def billable(s: Seen) -> bool:
+    """An upstream call with output that must be charged (moderations are served free)."""
+    return produced(s) and s.spec.kind not in UNBILLED_KINDS
+
+
 def check_billing(seen: list[Seen], problems: Problems) -> None:
     problems["upstream call with output not billed exactly once"] = [
-        s.describe() for s in seen if produced(s) and (len(s.rows) != 1 or s.served.outputs > 1)]
+        s.describe() for s in seen if billable(s) and (len(s.rows) != 1 or s.served.outputs > 1)]
+    problems["moderation charged, or its hold not released"] = [
+        s.describe() for s in seen if s.spec.kind in UNBILLED_KINDS
+        and (s.rows or any(r["status"] != "released" or r["charged_mc"] for r in s.reservations))]
     problems["attribution row without an upstream call that produced output"] = [
         s.describe() for s in seen if s.rows and not produced(s)]
     problems["reservation left held"] = [
@@ -726,12 +765,13 @@ def check_accounts(accounts: list[asyncpg.Record], seen: list[Seen], problems: P
 
 
 def figures(seen: list[Seen]) -> dict[str, int]:
-    upstream_calls = sum(s.served.outputs for s in seen)
-    billed = sum(1 for s in seen if produced(s) and len(s.rows) == 1)
+    upstream_calls = sum(s.served.outputs for s in seen if s.spec.kind not in UNBILLED_KINDS)
+    billed = sum(1 for s in seen if billable(s) and len(s.rows) == 1)
     refused = sum(1 for s in seen if s.outcome.status >= 400 and not s.served.calls)
     released = sum(1 for s in seen if not produced(s) for r in s.reservations if r["status"] == "released")
+    moderations = sum(1 for s in seen if produced(s) and s.spec.kind in UNBILLED_KINDS)
     return {"upstream_calls": upstream_calls, "billed": billed, "refused_before_call": refused,
-            "released_no_output": released, "unbilled": upstream_calls - billed}
+            "released_no_output": released, "unbilled": upstream_calls - billed, "moderations_free": moderations}
 
 
 def failure_text(unbilled: int, problems: Problems) -> str:

@@ -42,10 +42,11 @@ async def billed_row(raw, spend, db, user_id: str, service_type: str):
 
 async def test_embeddings_with_mock_response_are_billed_from_the_reported_usage(inference, member, spend, db,
                                                                                 models_file):
-    raw = sdk(inference, member.key).embeddings.with_raw_response.create(model="demo-embed",
-                                                                         input=["a ledger", "a hold"])
+    client = sdk(inference, member.key, organization=member.org_id)  # OpenAI-Organization picks the org
+    raw = client.embeddings.with_raw_response.create(model="demo-embed", input=["a ledger", "a hold"])
     result = raw.parse()
     assert result.data[0].embedding == [0.0125, -0.25, 0.5, 0.75]
+    assert raw.headers["X-Funding-Source"] == f"org:{member.org_id}"
     row = await billed_row(raw, spend, db, member.user_id, "embedding")
     assert row["service_name"] == "demo-embed"
     expected = millicredits(price(models_file, "demo-embed", "input_cost_per_token") * result.usage.prompt_tokens)
