@@ -138,6 +138,13 @@ MUTANTS: tuple[Mutant, ...] = (
     mutant("edge-left-stream-unsettled", "a stream the client leaves is not settled", METERING,
            """            timer.cancel()
             self.settle(cut=True)""", "            timer.cancel()", INTEGRITY),
+    mutant("responses-left-stream-unsettled", "a /responses stream the client leaves is not settled",
+           "inference_service/responses_api.py", """            timer.cancel()
+            self.settle(cut=True)""", "            timer.cancel()", "tests/inference/test_responses_api.py"),
+    mutant("responses-stored-state-accepted", "/responses takes previous_response_id and store: true (and drops "
+           "the conversation they name)", "inference_service/responses_schema.py",
+           '@field_validator("previous_response_id", "store", "conversation", "background", "prompt")',
+           '@field_validator("conversation", "background", "prompt")', "tests/inference/test_rest_bad_input.py"),
     mutant("edge-shared-idempotency-key", "a second request with one Idempotency-Key can take the first's hold",
            METERING, 'metadata={**metadata, "attempt": uuid.uuid4().hex},', "metadata=metadata,", COMMIT_FAULTS),
     mutant("edge-internal-is-final", "a Commit answered INTERNAL is dropped as refused", CLIENT,
