@@ -29,7 +29,8 @@ IMAGES = "/api/v1/llm/images/generations"
 # Models a mutation may name: every kind the catalogue serves, and names it does not (up-fail, up-slow and
 # up-delay are left out: a provider failing is a documented 502, and slow models only cost time).
 MODELS = ["demo-chat", "up-chat", "up-count", "up-tools", "demo-image", "up-image", "gpt-4o-mini", "no-such-model"]
-BILLED = ("chat", "chat-stream", "images")
+BILLED = ("chat", "chat-stream", "images", "embeddings")
+EMBEDDINGS = "/api/v1/llm/embeddings"
 
 
 def chat_body(stream: bool) -> dict[str, Any]:
@@ -87,6 +88,17 @@ IMAGE_EDGES: dict[tuple[str | int, ...], list[Any]] = {
     ("body", "style"): ["vivid", "natural", "oil"],
     ("body", "response_format"): ["url", "b64_json", "png"],
     ("body", "user"): ["bob", "\x07"],
+    ("headers", "OpenAI-Organization"): ["", "no-such-org"],
+}
+EMBED_FIELDS = tuple(("body", name) for name in (
+    "model", "input", "encoding_format", "dimensions", "user", "unknown_field")) + (("headers", "OpenAI-Organization"),)
+EMBED_EDGES: dict[tuple[str | int, ...], list[Any]] = {
+    ("body", "model"): MODELS + ["up-embed", "demo-embed", "up-embed", "demo-embed"],
+    ("body", "input"): ["x", ["a", "b"], [1, 2, 3], [[1], [2, 3]], ["ü" * 50] * 3, "", [], [[]], [-1], [1.5],
+                        ["a", 1], {"a": 1}, 42, None, [True], ["x"] * 2049, [[1] * 9000]],
+    ("body", "encoding_format"): ["float", "base64", "int8", None],
+    ("body", "dimensions"): [1, 8, 0, -1, None],
+    ("body", "user"): ["alice", "", "x" * 256, "x" * 257, "a\nb"],
     ("headers", "OpenAI-Organization"): ["", "no-such-org"],
 }
 USAGE_EDGES: dict[tuple[str | int, ...], list[Any]] = {
@@ -160,6 +172,9 @@ def test_one_field_mutations_reach_the_billed_path_and_bill_every_200_once(infer
                                                                 "size": "1024x1024", "quality": "standard",
                                                                 "user": "end-user-1"}, headers=dict(org)),
                IMAGE_FIELDS, IMAGE_EDGES),
+        Target("embeddings", "POST", EMBEDDINGS,
+               lambda: Request(body={"model": "up-embed", "input": ["a ledger", "a hold"], "user": "end-user-1"},
+                               headers=dict(org)), EMBED_FIELDS, EMBED_EDGES),
         Target("usage", "GET", "/api/v1/usage",
                lambda: Request(query={"start": "2020-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z",
                                       "group_by": "model", "limit": 50}, headers=dict(org)),
@@ -170,7 +185,8 @@ def test_one_field_mutations_reach_the_billed_path_and_bill_every_200_once(infer
         Target("models", "GET", "/api/v1/llm/models", lambda: Request(headers=dict(org)),
                (("headers", "OpenAI-Organization"),), USAGE_EDGES),
     ]
-    examples = {"chat": 250, "chat-stream": 200, "images": 120, "usage": 100, "balance": 30, "models": 20}
+    examples = {"chat": 250, "chat-stream": 200, "images": 120, "embeddings": 80, "usage": 100, "balance": 30,
+                "models": 20}
     outcomes: list[Outcome] = []
     counts: Counter[tuple[str, int]] = Counter()
 
