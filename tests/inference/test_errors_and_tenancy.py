@@ -73,12 +73,14 @@ def test_key_bound_to_an_org_cannot_spend_in_another(inference, world, admin):
     assert raw.headers["X-Funding-Source"] == f"org:{org_a}"
 
 
-def test_unknown_model_is_404(inference, member):
+def test_unknown_model_is_404_and_a_model_of_another_mode_400(inference, member):
     with pytest.raises(openai.NotFoundError) as raised:
         sdk(inference, member.key).chat.completions.create(model="gpt-17-ultra", messages=MESSAGES)
     assert raised.value.body["code"] == "model_not_found"
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError) as raised:
         sdk(inference, member.key).images.generate(model="demo-chat", prompt="not an image model")
+    assert raised.value.body["code"] == "wrong_endpoint_for_model"
+    assert "use POST /api/v1/llm/chat/completions" in raised.value.body["message"]
 
 
 async def test_upstream_failure_is_502_and_the_hold_is_released(inference, member, spend, db, upstream):
