@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from .schemas import CallId, ChatCompletionRequest, ClientText, Name
 
@@ -60,11 +60,24 @@ class InputImage(BaseModel):
 InputPart = Annotated[InputText | InputRefusal | InputImage, Field(discriminator="type")]
 
 
+def _text_or_list(value: Any) -> str | None:
+    """Which form a text-or-list field takes: its error locations then read `content.text` or
+    `input.items.3.message…` instead of pydantic's names for the union's branches."""
+    return "text" if isinstance(value, str) else "items" if isinstance(value, list) else None
+
+
+def text_or_items(items: Any, what: str, **limits: Any) -> Any:
+    return Annotated[Annotated[Annotated[str, Field(**{k: v for k, v in limits.items() if k == "min_length"})],
+                               Tag("text")] | Annotated[Annotated[list[items], Field(**limits)], Tag("items")],
+                     Discriminator(_text_or_list, custom_error_type="text_or_items",
+                                   custom_error_message=f"must be text or a list of {what}")]
+
+
 class MessageItem(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["message"] = "message"
     role: Literal["user", "system", "developer", "assistant"]
-    content: str | Annotated[list[InputPart], Field(max_length=2048)]
+    content: text_or_items(InputPart, "content parts", max_length=2048)  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def no_images_from_the_assistant(self) -> MessageItem:
@@ -185,7 +198,7 @@ def _refuse_state(value: Any, name: str) -> Any:
 class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1, max_length=128)
-    input: Annotated[str, Field(min_length=1)] | Annotated[list[InputItem], Field(min_length=1, max_length=2048)]
+    input: text_or_items(InputItem, "items", min_length=1, max_length=2048)  # type: ignore[valid-type]
     instructions: str | None = None
     max_output_tokens: int | None = Field(None, ge=1, le=1_000_000)
     stream: bool = False
