@@ -12,6 +12,7 @@ from decimal import ROUND_CEILING, Decimal
 
 import httpx
 import litellm
+import openai
 import pytest
 import yaml
 from invariants import assert_invariants
@@ -253,3 +254,15 @@ async def test_a_responses_stream_never_outlives_its_hold(short_hold_inference, 
     assert hold["status"] == "committed" and not hold["late"], dict(hold)
     metadata = json.loads(row["request_metadata"])
     assert len(litellm.encoding.encode(written)) <= metadata["completion_tokens"] < 256
+
+
+def test_idempotency_key_and_the_usage_report(inference, member):
+    client = sdk(inference, member.key)
+    headers = {"Idempotency-Key": "responses-order-7"}
+    first = client.responses.with_raw_response.create(model="demo-chat", input="Hi", extra_headers=headers)
+    assert first.headers["X-Request-Id"] == "responses-order-7"
+    with pytest.raises(openai.ConflictError):
+        client.responses.create(model="demo-chat", input="Hi", extra_headers=headers)
+    usage = httpx.get(f"{inference.url}/api/v1/usage", params={"group_by": "service_type"},
+                      headers={"Authorization": f"Bearer {member.key}"}).json()
+    assert [(g["key"], g["requests"]) for g in usage["groups"]] == [("responses", 1)]
