@@ -159,7 +159,7 @@ def wav_seconds(data: bytes) -> float:
         return reader.getnframes() / reader.getframerate()
 
 
-MEDIA_DELAY_SECONDS = 1.0
+MEDIA_DELAY_SECONDS = 0.6
 
 
 def add_media_routes(app: FastAPI, calls: Counter) -> None:
