@@ -192,13 +192,17 @@ def up(settings: Settings) -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, ended but not yet reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # no /proc (not Linux): kill() said it exists
+        return True
 
 
 def _up_pid(data_dir: Path) -> int | None:

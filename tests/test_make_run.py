@@ -6,9 +6,10 @@ a private data directory and free ports:
   line (LOG_FORMAT=text) and as JSON (LOG_FORMAT=json);
 * the REST service alone on a taken port exits 2 naming it and never says "listening";
 * the REST child killed: `up` notices, stops the authority and PostgreSQL, exits 1;
-* SIGINT: no process of the stack and no PostgreSQL left (by pid and by port); CREDIT_EMBEDDED_PG_KEEP=1
-  leaves PostgreSQL running, `python -m credit_service stop` (make stop) stops it; on a terminal, Ctrl-C
-  (progress lines and readable log lines there) stops the services one by one, each exiting 0.
+* Ctrl-C typed on a terminal (progress lines and readable log lines there): no process of the stack and no
+  PostgreSQL left (by pid and by port), the services stopped one by one, each exiting 0;
+  `python -m credit_service stop` (make stop) stops a running `up` and, when CREDIT_EMBEDDED_PG_KEEP=1 left
+  it running, PostgreSQL.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ EXIT_TIMEOUT = 60  # generous: the assertions are on exit codes and messages, no
 class Run:
     """One `python -m credit_service up`, its output collected line by line (stdout and stderr)."""
 
+    started: list[Run] = []  # killed after each test if still running (a failed test leaves nothing behind)
+
     def __init__(self, data_dir: Path, ports: dict[str, int], terminal: bool = False, **extra: str) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CREDIT_AUTH_TOKENS")}
         env.update(CREDIT_DATA_DIR=str(data_dir), CREDIT_LISTEN_ADDR=f"127.0.0.1:{ports['authority']}",
@@ -62,6 +65,7 @@ class Run:
                                          text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        Run.started.append(self)
 
     def _read(self) -> None:
         if self.terminal is None:
@@ -142,6 +146,16 @@ def _assert_gone(pids: dict[str, int], ports: dict[str, int], output: str) -> No
     assert not left, f"still running: {left}\n{output}"
     listening = {name: port for name, port in ports.items() if _listening(port)}
     assert not listening, f"still listening: {listening}\n{output}"
+
+
+@pytest.fixture(autouse=True)
+def _kill_left_over_runs() -> Iterator[None]:
+    yield
+    while Run.started:
+        proc = Run.started.pop().proc
+        if proc.poll() is None:
+            proc.kill()  # its services get SIGTERM from the kernel (PR_SET_PDEATHSIG)
+            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -226,23 +240,24 @@ def test_a_dead_rest_service_stops_the_authority_and_postgres(data_dir):
     _assert_gone(pids, ports, run.output)
 
 
-def test_sigint_leaves_nothing_running_and_keep_leaves_only_postgres(data_dir):
+def test_make_stop_and_ctrl_c_leave_nothing_running(data_dir):
+    # CREDIT_EMBEDDED_PG_KEEP=1: `up` stopped by `credit_service stop` (make stop, from another terminal)
+    # leaves PostgreSQL running, which that stop then stops. (The REST service: in the terminal run below.)
     ports = _ports()
-    run = Run(data_dir, ports, CREDIT_EMBEDDED_PG_KEEP="1", INFERENCE_ENABLED="0")  # (the REST service: below)
+    run = Run(data_dir, ports, CREDIT_EMBEDDED_PG_KEEP="1", INFERENCE_ENABLED="0")
     run.wait_up()
     pg = EmbeddedPostgres(data_dir / "pg", ports["pg"]).postmaster()
     assert pg is not None
-    services = {"authority": run.child_pid("credit authority")}
-    run.proc.send_signal(signal.SIGINT)
-    assert run.wait() == 0, run.output
-    _assert_gone(services, {k: v for k, v in ports.items() if k != "pg"}, run.output)
-    assert _alive(pg[0]) and _listening(ports["pg"]), "CREDIT_EMBEDDED_PG_KEEP=1 leaves PostgreSQL running"
-
+    services = {"authority": run.child_pid("credit authority"), "up": run.proc.pid}
     env = {**os.environ, "CREDIT_DATA_DIR": str(data_dir), "CREDIT_EMBEDDED_PG_PORT": str(ports["pg"])}
     stop = subprocess.run([sys.executable, "-m", "credit_service", "stop"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=EXIT_TIMEOUT)
-    assert stop.returncode == 0 and f"pid {pg[0]}" in stop.stdout, stop.stdout + stop.stderr
-    _assert_gone({"postgres": pg[0]}, {"pg": ports["pg"]}, stop.stdout)
+    assert run.wait() == 0, run.output
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert f"stopping make run (pid {run.proc.pid})" in stop.stdout, stop.stdout
+    assert any(e["msg"].startswith("embedded PostgreSQL left running") for e in run.events()), run.output
+    assert f"stopping the embedded PostgreSQL under {data_dir / 'pg'} (pid {pg[0]}" in stop.stdout, stop.stdout
+    _assert_gone({**services, "postgres": pg[0]}, ports, run.output + stop.stdout)
 
     # Without the option, on a terminal (progress, readable lines), Ctrl-C: PostgreSQL stops too.
     run = Run(data_dir, ports, terminal=True)
