@@ -5,9 +5,9 @@ case needs the duration before the call. It is read with the standard library on
 integer PCM) through `wave`. No other format's duration can be read without a decoder this project does
 not ship, so other formats are refused (400, naming the supported ones) rather than guessed.
 
-The duration is an upper bound: the frames the header declares, or the frames the file's bytes could
-hold if that is more (a data chunk that understates its size cannot shrink the hold), in whole seconds
-rounded up.
+The duration is an upper bound: the frames the header declares, or the frames the file's bytes after
+the smallest header could hold if that is more (a data chunk that understates its size cannot shrink
+the hold), in whole seconds rounded up.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 SUPPORTED_FORMATS = "WAV (PCM)"
+WAV_HEADER_BYTES = 44  # the smallest header a PCM WAV has before its first frame
 
 
 class UnreadableAudio(ValueError):
@@ -46,7 +47,8 @@ def wav_duration(data: bytes) -> AudioFile:
         raise UnreadableAudio("the WAV header declares no sample rate or sample size")
     if frames == 0:
         raise UnreadableAudio("the WAV file has no audio frames")
-    most_frames = max(frames, len(data) // frame_bytes)  # every byte of the file, had it been audio
+    # every byte after the smallest header (RIFF, fmt and data chunk headers: 44 bytes), had it been audio
+    most_frames = max(frames, (len(data) - WAV_HEADER_BYTES) // frame_bytes)
     return AudioFile(Decimal(frames) / Decimal(rate), max(math.ceil(Decimal(most_frames) / Decimal(rate)), 1),
                      "wav")
 

@@ -6,7 +6,7 @@ prompt it was sent as a provider would: every message and tool, by tiktoken),
 up-tools (answers with a tool call, streamed as argument deltas, slowly); embeddings (up-embed,
 up-embed-fail: HTTP 500, up-embed-cut: the connection cut mid-answer), transcriptions (up-transcribe,
 up-transcribe-fail) and moderations (up-moderate, up-moderate-fail) in OpenAI's wire format; their
-*-delay models answer after MEDIA_DELAY_SECONDS.
+*-delay models answer after MEDIA_DELAY_SECONDS; up-transcribe-long reports ten times the seconds it was sent.
 Like a real provider, it never writes more than the `max_tokens` it was sent.
 Counts every request, keeps every request body, and serves /slow-image.png
 (counting fetches) for tests that check nobody fetches images while estimating.
@@ -214,7 +214,7 @@ def add_media_routes(app: FastAPI, calls: Counter) -> None:
         response_format = form.get("response_format") or "json"
         if response_format in ("text", "srt", "vtt"):
             return PlainTextResponse(text)
-        usage = {"type": "duration", "seconds": math.ceil(seconds)}  # billed by the whole second
+        usage = {"type": "duration", "seconds": math.ceil(seconds) * (10 if model == "up-transcribe-long" else 1)}
         if response_format == "verbose_json":
             return {"task": "transcribe", "language": "english", "duration": seconds, "text": text,
                     "segments": [], "usage": usage}

@@ -122,6 +122,21 @@ async def test_transcriptions_are_billed_per_second_of_audio(inference, member, 
     assert upstream.app.state.bodies[-1]["language"] == "en"
 
 
+async def test_a_provider_reporting_more_seconds_than_the_hold_is_charged_them_and_flagged(
+        inference, member, spend, db, models_file):
+    """As the authority does for chat: the charge is what the provider reports, past the hold, flagged overrun."""
+    per_second = price(models_file, "up-transcribe-long", "input_cost_per_second")
+    raw = sdk(inference, member.key).audio.transcriptions.with_raw_response.create(
+        model="up-transcribe-long", file=("a.wav", wav(2), "audio/wav"))
+    reported = Decimal(raw.parse().usage.seconds)
+    assert reported == 20
+    row = await billed_row(raw, spend, db, member.user_id, "audio_transcription")
+    assert row["credits_used"] == millicredits(per_second * reported)
+    hold = await db.fetchrow("SELECT amount_mc, charged_mc, overrun FROM reservations WHERE reservation_id = $1",
+                             row["reservation_id"])
+    assert hold["amount_mc"] == millicredits(per_second * 2) < hold["charged_mc"] and hold["overrun"]
+
+
 # ---- moderations --------------------------------------------------------------------------------
 
 
