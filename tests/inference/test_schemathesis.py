@@ -29,8 +29,9 @@ IMAGES = "/api/v1/llm/images/generations"
 # Models a mutation may name: every kind the catalogue serves, and names it does not (up-fail, up-slow and
 # up-delay are left out: a provider failing is a documented 502, and slow models only cost time).
 MODELS = ["demo-chat", "up-chat", "up-count", "up-tools", "demo-image", "up-image", "gpt-4o-mini", "no-such-model"]
-BILLED = ("chat", "chat-stream", "images", "embeddings")
+BILLED = ("chat", "chat-stream", "images", "embeddings", "responses", "responses-stream")
 EMBEDDINGS = "/api/v1/llm/embeddings"
+RESPONSES = "/api/v1/llm/responses"
 
 
 def chat_body(stream: bool) -> dict[str, Any]:
@@ -101,6 +102,45 @@ EMBED_EDGES: dict[tuple[str | int, ...], list[Any]] = {
     ("body", "user"): ["alice", "", "x" * 256, "x" * 257, "a\nb"],
     ("headers", "OpenAI-Organization"): ["", "no-such-org"],
 }
+
+
+def responses_body(stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "up-chat", "instructions": "Be brief.",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "Hello"}]}],
+        "max_output_tokens": 16, "temperature": 0.5, "top_p": 1, "user": "end-user-1", "power_level": "low",
+        "task_type": "fuzz"}
+    if stream:
+        body["stream"] = True
+    return body
+
+
+RESPONSES_FIELDS = tuple(("body", name) for name in (
+    "model", "input", "instructions", "max_output_tokens", "stream", "temperature", "top_p", "tools", "tool_choice",
+    "text", "user", "power_level", "previous_response_id", "store", "unknown_field")) + (
+    ("body", "input", 0, "content"), ("body", "input", 0, "role"), ("headers", "OpenAI-Organization"))
+RESPONSES_EDGES: dict[tuple[str | int, ...], list[Any]] = {
+    ("body", "model"): MODELS,
+    ("body", "input"): ["x", "", [], 42, None, [{"type": "reasoning", "id": "rs_1"}],
+                        [{"role": "user", "content": "hi"}, {"type": "function_call", "call_id": "c1",
+                                                             "name": "lookup", "arguments": "{}"},
+                         {"type": "function_call_output", "call_id": "c1", "output": "42"}]],
+    ("body", "max_output_tokens"): [1, 16, 256, 257, 1_000_000, 1_000_001, 0, -1, 1.5, "16"],
+    ("body", "stream"): [True, False, None, "true"],
+    ("body", "tools"): [[{"type": "function", "name": "lookup", "parameters": {"type": "object"}}], [],
+                        [{"type": "web_search"}], [{"type": "function", "name": "bad name"}]],
+    ("body", "tool_choice"): ["none", "auto", "required", {"type": "function", "name": "lookup"},
+                              {"type": "file_search"}],
+    ("body", "text"): [{"format": {"type": "text"}}, {"format": {"type": "json_object"}},
+                       {"format": {"type": "json_schema", "name": "x"}}, {}],
+    ("body", "previous_response_id"): ["resp_1", "", None],
+    ("body", "store"): [True, False, None],
+    ("body", "input", 0, "content"): ["", "x" * 4000, [{"type": "input_image", "image_url":
+                                                        "https://images.invalid/a.png", "detail": "low"}],
+                                      [{"type": "input_file", "file_id": "f"}], None],
+    ("body", "input", 0, "role"): ["system", "developer", "assistant", "tool", "robot"],
+    ("headers", "OpenAI-Organization"): ["", "no-such-org"],
+}
 USAGE_EDGES: dict[tuple[str | int, ...], list[Any]] = {
     ("query", "start"): ["2020-01-01", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00", "yesterday"],
     ("query", "end"): ["2100-01-01T00:00:00+01:00", "1970-01-01", ""],
@@ -121,7 +161,15 @@ class Outcome:
 
 
 def stream_cost(response: httpx.Response) -> tuple[str | None, bool]:
-    """(cost reported by the last chunk, whether the stream ended with [DONE] or an error event)."""
+    """(cost reported by the last chunk, whether the stream ended with [DONE] or an error event); a Responses
+    stream's (named events): the cost in response.completed / response.incomplete, or an error event."""
+    if response.text.startswith("event: "):
+        data = [line[len("data: "):] for block in response.text.split("\n\n") for line in block.split("\n")
+                if line.startswith("data: ")]
+        last = json.loads(data[-1]) if data else {}
+        if last.get("type") in ("response.completed", "response.incomplete"):
+            return (last.get("x_billing") or {}).get("cost_incurred"), "cost_incurred" in (last.get("x_billing") or {})
+        return None, last.get("type") == "error"
     events = [e[len("data: "):] for e in response.text.split("\n\n") if e.startswith("data: ")]
     if events and events[-1] == "[DONE]":
         last = json.loads(events[-2]) if len(events) > 1 else {}
@@ -175,6 +223,10 @@ def test_one_field_mutations_reach_the_billed_path_and_bill_every_200_once(infer
         Target("embeddings", "POST", EMBEDDINGS,
                lambda: Request(body={"model": "up-embed", "input": ["a ledger", "a hold"], "user": "end-user-1"},
                                headers=dict(org)), EMBED_FIELDS, EMBED_EDGES),
+        Target("responses", "POST", RESPONSES, lambda: Request(body=responses_body(False), headers=dict(org)),
+               RESPONSES_FIELDS, RESPONSES_EDGES),
+        Target("responses-stream", "POST", RESPONSES, lambda: Request(body=responses_body(True), headers=dict(org)),
+               RESPONSES_FIELDS, RESPONSES_EDGES),
         Target("usage", "GET", "/api/v1/usage",
                lambda: Request(query={"start": "2020-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z",
                                       "group_by": "model", "limit": 50}, headers=dict(org)),
@@ -185,8 +237,8 @@ def test_one_field_mutations_reach_the_billed_path_and_bill_every_200_once(infer
         Target("models", "GET", "/api/v1/llm/models", lambda: Request(headers=dict(org)),
                (("headers", "OpenAI-Organization"),), USAGE_EDGES),
     ]
-    examples = {"chat": 250, "chat-stream": 200, "images": 120, "embeddings": 80, "usage": 100, "balance": 30,
-                "models": 20}
+    examples = {"chat": 250, "chat-stream": 200, "images": 120, "embeddings": 80, "responses": 70,
+                "responses-stream": 60, "usage": 100, "balance": 30, "models": 20}
     outcomes: list[Outcome] = []
     counts: Counter[tuple[str, int]] = Counter()
 
