@@ -215,6 +215,7 @@ class Viewer:
     members: tuple[admin_pb2.Member, ...] = ()
     client: AuthorityClient | None = field(default=None, compare=False, repr=False)  # to ask the authority
     signed_in_with: str = "api_key"  # api_key | access_token | session (SSO)
+    operator: bool = False  # listed in CONSOLE_OPERATORS: sees every organization's audit log
 
     @property
     def is_admin(self) -> bool:
@@ -237,6 +238,10 @@ class Viewer:
 
     def member_ids(self) -> set[str]:
         return {m.user_id for m in self.members}
+
+    def require_operator(self) -> None:
+        if not self.operator:
+            raise errors.forbidden("Only an operator (CONSOLE_OPERATORS) may see every organization's audit log.")
 
     def require_admin(self) -> None:
         if not self.is_admin:

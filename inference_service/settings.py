@@ -93,6 +93,12 @@ class Settings(FromEnvironment):
     payment_max_credits: Decimal = setting("PAYMENT_MAX_CREDITS", Decimal(100000))
     # the console's address as the buyer's browser sees it (Stripe sends them back there); empty: the request's
     console_public_url: str = setting("CONSOLE_PUBLIC_URL", "")
+    # user ids whose console shows the audit log of every organization (comma-separated; README, "Security")
+    console_operators: str = setting("CONSOLE_OPERATORS", "")
+
+    @property
+    def operators(self) -> frozenset[str]:
+        return frozenset(u.strip() for u in self.console_operators.split(",") if u.strip())
     sso: SsoSettings = group(SsoSettings)
 
     @property

@@ -1,4 +1,5 @@
-/* The audit log (owners and admins): every change made to the organization, newest first, with when, who
+/* The audit log (owners and admins; operators, listed in CONSOLE_OPERATORS, may tick "every organization"):
+ * every change made to the organization, newest first, with when, who
  * (the authority token that made it, the person it acted for and their address), what, and each changed field
  * before → after; filtered by who, action and days (UTC), paged back 50 at a time, exported as CSV with the
  * same filters. Members never see it (the API answers them 403). Uses console.js's helpers
@@ -18,6 +19,7 @@
       const value = form.elements[name].value.trim();
       if (value) params.set(name, value);
     }
+    if (form.elements.all_orgs.checked) params.set("all_orgs", "true");
     if (form.elements.start.value) params.set("start", `${form.elements.start.value}T00:00:00Z`);
     if (form.elements.end.value) { // the whole last day
       const end = new Date(`${form.elements.end.value}T00:00:00Z`);
@@ -53,10 +55,16 @@
       c.el("span", { class: "after", text: shown(x.after) })))));
   }
 
+  /** " in <org>" when every organization's records are shown (an operator's view). */
+  function org(r) {
+    const everyOrg = $("#audit-form").elements.all_orgs.checked;
+    return everyOrg && r.org_id && r.org_id !== r.target_id ? ` in ${r.org_id}` : "";
+  }
+
   function row(r) {
     return c.el("tr", { "data-audit-id": r.audit_id, "data-action": r.action },
       c.el("td", { text: c.when(r.at) }), who(r), c.el("td", {}, c.el("code", { text: r.action })),
-      c.el("td", { text: `${r.target_kind} ${r.target_id}`.trim() }), changes(r));
+      c.el("td", { text: `${r.target_kind} ${r.target_id}${org(r)}`.trim() }), changes(r));
   }
 
   /** The page of records older than `beforeId` (0: the newest). */
@@ -71,7 +79,17 @@
     $("#audit-newest").hidden = !beforeId;
   }
 
-  c.onStart((me) => { if (me.view === "admin") c.duringStart(load(0)); });
+  c.onStart((me) => {
+    if (me.operator) {
+      $("#audit-all-label").hidden = false;
+      if (me.view !== "admin") { // no org of their own to show: every organization's, always
+        const box = $("#audit-form").elements.all_orgs;
+        box.checked = true;
+        box.disabled = true;
+      }
+    }
+    if (me.view === "admin" || me.operator) c.duringStart(load(0));
+  });
 
   // Opening the section shows what changed since.
   $("nav a[href='#audit']").addEventListener("click", () => c.act(null, () => load(0)));

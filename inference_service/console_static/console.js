@@ -136,7 +136,7 @@
   async function start() {
     const me = await api("/api/v1/console/me");
     state.me = me;
-    document.body.className = `view-${me.view}` + (me.org_id ? " in-org" : "");
+    document.body.className = `view-${me.view}` + (me.org_id ? " in-org" : "") + (me.operator ? " operator" : "");
     $("#signin").hidden = true;
     $("#app").hidden = false;
     $("#identity").hidden = false;

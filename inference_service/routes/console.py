@@ -73,15 +73,16 @@ async def viewer(request: Request) -> Viewer:
         balance = await service.client.balance(key.user_id, "")
         if balance.funding.kind == types_pb2.Funding.ORG:
             org_id = balance.funding.org_id
+    operator = key.user_id in service.settings.operators
     if not org_id:
         return Viewer(key.user_id, key.key_id, "", "individual", client=service.client,
-                      signed_in_with=caller.signed_in_with)
+                      signed_in_with=caller.signed_in_with, operator=operator)
     members = (await console_admin(service.client).list_members(admin_pb2.ListMembersRequest(org_id=org_id))).members
     me = next((m for m in members if m.user_id == key.user_id), None)
     if me is None:
         raise errors.forbidden(f"You are not a member of organization '{org_id}'.")
     return Viewer(key.user_id, key.key_id, org_id, ROLE_NAMES.get(me.role, "member"), tuple(members),
-                  client=service.client, signed_in_with=caller.signed_in_with)
+                  client=service.client, signed_in_with=caller.signed_in_with, operator=operator)
 
 DOCUMENTED: dict[int | str, dict[str, Any]] = {code: {"description": text} for code, text in (
     (400, "bad request"), (401, "missing or invalid API key"), (402, "not enough credits (pool or allocation)"),
@@ -104,7 +105,7 @@ async def me(who: Viewer = Depends(viewer)):
     if who.org_id:
         org_name = (await who.admin.get_organization(admin_pb2.GetOrganizationRequest(org_id=who.org_id))).name
     return {"user_id": who.user_id, "key_id": who.key_id, "org_id": who.org_id, "org_name": org_name,
-            "role": who.role, "view": who.view, "signed_in_with": who.signed_in_with,
+            "role": who.role, "view": who.view, "signed_in_with": who.signed_in_with, "operator": who.operator,
             "balance": {"funding_source": funding_label(balance.funding),
                         **credits_fields("limit", balance.limit_millicredits),
                         **credits_fields("used", balance.used_millicredits),
@@ -313,24 +314,34 @@ def before_id_param():
     return Query(0, ge=0, le=2**63 - 1, description="records older than this audit_id (the previous page's "
                                                     "next_before_id); 0: from the newest")
 
+def all_orgs_param():
+    return Query(False, description="every organization's records, and those no organization owns (platform "
+                                    "credentials, grants, users): operators only (CONSOLE_OPERATORS)")
+
 async def audit_page(who: Viewer, actor: str | None, action: str | None, start: datetime | None,
-                     end: datetime | None, before_id: int, limit: int) -> list[admin_pb2.AuditRecord]:
-    """The org's records, newest first: always one org's (the viewer's), never every org's."""
-    who.require_admin()
+                     end: datetime | None, before_id: int, limit: int, all_orgs: bool) -> list[admin_pb2.AuditRecord]:
+    """The records, newest first: the viewer's org's (owners and admins), or with all_orgs every record
+    (operators)."""
+    if all_orgs:
+        who.require_operator()
+    else:
+        who.require_admin()
     actor_, action_ = audit_filters(actor, action)
     start, end = time_range(start, end)
-    records = await who.admin.list_audit_records(audit_request(who.org_id, actor_, action_, start, end, before_id,
-                                                               limit))
+    records = await who.admin.list_audit_records(audit_request("" if all_orgs else who.org_id, actor_, action_,
+                                                               start, end, before_id, limit))
     return list(records.records)
 
 @router.get("/api/v1/console/audit", tags=TAGS, responses=READS)
 async def audit(who: Viewer = Depends(viewer), actor: str | None = actor_param(), action: str | None = action_param(),
                 start: datetime | None = start_param(), end: datetime | None = end_param(),
-                before_id: int = before_id_param(), limit: int = Query(50, ge=1, le=AUDIT_PAGE)):
+                before_id: int = before_id_param(), limit: int = Query(50, ge=1, le=AUDIT_PAGE),
+                all_orgs: bool = all_orgs_param()):
     """The organization's audit log, newest first: each change made to it (allocations, keys, limits, alerts,
     purchases…) with when, who (the authority token and the person it acted for, from which address), what,
-    and its fields before → after. next_before_id pages back (null: no older records)."""
-    records = await audit_page(who, actor, action, start, end, before_id, min(limit + 1, AUDIT_PAGE))
+    and its fields before → after. next_before_id pages back (null: no older records). With all_orgs (operators):
+    every record."""
+    records = await audit_page(who, actor, action, start, end, before_id, min(limit + 1, AUDIT_PAGE), all_orgs)
     more = len(records) > limit or len(records) == AUDIT_PAGE
     page = records[:limit]
     return {"data": [audit_dict(r) for r in page], "next_before_id": page[-1].audit_id if more and page else None}
@@ -339,17 +350,17 @@ async def audit(who: Viewer = Depends(viewer), actor: str | None = actor_param()
 async def audit_export(who: Viewer = Depends(viewer), actor: str | None = actor_param(),
                        action: str | None = action_param(), start: datetime | None = start_param(),
                        end: datetime | None = end_param(), before_id: int = before_id_param(),
-                       limit: int = Query(1000, ge=1, le=10_000)):
+                       limit: int = Query(1000, ge=1, le=10_000), all_orgs: bool = all_orgs_param()):
     """The same records as CSV (newest first, one row per record; the format of `creditctl audit --csv`)."""
     records: list[admin_pb2.AuditRecord] = []
     while len(records) < limit:  # in pages the authority allows, each older than the last
         want = min(limit - len(records), AUDIT_PAGE)
-        page = await audit_page(who, actor, action, start, end, before_id, want)
+        page = await audit_page(who, actor, action, start, end, before_id, want, all_orgs)
         records += page
         if len(page) < want:
             break
         before_id = page[-1].audit_id
-    name = f"audit-{who.org_id}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.csv"
+    name = f"audit-{'all' if all_orgs else who.org_id}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.csv"
     return Response(audit_csv(records), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
 

@@ -1,11 +1,15 @@
 """The Audit view in a real browser (Debian's headless Chromium, Playwright) against the real inference
 service and authority: an owner changes a member's allocation from the members table, opens Audit and sees
 the change with who made it (the service's token, for them, from their address) and the allocation before →
-after; choosing their name filters the log to their changes."""
+after; choosing their name filters the log to their changes. An operator (CONSOLE_OPERATORS) with no org of
+their own sees every organization's records."""
 
 from __future__ import annotations
 
+from credit.v1 import admin_pb2
+
 from .conftest import Org
+from .test_audit_console import operated  # noqa: F401 - a fixture: a REST service with one console operator
 from .test_browser import Tab, browser  # noqa: F401 - browser is a fixture (and skips without Chromium)
 
 
@@ -41,4 +45,28 @@ def test_an_owner_sees_their_change_in_the_audit_view(browser, artifacts, consol
     tab.wait_until("document.querySelectorAll('#audit-table tbody tr').length === 1")
     assert page.locator("#audit-table tbody tr").get_attribute("data-action") == "SetAllocation"
     assert page.input_value("#audit-form input[name=actor]") == f"user:{org.owner} (api_key {key_id})"
+    tab.close()
+
+
+def test_an_operator_without_an_org_sees_every_organizations_records(browser, artifacts,  # noqa: F811
+                                                                     operated,  # noqa: F811
+                                                                     admin, world):
+    inference, operator_key = operated
+    org = world.org(1_000)
+    name = f"browser-{org}"
+    admin.CreatePlatformCredential(admin_pb2.CreatePlatformCredentialRequest(name=name, org_ids=[org],
+                                                                             roles=["spend"]))
+    shots = artifacts / "audit"
+    shots.mkdir(parents=True, exist_ok=True)
+    tab = Tab(browser, inference.url, shots)
+    page = tab.page
+    tab.sign_in(operator_key)
+    page.click("nav a[href='#audit']")
+    box = page.locator("#audit-form input[name=all_orgs]")
+    assert box.is_visible() and box.is_checked() and box.is_disabled()
+    rows = "#audit-table tbody tr[data-action='CreatePlatformCredential']"
+    tab.wait_until(f"[...document.querySelectorAll(\"{rows} td:nth-child(4)\")]"
+                   f".some((td) => td.textContent === 'platform_credential {name}')")
+    assert page.locator("#audit-table tbody tr[data-action='CreateOrganization']").count() >= 1
+    tab.shot("02-operator-audit-view")
     tab.close()

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import grpc
 import httpx
 import pytest
-from rest_support import make_key
+from rest_support import InferenceProcess, make_key
 
 from credit.v1 import admin_pb2, admin_pb2_grpc
 from credit_service.statement_csv import AUDIT_COLUMNS
@@ -171,3 +171,42 @@ def test_the_csv_export_never_starts_a_cell_with_a_formula(console_inference, or
     assert (rows[0]["on_behalf_of"], rows[0]["forwarded_for"]) == ("'=HYPERLINK(\"http://x.example\")", "'@SUM(1)")
     assert get(console_inference, org.keys["owner"], "/audit").json()["data"][0]["on_behalf_of"] == \
         "=HYPERLINK(\"http://x.example\")"  # JSON is not a spreadsheet: as stored
+
+
+@pytest.fixture(scope="module")
+def operated(console_authority, console_tokens, models_file, world, admin):
+    """A REST service whose CONSOLE_OPERATORS lists one user (an individual: no org of their own)."""
+    operator = world.user()
+    process = InferenceProcess(console_authority, console_tokens.console, models_file,
+                               {"CONSOLE_OPERATORS": f"someone-else, {operator}"}).start()
+    yield process, make_key(admin, operator)[0]
+    process.stop()
+
+
+def test_an_operator_sees_every_orgs_records_and_an_admin_only_their_own(operated, org: Org, admin, world):
+    inference, operator_key = operated
+    other_org = world.org(5_000)
+    platform = f"audited-{other_org}"
+    admin.CreatePlatformCredential(admin_pb2.CreatePlatformCredentialRequest(name=platform, org_ids=[other_org],
+                                                                             roles=["spend"]))
+    assert post(inference, org.keys["owner"], "/org/allocations",
+                {"user_id": org.member, "allocation": "120"}).status_code == 200
+    me = get(inference, operator_key, "/me").json()
+    assert me["operator"] is True and me["view"] == "individual"
+    assert get(inference, org.keys["owner"], "/me").json()["operator"] is False
+
+    everything = get(inference, operator_key, "/audit", all_orgs="true", limit=1000).json()["data"]
+    orgs = {r["org_id"] for r in everything}
+    assert {org.org_id, other_org, ""} <= orgs  # records of both orgs, and one no org owns
+    assert any(r["action"] == "CreatePlatformCredential" and r["target_id"] == platform for r in everything)
+    export = get(inference, operator_key, "/audit/export.csv", all_orgs="true", action="CreatePlatformCredential")
+    assert export.status_code == 200 and 'filename="audit-all-' in export.headers["content-disposition"]
+    assert platform in export.text
+
+    # Without all_orgs an operator with no org of their own has nothing to show; an org's owner is no operator.
+    assert get(inference, operator_key, "/audit").status_code == 403
+    for path in ("/audit", "/audit/export.csv"):
+        refused = get(inference, org.keys["owner"], path, all_orgs="true")
+        assert refused.status_code == 403 and "operator" in refused.json()["error"]["message"], refused.text
+    own = get(inference, org.keys["owner"], "/audit", limit=1000).json()["data"]
+    assert {r["org_id"] for r in own} == {org.org_id}
