@@ -178,6 +178,10 @@ CASES.update({
     "transcription user control characters": transcription(400, user="\x1b[2J"),
     "transcription bad timestamp granularity": transcription(400, {"timestamp_granularities[]": "char"}),
     "embeddings with a transcription model": ("embeddings", {**EMBED, "model": "up-transcribe"}, {}, 400),
+    "embeddings X-Max-Cost below the worst case": ("embeddings", {**EMBED, "input": "word " * 1000},
+                                                   {"X-Max-Cost": "0.001"}, 402),
+    "transcription X-Max-Cost below the worst case": (lambda path, body, headers, status: (
+        path, body, {**headers, "X-Max-Cost": "0.001"}, status))(*transcription(402)),
 })
 
 PATHS = {"chat": "/api/v1/llm/chat/completions", "images": "/api/v1/llm/images/generations",
