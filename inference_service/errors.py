@@ -76,9 +76,10 @@ class InsufficientCredits(ApiError):
         self.requested_mc = requested_mc
 
 
-def max_cost_too_low(max_cost_mc: int, minimum_mc: int) -> ApiError:
-    """402: not even a call with one output token fits the request's X-Max-Cost."""
+def max_cost_too_low(max_cost_mc: int, minimum_mc: int, least: str = "with max_tokens 1") -> ApiError:
+    """402: not even the least form of the call (one output token; for a call priced by its input alone,
+    the call as sent) fits the request's X-Max-Cost."""
     return ApiError(402, f"X-Max-Cost {format_credits(max_cost_mc)} is below the least this request may cost "
-                         f"({format_credits(minimum_mc)} credits, with max_tokens 1); nothing was held.",
+                         f"({format_credits(minimum_mc)} credits, {least}); nothing was held.",
                     "insufficient_credits", "max_cost_too_low",
                     extra={"max_cost": format_credits(max_cost_mc), "minimum": format_credits(minimum_mc)})

@@ -101,7 +101,8 @@ class OtherModes:
         params = self.embedding_params(entry, body)
         estimate = self.embedding_estimate(entry, body)
         if billing.budget.max_cost_mc is not None and estimate.amount_mc > billing.budget.max_cost_mc:
-            raise errors.max_cost_too_low(billing.budget.max_cost_mc, estimate.amount_mc)  # no output to cap
+            raise errors.max_cost_too_low(billing.budget.max_cost_mc, estimate.amount_mc,  # no output to cap
+                                          "the worst case of its input")
         hold = await self.meter.reserve(billing, estimate.amount_mc, "embedding", entry,
                                         {"estimate_millicredits": estimate.amount_mc,
                                          "input_tokens": estimate.reserved_tokens},
@@ -148,7 +149,8 @@ class OtherModes:
                             billing: Billing) -> Response:
         estimate = self.meter.pricing.audio_worst_mc(entry, audio.worst_seconds)
         if billing.budget.max_cost_mc is not None and estimate > billing.budget.max_cost_mc:
-            raise errors.max_cost_too_low(billing.budget.max_cost_mc, estimate)  # audio cannot be shortened
+            raise errors.max_cost_too_low(billing.budget.max_cost_mc, estimate,  # audio cannot be shortened
+                                          f"{audio.worst_seconds} s of audio")
         hold = await self.meter.reserve(billing, estimate, "audio_transcription", entry,
                                         {"estimate_millicredits": estimate, "audio_seconds": audio.worst_seconds})
         task = self.meter.spawn(self._transcribe_once(entry, form, audio, data, billing, hold, estimate),
