@@ -114,18 +114,23 @@ async def _drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def test_a_dripping_receiver_is_cut_off_at_the_deadline_while_another_orgs_alert_arrives(alert_db):
-    url, storage, conn = alert_db
-    arrived: list[float] = []
-
+def _receiver(arrived: list[float]):
+    """A webhook receiver that answers 204 at once, noting when each alert arrived."""
     async def quick(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(65536)
         arrived.append(time.monotonic())
         writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
         writer.close()
+    return quick
+
+
+async def test_a_dripping_receiver_is_cut_off_at_the_deadline_while_another_orgs_alert_arrives(alert_db):
+    url, storage, conn = alert_db
+    arrived: list[float] = []
+
     drip = await asyncio.start_server(_drip, "127.0.0.1", 0)
-    fine = await asyncio.start_server(quick, "127.0.0.1", 0)
+    fine = await asyncio.start_server(_receiver(arrived), "127.0.0.1", 0)
     try:
         await _due_alert(storage, conn, "dripping", f"http://127.0.0.1:{drip.sockets[0].getsockname()[1]}/h")
         await _due_alert(storage, conn, "waiting", f"http://127.0.0.1:{fine.sockets[0].getsockname()[1]}/h")
@@ -149,14 +154,8 @@ async def test_an_alert_that_falls_due_while_a_dripping_delivery_is_in_flight_is
     url, storage, conn = alert_db
     arrived: list[float] = []
 
-    async def quick(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(65536)
-        arrived.append(time.monotonic())
-        writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
-        await writer.drain()
-        writer.close()
     drip = await asyncio.start_server(_drip, "127.0.0.1", 0)
-    fine = await asyncio.start_server(quick, "127.0.0.1", 0)
+    fine = await asyncio.start_server(_receiver(arrived), "127.0.0.1", 0)
     deadline = 8.0
     worker = AlertWorker(url, storage, AlertSettings(timeout_seconds=deadline, webhook_http_hosts="127.0.0.1",
                                                      poll_seconds=0.2))
