@@ -19,7 +19,7 @@ from invariants import assert_invariants
 from rest_support import InferenceProcess
 from upstream import PROMPT_TOKENS, TOOL_ARGUMENTS, WORDS
 
-from credit.v1 import authority_pb2
+from credit.v1 import admin_pb2, authority_pb2
 
 from .conftest import async_sdk, sdk
 
@@ -266,3 +266,21 @@ def test_idempotency_key_and_the_usage_report(inference, member):
     usage = httpx.get(f"{inference.url}/api/v1/usage", params={"group_by": "service_type"},
                       headers={"Authorization": f"Bearer {member.key}"}).json()
     assert [(g["key"], g["requests"]) for g in usage["groups"]] == [("responses", 1)]
+
+
+async def test_rate_limits_apply_to_responses_with_openais_headers(inference, member, admin, upstream, db):
+    admin.SetRateLimit(admin_pb2.SetRateLimitRequest(key_id=member.key_id, requests_per_minute=1))
+    headers = {"Authorization": f"Bearer {member.key}"}
+    with httpx.stream("POST", inference.base_url + PATH, headers=headers,
+                      json={"model": "up-chat", "input": "Hi", "stream": True}, timeout=30) as response:
+        assert response.status_code == 200
+        assert (response.headers["x-ratelimit-limit-requests"], response.headers["x-ratelimit-remaining-requests"]) \
+            == ("1", "0")
+        response.read()
+    before = upstream.calls["up-chat"]
+    refused = httpx.post(inference.base_url + PATH, headers=headers, json={"model": "up-chat", "input": "Hi"},
+                         timeout=30)
+    assert refused.status_code == 429 and int(refused.headers["retry-after-ms"]) > 0, refused.text
+    assert upstream.calls["up-chat"] == before, "the refused call reached the model"
+    holds = await db.fetch("SELECT status FROM reservations WHERE user_id = $1", member.user_id)
+    assert [h["status"] for h in holds] == ["committed"], "the refused call held something"
