@@ -32,7 +32,7 @@ from litellm.utils import get_optional_params_embeddings
 
 from . import errors, metrics
 from .audio import AudioFile
-from .billing import InputEstimate
+from .billing import PROMPT_SAFETY, InputEstimate
 from .catalogue import ModelEntry
 from .metering import Billing, Headers, Hold, Meter, billing_headers
 from .schemas import EmbeddingRequest, ModerationRequest, TranscriptionForm
@@ -216,7 +216,7 @@ class OtherModes:
     async def moderation(self, entry: ModelEntry, body: ModerationRequest, billing: Billing) -> JSONResponse:
         counts = [self.meter.pricing.count_tokens(entry, text) for text in body.texts]
         _check_tokens(entry.name, [sum(counts)], entry.max_input_tokens, entry.max_input_tokens)
-        tokens = math.ceil(sum(counts) * Decimal("1.25"))
+        tokens = math.ceil(sum(counts) * PROMPT_SAFETY)  # for the tokens-per-minute check, given back at Release
         hold = await self.meter.reserve(billing, MODERATION_HOLD_MC, "moderation", entry,
                                         {"not_billed": True, "input_tokens": tokens}, tokens=tokens)
         task = self.meter.spawn(self._moderate_once(entry, body, billing, hold), name="release-moderation")

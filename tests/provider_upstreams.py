@@ -4,7 +4,10 @@ LiteLLM to call over the network with a catalogue entry's api_base pointed at th
 * OpenAI (`/v1/chat/completions`, `/v1/images/generations`): chat completions,
   streamed as SSE chunks with a final usage chunk when
   `stream_options.include_usage` is set; dall-e-3 images (one per request, as
-  the real API allows).
+  the real API allows); embeddings (`/v1/embeddings`, usage.prompt_tokens
+  OPENAI_USAGE.prompt whatever the input), transcriptions
+  (`/v1/audio/transcriptions`, multipart; usage in whole seconds of the WAV
+  sent) and moderations (`/v1/moderations`).
 * Anthropic Messages API (`/v1/messages`): `usage.input_tokens` /
   `usage.output_tokens`; streamed as Anthropic's named events, where the input
   tokens arrive in `message_start` (next to a provisional `output_tokens: 1`)
@@ -21,9 +24,12 @@ check what LiteLLM sent.
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import threading
 import time
+import wave
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -187,6 +193,35 @@ def create_openai_app(recorder: Recorder) -> FastAPI:
         return {"created": int(time.time()),
                 "data": [{"url": f"https://images.invalid/fake-{i}.png", "revised_prompt": "A revised prompt."}
                          for i in range(n)]}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Any:
+        body = await _body(request)
+        recorder.record("openai", request, body)
+        given = body.get("input")
+        count = len(given) if isinstance(given, list) and given and not isinstance(given[0], int) else 1
+        return {"object": "list", "model": body.get("model"),
+                "data": [{"object": "embedding", "index": i, "embedding": [0.125, -0.25, 0.5]} for i in range(count)],
+                "usage": {"prompt_tokens": OPENAI_USAGE.prompt, "total_tokens": OPENAI_USAGE.prompt}}
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request) -> Any:
+        form = await request.form()
+        upload = form.get("file")
+        data = b"" if upload is None or isinstance(upload, str) else await upload.read()
+        recorder.record("openai", request, {**{k: v for k, v in form.items() if isinstance(v, str)},
+                                            "file_bytes": len(data)})
+        with wave.open(io.BytesIO(data)) as reader:
+            seconds = reader.getnframes() / reader.getframerate()
+        return {"text": ANSWER, "usage": {"type": "duration", "seconds": math.ceil(seconds)}}
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request) -> Any:
+        body = await _body(request)
+        recorder.record("openai", request, body)
+        return {"id": "modr-fake", "model": body.get("model"), "results": [
+            {"flagged": False, "categories": {"hate": False, "violence": False},
+             "category_scores": {"hate": 0.001, "violence": 0.002}}]}
 
     _add_catch_all(app, "openai", recorder)
     return app

@@ -1,7 +1,8 @@
 """Billed at the right price for real providers (issue 11, item 10).
 
-The catalogue's real entries for gpt-4o, claude-sonnet-4, an OpenRouter model
-and dall-e-3 are taken from inference_service/models.yaml unchanged, except
+The catalogue's real entries for gpt-4o, claude-sonnet-4, an OpenRouter model,
+dall-e-3, text-embedding-3-small, whisper-1 and omni-moderation-latest are
+taken from inference_service/models.yaml unchanged, except
 that api_base points at local servers answering in each provider's own wire
 format (tests/provider_upstreams.py) and api_key is a dummy literal. Each call
 goes through the official openai SDK, streamed and not, and each charge must
@@ -32,6 +33,7 @@ import asyncpg
 import pytest
 import yaml
 from conftest import ROOT, AuthorityProcess, Stub, Tokens, World, free_port
+from media_support import wav
 from openai.types.chat import ChatCompletionMessageParam
 from provider_upstreams import (
     ANSWER,
@@ -51,7 +53,8 @@ MILLICREDITS_PER_CREDIT = 1000
 MAX_TOKENS = 4000  # every chat call's output cap: the hold covers the distinctive usage the fakes report
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What does this call cost?"}]
 
-SHIPPED = ("gpt-4o", "claude-sonnet-4", "openrouter-llama-3.1-8b", "dall-e-3")
+SHIPPED = ("gpt-4o", "claude-sonnet-4", "openrouter-llama-3.1-8b", "dall-e-3", "text-embedding-3-small",
+           "whisper-1", "omni-moderation-latest")
 # Pinned prices for the "-priced" copies, USD per token: Anthropic's list price
 # for Claude Sonnet 4 ($3 / $15 per million tokens); for Llama 3.1 8B Instruct on
 # OpenRouter $0.02 / $0.03 per million (of the order OpenRouter lists; its
@@ -209,8 +212,53 @@ def test_the_catalogue_resolves_a_price_for_every_real_entry(env: Env, model: st
     entry = resolved(env, model)
     if entry.mode == "chat":
         assert entry.input_cost_per_token > 0 and entry.output_cost_per_token > 0
-    else:
+    elif entry.mode == "image_generation":
         assert entry.output_cost_per_image > 0
+    elif entry.mode == "embedding":
+        assert entry.input_cost_per_token > 0
+    elif entry.mode == "audio_transcription":
+        assert entry.input_cost_per_second > 0
+    else:
+        assert entry.mode == "moderation"  # served free
+
+
+# ---- embeddings, transcriptions and moderations of the shipped OpenAI entries ------------------
+
+
+async def test_shipped_embeddings_transcription_and_moderation_entries_are_billed_at_their_price(
+        env: Env, payer: Account, db: asyncpg.Connection) -> None:
+    client = sdk(env.inference, payer.key)
+    # embeddings: LiteLLM's cost-map price × the provider's usage (1,234 tokens), not our count of the input (~1,900)
+    mark = env.providers.recorder.mark()
+    raw = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input="ledger " * 1900)
+    seen = only_request(env.providers.recorder.since(mark), "openai")
+    assert (seen.path, seen.model) == ("/v1/embeddings", "text-embedding-3-small")
+    assert raw.parse().usage.prompt_tokens == OPENAI_USAGE.prompt
+    entry = resolved(env, "text-embedding-3-small")
+    assert entry.input_cost_per_token > 0
+    row = await attribution(db, payer.user_id, raw.headers["X-Request-Id"])
+    assert_row(row, "text-embedding-3-small", to_millicredits(entry.input_cost_per_token * OPENAI_USAGE.prompt))
+    assert raw.headers["X-Cost-Incurred"] == credits_text(row["credits_used"])
+
+    # transcription: the catalogue's per-second price × the seconds the provider reports (3, for 2.5 s of audio)
+    mark = env.providers.recorder.mark()
+    raw_t = client.audio.transcriptions.with_raw_response.create(model="whisper-1",
+                                                                 file=("a.wav", wav(2.5), "audio/wav"))
+    seen = only_request(env.providers.recorder.since(mark), "openai")
+    assert (seen.path, seen.model) == ("/v1/audio/transcriptions", "whisper-1")
+    assert raw_t.parse().text == ANSWER
+    per_second = resolved(env, "whisper-1").input_cost_per_second
+    row = await attribution(db, payer.user_id, raw_t.headers["X-Request-Id"])
+    assert_row(row, "whisper-1", to_millicredits(per_second * 3))
+
+    # moderation: reaches the provider, charges nothing, writes no attribution row
+    mark = env.providers.recorder.mark()
+    raw_m = client.moderations.with_raw_response.create(model="omni-moderation-latest", input="is this fine?")
+    seen = only_request(env.providers.recorder.since(mark), "openai")
+    assert (seen.path, seen.model) == ("/v1/moderations", "omni-moderation-latest")
+    assert raw_m.parse().results[0].flagged is False and raw_m.headers["X-Cost-Incurred"] == "0.000"
+    assert await db.fetchval("SELECT count(*) FROM usage_attribution WHERE request_metadata->>'request_id' = $1",
+                             raw_m.headers["X-Request-Id"]) == 0
 
 
 # ---- chat, not streamed ----------------------------------------------------------------
