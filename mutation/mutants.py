@@ -29,6 +29,8 @@ PLATFORM_SCOPE = "tests/test_platform_credentials.py"
 PLATFORM_ROTATION = "tests/test_platform_rotation.py"
 KEY_EXPIRY = "tests/test_api_key_expiry.py"
 READ_POOL = "tests/test_read_pool.py"
+MODES = "inference_service/metering_modes.py"
+OTHER_MODES = "tests/inference/test_other_modes.py"
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,20 @@ MUTANTS: tuple[Mutant, ...] = (
            'error.details() or "")', "        pass", COMMIT_FAULTS),
     mutant("edge-no-commit-retry", "a failed Commit is not retried before the outbox", CLIENT,
            "RETRY = RetryPolicy(attempts=4,", "RETRY = RetryPolicy(attempts=1,", COMMIT_FAULTS),
+    # ---- Python: embeddings, transcriptions, moderations (issue #18) ----
+    mutant("media-embedding-own-count", "an embeddings call is charged our token count, not the provider's usage",
+           MODES, "tokens = int(reported) if reported is not None else estimate.counted_tokens",
+           "tokens = estimate.counted_tokens", OTHER_MODES),
+    mutant("media-moderation-hold-kept", "a moderation's 1-millicredit hold is never released", MODES,
+           '        await meter.client.release(hold.reservation_id, "moderation: not billed")\n', "", OTHER_MODES),
+    mutant("media-upload-uncounted", "an upload without Content-Length is read past the limit",
+           "inference_service/edge.py", "                if size > limit:", "                if False:", OTHER_MODES),
+    mutant("media-audio-hold-short", "a transcription's hold pays for the whole seconds below the duration",
+           "inference_service/audio.py", "max(math.ceil(Decimal(most_frames) / Decimal(rate)), 1)",
+           "max(int(Decimal(frames) / Decimal(rate)), 1)", OTHER_MODES),
+    mutant("media-wrong-mode-served", "a catalogue entry is served through another mode's endpoint",
+           "inference_service/service.py", "        if entry.mode != mode:", "        if False:",
+           "tests/inference/test_rest_bad_input.py"),
     # ---- Python: money in (issue #13) ----
     mutant("mint-check-skipped", "TopUpPool takes the admin role instead of mint: the REST service's token mints",
            "credit_service/server/servicers.py", "    @rpc(Role.MINT, audited=POOL)\n    async def TopUpPool",
