@@ -235,3 +235,10 @@ async def test_an_upload_past_the_limit_without_a_length_is_cut_at_the_limit(inf
     assert response.status_code == 413, response.text
     assert response.json()["error"]["message"].startswith("Upload larger than"), "the edge did not cut it"
     assert await row_counts(db) == before and sum(upstream.calls.values()) == calls
+
+
+def test_models_lists_each_entry_with_its_mode(inference, member):
+    modes = {m.id: m.model_extra["mode"] for m in sdk(inference, member.key).models.list()}
+    assert {name: modes.get(name) for name in ("demo-embed", "up-embed", "up-transcribe", "up-moderate")} == {
+        "demo-embed": "embedding", "up-embed": "embedding", "up-transcribe": "audio_transcription",
+        "up-moderate": "moderation"}
