@@ -35,6 +35,10 @@ pytest_plugins = ["payment_events", "two_authorities"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The services the tests start log JSON lines, which tests parse: a LOG_FORMAT=text exported in a
+# developer's shell must not change that (tests/test_log_formats.py sets each format explicitly).
+os.environ["LOG_FORMAT"] = "json"
+
 
 def free_port() -> int:
     with socket.socket() as s:
