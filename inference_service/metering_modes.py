@@ -35,6 +35,7 @@ from .audio import AudioFile
 from .billing import PROMPT_SAFETY, InputEstimate
 from .catalogue import ModelEntry
 from .metering import Billing, Headers, Hold, Meter, billing_headers
+from .offline import offline_params
 from .schemas import EmbeddingRequest, ModerationRequest, TranscriptionForm
 
 log = logging.getLogger("inference_service")
@@ -176,7 +177,8 @@ class OtherModes:
         params = self.transcription_params(entry, form, audio, data)
         started = time.monotonic()
         try:
-            response = await litellm.atranscription(**params, timeout=meter.upstream_timeout(hold))
+            response = await litellm.atranscription(**offline_params(params, form.response_format),
+                                                    timeout=meter.upstream_timeout(hold))
         except Exception as exc:
             raise await meter.void(entry, hold, exc) from None
         finally:
@@ -229,7 +231,7 @@ class OtherModes:
         params = {**entry.litellm_params, "input": body.sent()}
         started = time.monotonic()
         try:
-            response = await litellm.amoderation(**params, timeout=meter.upstream_timeout(hold))
+            response = await litellm.amoderation(**offline_params(params), timeout=meter.upstream_timeout(hold))
         except Exception as exc:
             raise await meter.void(entry, hold, exc) from None
         finally:

@@ -137,6 +137,16 @@ async def test_a_provider_reporting_more_seconds_than_the_hold_is_charged_them_a
     assert hold["amount_mc"] == millicredits(per_second * 2) < hold["charged_mc"] and hold["overrun"]
 
 
+async def test_the_offline_demo_transcription_is_charged_the_files_duration(inference, member, spend, db,
+                                                                             models_file):
+    raw = sdk(inference, member.key).audio.transcriptions.with_raw_response.create(
+        model="demo-transcribe", file=("memo.wav", wav(1.75, rate=16000), "audio/wav"))
+    assert raw.parse().text.startswith("Hello from demo-transcribe")
+    row = await billed_row(raw, spend, db, member.user_id, "audio_transcription")
+    per_second = price(models_file, "demo-transcribe", "input_cost_per_second")
+    assert row["credits_used"] == millicredits(per_second * Decimal("1.75"))
+
+
 # ---- moderations --------------------------------------------------------------------------------
 
 
@@ -155,6 +165,15 @@ async def test_moderations_are_not_billed_and_leave_no_attribution_row(inference
     holds = await db.fetch("SELECT status, service_type, charged_mc FROM reservations WHERE user_id = $1",
                            member.user_id)
     assert [(h["status"], h["service_type"], h["charged_mc"]) for h in holds] == [("released", "moderation", None)]
+
+
+async def test_the_offline_demo_moderation_is_served_free(inference, member, spend, db):
+    raw = sdk(inference, member.key).moderations.with_raw_response.create(model="demo-moderation",
+                                                                          input=["one", "two"])
+    assert [r.flagged for r in raw.parse().results] == [False, False] and raw.headers["X-Cost-Incurred"] == "0.000"
+    balance = spend.GetBalance(authority_pb2.GetBalanceRequest(user_id=member.user_id))
+    assert (balance.used_millicredits, balance.held_millicredits) == (0, 0)
+    assert await db.fetch("SELECT 1 FROM usage_attribution WHERE user_id = $1", member.user_id) == []
 
 
 async def test_moderations_are_under_the_callers_rate_limits(inference, world, admin, upstream):
