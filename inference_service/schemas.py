@@ -307,3 +307,10 @@ class TranscriptionForm(BaseModel):
     temperature: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     timestamp_granularities: list[Literal["word", "segment"]] | None = Field(None, max_length=2)
     user: ClientText | None = Field(None, max_length=256)
+
+    @model_validator(mode="after")
+    def granularities_need_verbose_json(self) -> TranscriptionForm:
+        """As OpenAI: timestamps come only in verbose_json (refused here, before anything is held)."""
+        if self.timestamp_granularities and self.response_format != "verbose_json":
+            raise ValueError("timestamp_granularities needs response_format verbose_json")
+        return self

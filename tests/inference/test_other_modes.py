@@ -121,6 +121,14 @@ async def test_transcriptions_are_billed_per_second_of_audio(inference, member, 
     assert json.loads(row["request_metadata"])["seconds_from"] == "file"
     assert upstream.app.state.bodies[-1]["language"] == "en"
 
+    verbose = await client.audio.transcriptions.with_raw_response.create(
+        model="up-transcribe", file=("m.wav", audio, "audio/wav"), response_format="verbose_json",
+        timestamp_granularities=["word"])
+    assert verbose.parse().duration == 2.5
+    assert upstream.app.state.bodies[-1]["timestamp_granularities[]"] == "word"
+    row = await billed_row(verbose, spend, db, member.user_id, "audio_transcription")
+    assert row["credits_used"] == millicredits(per_second * 3)  # usage.seconds comes before verbose_json's duration
+
 
 async def test_a_provider_reporting_more_seconds_than_the_hold_is_charged_them_and_flagged(
         inference, member, spend, db, models_file):

@@ -177,6 +177,7 @@ CASES.update({
     "transcription prompt NUL": transcription(400, prompt="a\x00b"),
     "transcription user control characters": transcription(400, user="\x1b[2J"),
     "transcription bad timestamp granularity": transcription(400, {"timestamp_granularities[]": "char"}),
+    "transcription timestamps without verbose_json": transcription(400, {"timestamp_granularities[]": "word"}),
     "embeddings with a transcription model": ("embeddings", {**EMBED, "model": "up-transcribe"}, {}, 400),
     "embeddings X-Max-Cost below the worst case": ("embeddings", {**EMBED, "input": "word " * 1000},
                                                    {"X-Max-Cost": "0.001"}, 402),
