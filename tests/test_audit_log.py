@@ -56,9 +56,8 @@ class Calls:
         token = self.tokens.service if as_service else self.tokens.admin
         metadata = (("authorization", f"Bearer {token}"), ("x-request-id", request_id),
                     ("x-on-behalf-of", on_behalf_of), ("x-forwarded-for", forwarded_for))
-        answer = getattr(self.stub, name)(request, metadata=metadata, timeout=30)
-        self.sent[request_id] = name
-        return answer
+        self.sent[request_id] = name  # before the call: a call that fails is looked up too
+        return getattr(self.stub, name)(request, metadata=metadata, timeout=30)
 
     def records(self, request_id: str | None = None) -> list[dict[str, Any]]:
         """The records of the calls sent (or of one), before/after as Python values."""
@@ -224,6 +223,9 @@ def test_a_refused_or_failed_change_appends_nothing(payments, tokens, world):
                                                          allocation_millicredits=5_000)),  # past the pool
         ("CreateUser", admin_pb2.CreateUserRequest(user_id=member)),  # exists
         ("RevokeApiKey", admin_pb2.RevokeApiKeyRequest(key_id="ck_0000000000000000")),  # unknown
+        ("CreateUser", admin_pb2.CreateUserRequest(user_id=member, display_name="again")),  # exists
+        ("RemoveMember", admin_pb2.RemoveMemberRequest(org_id=org, user_id="nobody-here")),  # not a member
+        ("RotatePlatformCredential", admin_pb2.RotatePlatformCredentialRequest(name="no-such-platform")),
         ("TopUpPool", admin_pb2.TopUpPoolRequest(org_id=org, amount_millicredits=-5, purchase_reference="x")),
     ]
     for name, request in attempts:

@@ -180,6 +180,61 @@ async def test_an_alert_that_falls_due_while_a_dripping_delivery_is_in_flight_is
     assert arrived[0] - queued < deadline / 2, f"the later alert waited {arrived[0] - queued:.1f}s for the dripping one"
 
 
+async def test_one_orgs_backlog_takes_no_more_than_its_share_and_a_saturated_worker_does_not_spin(alert_db):
+    """An org with many due alerts and a dripping receiver is claimed at most CREDIT_ALERT_MAX_CONCURRENT_PER_ORG
+    at a time, so the worker's other slots stay free for other orgs (whose alert arrives at once); while every
+    slot is taken the worker waits for a delivery to end instead of polling the database."""
+    url, storage, conn = alert_db
+    arrived: list[float] = []
+    drip = await asyncio.start_server(_drip, "127.0.0.1", 0)
+    fine = await asyncio.start_server(_receiver(arrived), "127.0.0.1", 0)
+    await _due_alert(storage, conn, "backlog", f"http://127.0.0.1:{drip.sockets[0].getsockname()[1]}/h")
+    for threshold in range(2, 11):
+        await conn.execute("""INSERT INTO alert_events (org_id, threshold_id, kind, value, threshold_mc, limit_mc,
+                                                        remaining_mc, next_attempt_at)
+                              VALUES ('backlog', $1, 'absolute', 1, 1, 1, 1, now() - interval '1 second')""",
+                           threshold)
+    looks_at_checks = 0
+    process = storage.process_alert_checks
+
+    async def counted(*args, **kwargs):
+        nonlocal looks_at_checks
+        looks_at_checks += 1
+        return await process(*args, **kwargs)
+    storage.process_alert_checks = counted  # type: ignore[method-assign]  # the real query, counted: one a pass
+    deadline = 6.0
+    settings = AlertSettings(timeout_seconds=deadline, webhook_http_hosts="127.0.0.1", poll_seconds=0.2,
+                             max_in_flight=4, max_concurrent_per_org=2)
+    worker = AlertWorker(url, storage, settings)
+    running = asyncio.create_task(worker.run())
+    try:
+        leased = "SELECT count(*) FROM alert_events WHERE org_id = 'backlog' AND lease_until IS NOT NULL"
+        while await conn.fetchval(leased) < 2:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        backlog_leased = await conn.fetchval(leased)
+        queued = time.monotonic()
+        await _due_alert(storage, conn, "other", f"http://127.0.0.1:{fine.sockets[0].getsockname()[1]}/h")
+        while not arrived and time.monotonic() - queued < deadline + 5:
+            await asyncio.sleep(0.05)
+        # Saturate: every slot a dripping delivery (two more orgs of the backlog's kind), then count the looks.
+        for org in ("backlog-2", "backlog-3"):
+            await _due_alert(storage, conn, org, f"http://127.0.0.1:{drip.sockets[0].getsockname()[1]}/h")
+        await asyncio.sleep(0.5)
+        saturated, before = len(worker._in_flight), looks_at_checks
+        await asyncio.sleep(2)
+        looks = looks_at_checks - before
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        drip.close()
+        fine.close()
+    assert backlog_leased == 2, f"{backlog_leased} of one org's alerts claimed at once (at most 2)"
+    assert arrived and arrived[0] - queued < deadline / 2, "another org's alert waited behind the backlog"
+    assert saturated == 4
+    assert looks <= 20, f"{looks} passes in 2 s while saturated (poll 0.2 s): the worker spins instead of waiting"
+
+
 def test_the_alert_worker_uses_the_policy_client():
     assert alert_delivery.post is webhook_post.post
 

@@ -23,6 +23,7 @@ before the alert fired and the run-out date at that rate (credit_service/reports
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -112,6 +113,7 @@ class AlertWorker:
         self._reports = Reports(storage)
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()  # deliveries under way (each holds its alert's lease)
+        self._org_in_flight: dict[str, int] = {}  # of them, each org's
         self.delivered = 0
 
     async def run(self) -> None:
@@ -120,8 +122,8 @@ class AlertWorker:
             while True:
                 due = None
                 try:
-                    await self.start_due()
-                    due = await self._storage.next_alert_due_seconds()
+                    if await self.start_due():  # else waiting for room: the next delivery to end wakes the loop
+                        due = await self._storage.next_alert_due_seconds()
                 except asyncio.CancelledError:
                     raise
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
@@ -140,32 +142,45 @@ class AlertWorker:
                 task.cancel()  # their leases run out; another pass (or replica) sends them again
 
     async def run_once(self) -> None:
-        """One pass, waiting for the deliveries it started (run() does not wait: a slow receiver never holds
-        up the next alert that falls due)."""
-        await self.start_due()
-        while self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        """Sends everything due now, waiting for the deliveries (run() does not wait: a slow receiver never
+        holds up the next alert that falls due)."""
+        while True:
+            await self.start_due()
+            if not self._in_flight:
+                return
+            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
 
-    async def start_due(self) -> None:
-        """Decides queued pool checks, then starts a delivery of every alert that is due, as long as fewer than
-        CREDIT_ALERT_MAX_IN_FLIGHT are in flight (each one that ends wakes the loop to claim more)."""
+    async def start_due(self) -> bool:
+        """Decides queued pool checks, then starts a delivery of every alert that is due, while fewer than
+        CREDIT_ALERT_MAX_IN_FLIGHT are in flight and fewer than CREDIT_ALERT_MAX_CONCURRENT_PER_ORG of its org
+        (each delivery that ends wakes the loop to claim more). Claimed alerts are sent at once, never queued
+        behind their org's: a lease never runs out while an alert waits. False when what is due may be waiting
+        for room (then a delivery that ends, not the due time, wakes the loop)."""
         while True:
             consumed, fired = await self._storage.process_alert_checks(100)
             if fired:
                 log.info("%d pool alerts fired", fired)
             if consumed < 100:
                 break
+        per_org = max(self._settings.max_concurrent_per_org, 1)
         while (room := min(10, max(self._settings.max_in_flight, 1) - len(self._in_flight))) > 0:
-            claimed = await self._storage.claim_alert_deliveries(room, self._settings.lease_seconds)
+            busy = tuple(org for org, n in self._org_in_flight.items() if n >= per_org)
+            claimed = await self._storage.claim_alert_deliveries(room, self._settings.lease_seconds, per_org, busy)
             for due in claimed:
+                org = due.event.org_id
+                self._org_in_flight[org] = self._org_in_flight.get(org, 0) + 1
                 task = asyncio.create_task(self._deliver_logged(due))
                 self._in_flight.add(task)
-                task.add_done_callback(self._finished)
-            if len(claimed) < room:
-                break
+                task.add_done_callback(functools.partial(self._finished, org))
+            if len(claimed) < room:  # all that is due is sent, unless it is a busy org's
+                return not any(n >= per_org for n in self._org_in_flight.values())
+        return False
 
-    def _finished(self, task: asyncio.Task) -> None:
+    def _finished(self, org_id: str, task: asyncio.Task) -> None:
         self._in_flight.discard(task)
+        left = self._org_in_flight.pop(org_id, 1) - 1
+        if left > 0:
+            self._org_in_flight[org_id] = left
         self._wake.set()
 
     async def _deliver_logged(self, due: DueAlert) -> None:

@@ -109,14 +109,19 @@ async def start_server(settings: Settings, storage: Storage,
 
 async def serve(settings: Settings) -> None:
     """Runs one authority process until SIGTERM/SIGINT."""
+    if settings.read_pool_max < 1:
+        raise ValueError("CREDIT_READ_POOL_MAX must be at least 1: slow reads never share the hot path's pool")
+    if not settings.platform_unknown_lookups_per_second > 0:
+        raise ValueError("CREDIT_PLATFORM_UNKNOWN_LOOKUPS_PER_SECOND must be above 0: at 0 no new platform "
+                         "credential could ever be looked up")
+    if settings.alerts.max_in_flight < 1 or settings.alerts.max_concurrent_per_org < 1:
+        raise ValueError("CREDIT_ALERT_MAX_IN_FLIGHT and CREDIT_ALERT_MAX_CONCURRENT_PER_ORG must be at least 1")
     auth = TokenAuthenticator.from_settings(settings.auth_tokens, settings.auth_tokens_file)
     database_url = ensure_database(settings.database_url, settings.data_dir, settings.embedded_pg_port)
     if settings.migrate_on_start:
         applied = await migrate(database_url)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
-    if settings.read_pool_max < 1:
-        raise ValueError("CREDIT_READ_POOL_MAX must be at least 1: slow reads never share the hot path's pool")
     storage = await Storage.connect(database_url, settings.db_pool_min, settings.db_pool_max,
                                     batch_max=settings.batch_max, batch_in_flight=settings.batch_in_flight,
                                     read_url=settings.database_read_url, read_max_size=settings.read_pool_max,

@@ -51,8 +51,8 @@ class AdminQueries(Queries):
             row = await conn.fetchrow(
                 """INSERT INTO users (user_id, display_name, email) VALUES ($1, $2, $3)
                    ON CONFLICT (user_id) DO NOTHING RETURNING *""", user_id, display_name, email)
-        if row is None:
-            raise AlreadyExists(f"user {user_id!r} already exists")
+            if row is None:  # inside the transaction: its audit record rolls back with it
+                raise AlreadyExists(f"user {user_id!r} already exists")
         return UserRow(row["user_id"], row["display_name"], row["email"], row["created_at"])
 
     async def create_organization(self, org_id: str, name: str) -> OrgSummary:
@@ -296,8 +296,8 @@ class AdminQueries(Queries):
             row = await conn.fetchrow(
                 """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
                    WHERE key_id = $1 RETURNING *""", key_id)
-        if row is None:
-            raise NotFound(f"API key {key_id!r} not found")
+            if row is None:  # inside the transaction: its audit record rolls back with it
+                raise NotFound(f"API key {key_id!r} not found")
         return api_key_row(row)
 
     async def find_api_key(self, key_id: str, presented_hash: bytes) -> tuple[ApiKeyRow, bytes, bool] | None:

@@ -199,9 +199,11 @@ class AlertQueries(Queries):
                             WHERE org_id = $1 AND threshold_id = $2""", org_id, threshold_id)
         return len(checks), fired
 
-    async def claim_alert_deliveries(self, limit: int, lease_seconds: float) -> list[DueAlert]:
-        """Leases due pending alerts to this worker (other replicas skip them) and counts the attempt.
-        Alerts of an org without a webhook are marked no_webhook instead."""
+    async def claim_alert_deliveries(self, limit: int, lease_seconds: float, per_org: int = 0,
+                                     busy_orgs: tuple[str, ...] = ()) -> list[DueAlert]:
+        """Leases due pending alerts to this worker (other replicas skip them) and counts the attempt: at most
+        `limit`, at most `per_org` of one org (0: no cap), none of `busy_orgs` (orgs this worker already
+        sends as many of as it may). Alerts of an org without a webhook are marked no_webhook instead."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 """UPDATE alert_events e SET status = 'no_webhook', lease_until = NULL
@@ -210,13 +212,21 @@ class AlertQueries(Queries):
             rows = await conn.fetch(
                 """UPDATE alert_events e
                       SET lease_until = now() + make_interval(secs => $2), attempts = e.attempts + 1
-                     FROM (SELECT org_id, event_id FROM alert_events
-                            WHERE status = 'pending' AND next_attempt_at <= now()
-                              AND (lease_until IS NULL OR lease_until < now())
-                            ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due,
+                     FROM (SELECT org_id, event_id
+                             FROM (SELECT org_id, event_id, next_attempt_at,
+                                          row_number() OVER (PARTITION BY org_id ORDER BY next_attempt_at) AS nth
+                                     FROM (SELECT org_id, event_id, next_attempt_at FROM alert_events
+                                            WHERE status = 'pending' AND next_attempt_at <= now()
+                                              AND (lease_until IS NULL OR lease_until < now())
+                                              AND org_id <> ALL($4::text[])
+                                            ORDER BY next_attempt_at LIMIT $1 * 4
+                                              FOR UPDATE SKIP LOCKED) candidates) ranked
+                            WHERE $3 = 0 OR nth <= $3
+                            ORDER BY next_attempt_at LIMIT $1) due,
                           alert_webhooks w
                     WHERE e.org_id = due.org_id AND e.event_id = due.event_id AND w.org_id = e.org_id
-                RETURNING e.*, w.url AS webhook_url, w.secret AS webhook_secret""", limit, lease_seconds)
+                RETURNING e.*, w.url AS webhook_url, w.secret AS webhook_secret""",
+                limit, lease_seconds, per_org, list(busy_orgs))
         box = self._box() if rows else None
         return [DueAlert(alert_event(r), r["webhook_url"], box.readable(r["webhook_secret"])) for r in rows
                 if box is not None]

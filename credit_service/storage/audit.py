@@ -38,7 +38,7 @@ SNAPSHOTS: dict[str, tuple[str, bool]] = {
                            FROM alert_webhooks w WHERE w.org_id = $1""", False),
     "alert_threshold": ("""SELECT to_jsonb(t) - 'state' - 'changed_at' FROM alert_thresholds t
                             WHERE t.org_id = $1 AND t.threshold_id::text = $2""", True),
-    "purchase": ("SELECT to_jsonb(p) FROM purchases p WHERE p.session_id = $1", False),
+    "purchase": ("SELECT to_jsonb(p) FROM purchases p WHERE p.org_id = $1 AND p.session_id = $2", True),
     "rate_limit": ("""SELECT jsonb_build_object('scope', l.scope, 'org_id', l.org_id, 'user_id', l.user_id,
                                                 'key_id', l.key_id, 'rpm', l.rpm, 'tpm', l.tpm,
                                                 'max_parallel', l.max_parallel,
