@@ -5,9 +5,15 @@ case needs the duration before the call. It is read with the standard library on
 integer PCM) through `wave`. No other format's duration can be read without a decoder this project does
 not ship, so other formats are refused (400, naming the supported ones) rather than guessed.
 
-The duration is an upper bound: the frames the header declares, or the frames the file's bytes after
-the smallest header could hold if that is more (a data chunk that understates its size cannot shrink
-the hold), in whole seconds rounded up.
+The header's sizes are the client's to write, so none of them is trusted upward or downward:
+
+* the hold, and the charge when the provider reports no duration, are the byte-based bound: every
+  byte from the start of the data chunk to the end of the file, had it all been audio (what a decoder
+  could possibly play, whatever the data chunk declares: understated, or 0xFFFFFFFF as a writer to a
+  pipe leaves it);
+* the file's `duration` (logged, never charged) is the frames the data chunk declares, but no more than
+  the file holds;
+* a second data chunk (which decoders such as ffmpeg play after the first) is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 SUPPORTED_FORMATS = "WAV (PCM)"
-WAV_HEADER_BYTES = 44  # the smallest header a PCM WAV has before its first frame
+RIFF_HEADER_BYTES = 12  # "RIFF", its size, "WAVE"
+CHUNK_HEADER_BYTES = 8  # a chunk's id and its little-endian size
 
 
 class UnreadableAudio(ValueError):
@@ -30,27 +37,47 @@ class UnreadableAudio(ValueError):
 class AudioFile:
     """What the service knows about an upload before the call."""
 
-    duration: Decimal  # seconds, as the header says (the charge when the provider reports none)
-    worst_seconds: int  # whole seconds the hold pays for: at least the duration, at least 1
+    duration: Decimal  # seconds the header declares, at most what the file holds (logged, never charged)
+    most_seconds: Decimal  # seconds every byte after the data chunk's start could play: the charge when the
+    # provider reports none
+    worst_seconds: int  # whole seconds the hold pays for: most_seconds rounded up, at least 1
     format: str
+
+
+def _first_data_chunk(data: bytes) -> tuple[int, int]:
+    """(offset of the first data chunk's bytes, the size it declares); UnreadableAudio on a second data chunk."""
+    first: tuple[int, int] | None = None
+    offset = RIFF_HEADER_BYTES
+    while offset + CHUNK_HEADER_BYTES <= len(data):
+        chunk_id = data[offset:offset + 4]
+        size = int.from_bytes(data[offset + 4:offset + CHUNK_HEADER_BYTES], "little")
+        if chunk_id == b"data":
+            if first is not None:
+                raise UnreadableAudio("the WAV file has more than one data chunk; send its audio as one")
+            first = (offset + CHUNK_HEADER_BYTES, size)
+        offset += CHUNK_HEADER_BYTES + size + (size & 1)  # chunks are padded to an even size
+    if first is None:
+        raise UnreadableAudio("the WAV file has no data chunk")
+    return first
 
 
 def wav_duration(data: bytes) -> AudioFile:
     """The duration of a WAV file; UnreadableAudio when it is not a PCM WAV `wave` can read."""
     try:
         with wave.open(io.BytesIO(data), "rb") as reader:
-            rate, frames = reader.getframerate(), reader.getnframes()
+            rate = reader.getframerate()
             frame_bytes = reader.getnchannels() * reader.getsampwidth()
     except (wave.Error, EOFError, ValueError) as exc:  # ValueError: Python 3.12's WAVE_FORMAT_EXTENSIBLE
         raise UnreadableAudio(f"not a WAV file this service can read ({exc})") from None
     if rate <= 0 or frame_bytes <= 0:
         raise UnreadableAudio("the WAV header declares no sample rate or sample size")
+    start, declared_size = _first_data_chunk(data)
+    in_file = max(len(data) - start, 0) // frame_bytes  # every byte from the data chunk on, had it been audio
+    frames = min(declared_size // frame_bytes, in_file)
     if frames == 0:
         raise UnreadableAudio("the WAV file has no audio frames")
-    # every byte after the smallest header (RIFF, fmt and data chunk headers: 44 bytes), had it been audio
-    most_frames = max(frames, (len(data) - WAV_HEADER_BYTES) // frame_bytes)
-    return AudioFile(Decimal(frames) / Decimal(rate), max(math.ceil(Decimal(most_frames) / Decimal(rate)), 1),
-                     "wav")
+    most_seconds = Decimal(in_file) / Decimal(rate)
+    return AudioFile(Decimal(frames) / Decimal(rate), most_seconds, max(math.ceil(most_seconds), 1), "wav")
 
 
 def read_duration(data: bytes) -> AudioFile:

@@ -1,10 +1,14 @@
 """The billed calls of the other modes, on the Meter's Reserve / settle / void (metering.py keeps the rules):
 
 * embeddings: the worst case is the input (no output): text counted here × PROMPT_SAFETY, token arrays
-  as they are; charged from the provider's `usage.prompt_tokens` (our count when it reports none).
-* audio transcriptions: the worst case is the file's duration (audio.py) in whole seconds × the
-  catalogue's per-second price; charged from the provider's reported duration (`usage.seconds`, or
-  `duration` of verbose_json) when it reports one, else the file's duration. A provider reporting more
+  as they are; charged from the provider's `usage.prompt_tokens`, or our count when it reports none — a
+  missing `usage` arrives from LiteLLM as zeros, so a reported 0 (or less) for an input, which is never
+  empty, counts as no report.
+* audio transcriptions: the worst case is every second the file's bytes could hold (audio.py), in
+  whole seconds, × the catalogue's per-second price; charged from the provider's reported duration (`usage.seconds`, or
+  `duration` of verbose_json) when it reports one (OpenAI reports none for text, srt and vtt), else
+  every second of audio the file's bytes could hold from its data chunk on (audio.py: never the
+  header's declared frames, which the client writes). A provider reporting more
   seconds than the hold paid for is charged what it reported, and the authority flags it `overrun`.
 * moderations: not billed. They pass through Reserve all the same, because that is where the authority
   applies the rate limits (requests per minute, requests in flight, the tokens-per-minute check): a hold
@@ -130,6 +134,8 @@ class OtherModes:
             payload["model"] = entry.name
             usage = payload.get("usage")
             reported = _reported_number(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
+            if reported is not None and reported <= 0:  # LiteLLM's Usage() for an answer without usage
+                reported = None
             tokens = int(reported) if reported is not None else estimate.counted_tokens
             cost_usd = meter.pricing.chat_cost_usd(entry, tokens, 0)
             charged = meter.pricing.to_millicredits(cost_usd)
@@ -202,7 +208,8 @@ class OtherModes:
 
     @staticmethod
     def billed_seconds(payload: dict[str, Any], audio: AudioFile) -> tuple[Decimal, str]:
-        """The seconds to charge: the provider's (usage.seconds, else verbose_json's duration), else the file's."""
+        """The seconds to charge: the provider's (usage.seconds, else verbose_json's duration), else every
+        second the file's bytes could play (not the duration its header declares)."""
         usage = payload.get("usage")
         if isinstance(usage, dict) and usage.get("type") == "duration":
             reported = _reported_number(usage.get("seconds"))
@@ -211,7 +218,7 @@ class OtherModes:
         reported = _reported_number(payload.get("duration"))
         if reported is not None:
             return reported, "provider_duration"
-        return audio.duration, "file"
+        return audio.most_seconds, "file"
 
     # ---- moderations ----------------------------------------------------
 

@@ -92,6 +92,8 @@ class InferenceService:
         self._meter: Meter | None = None
         self._outbox_replay: asyncio.Task | None = None  # settlements are the meter's tasks
         self.failures = AuthFailures(settings.auth_failure_limit, settings.auth_failure_window_seconds)
+        # transcription uploads read and held at once (routes/modes.py): past it, 429
+        self.upload_slots = asyncio.Semaphore(max(settings.max_concurrent_uploads, 1))
         # sign-in through an identity provider (console) and its access tokens (REST): when configured
         self.sso = Sso(settings.sso, settings.key_cache_seconds) if settings.sso.enabled else None
 

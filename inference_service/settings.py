@@ -66,6 +66,8 @@ class Settings(FromEnvironment):
     max_body_bytes: int = setting("INFERENCE_MAX_BODY_BYTES", 1024 * 1024)
     # POST /audio/transcriptions: the largest audio file accepted (OpenAI's limit: 25 MB)
     max_upload_bytes: int = setting("INFERENCE_MAX_UPLOAD_BYTES", 25 * 1024 * 1024)
+    # POST /audio/transcriptions: uploads in this process at once (read and held until the call ends); past it 429
+    max_concurrent_uploads: int = setting("INFERENCE_MAX_CONCURRENT_UPLOADS", 8)
     # POST /embeddings: the most input tokens one request may have, all inputs together (OpenAI's: 300,000)
     embedding_max_tokens: int = setting("INFERENCE_EMBEDDING_MAX_TOKENS", 300_000)
     # CA of the authority's certificate: TLS when set

@@ -26,6 +26,21 @@ def wav(seconds: float, rate: int = 8000, channels: int = 1) -> bytes:
     return buffer.getvalue()
 
 
+def streamed_wav(seconds: float, rate: int = 8000) -> bytes:
+    """A WAV as a writer to a pipe leaves it: RIFF and data sizes 0xFFFFFFFF (unknown), `seconds` of audio."""
+    data = wav(seconds, rate)
+    start = data.index(b"data")
+    return data[:4] + b"\xff" * 4 + data[8:start + 4] + b"\xff" * 4 + data[start + 8:]
+
+
+def two_data_chunks(first_frames: int, then_seconds: float, rate: int = 8000) -> bytes:
+    """A WAV whose first data chunk declares (and holds) `first_frames`, followed by a second data chunk of
+    `then_seconds` of audio: decoders such as ffmpeg play both."""
+    data = wav(first_frames / rate, rate)
+    second = b"\0\0" * round(then_seconds * rate)
+    return data + b"data" + len(second).to_bytes(4, "little") + second
+
+
 def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes, str]] | None = None) -> tuple[bytes, str]:
     """(body, Content-Type) of a multipart/form-data request, as the SDKs send it (also with no file)."""
     if files:

@@ -24,7 +24,7 @@ CHAT_OUT = "0.000002"
 IMAGE_PRICE = "0.04"
 EMBED_IN = "0.0000123"  # USD per input token of its embedding models: over 1 millicredit, one token more shows
 AUDIO_PER_SECOND = "0.000123"  # USD per second of audio of its transcription models
-MODES = {"embedding": ("up-embed", "up-embed-fail", "up-embed-cut", "up-embed-delay"),
+MODES = {"embedding": ("up-embed", "up-embed-fail", "up-embed-cut", "up-embed-delay", "up-embed-nousage"),
          "audio_transcription": ("up-transcribe", "up-transcribe-fail", "up-transcribe-delay", "up-transcribe-long"),
          "moderation": ("up-moderate", "up-moderate-fail", "up-moderate-delay")}
 

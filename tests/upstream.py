@@ -4,9 +4,10 @@ Models: up-chat (normal), up-fail (HTTP 500), up-slow (a long, slow stream),
 up-delay (answers after a pause), up-image (images), up-count (counts the
 prompt it was sent as a provider would: every message and tool, by tiktoken),
 up-tools (answers with a tool call, streamed as argument deltas, slowly); embeddings (up-embed,
-up-embed-fail: HTTP 500, up-embed-cut: the connection cut mid-answer), transcriptions (up-transcribe,
-up-transcribe-fail) and moderations (up-moderate, up-moderate-fail) in OpenAI's wire format; their
-*-delay models answer after MEDIA_DELAY_SECONDS; up-transcribe-long reports ten times the seconds it was sent.
+up-embed-fail: HTTP 500, up-embed-cut: the connection cut mid-answer, up-embed-nousage: no `usage`),
+transcriptions (up-transcribe, up-transcribe-fail) and moderations (up-moderate, up-moderate-fail) in
+OpenAI's wire format; their *-delay models answer after MEDIA_DELAY_SECONDS; up-transcribe-long reports
+ten times the seconds it was sent.
 Like a real provider, it never writes more than the `max_tokens` it was sent.
 Counts every request, keeps every request body, and serves /slow-image.png
 (counting fetches) for tests that check nobody fetches images while estimating.
@@ -186,6 +187,8 @@ def add_media_routes(app: FastAPI, calls: Counter) -> None:
         answer = {"object": "list", "model": model, "data": [
             {"object": "embedding", "index": i, "embedding": [0.5, -0.25, 0.125]} for i in range(count)],
             "usage": {"prompt_tokens": embedding_tokens(body), "total_tokens": embedding_tokens(body)}}
+        if model == "up-embed-nousage":  # a provider that leaves `usage` out of its answer
+            del answer["usage"]
         if model == "up-embed-cut":  # promises the whole answer, sends half of it, then drops the connection
             data = json.dumps(answer).encode()
 

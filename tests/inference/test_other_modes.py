@@ -11,7 +11,7 @@ from decimal import Decimal
 import httpx
 import openai
 import pytest
-from media_support import millicredits, price, wav
+from media_support import millicredits, price, streamed_wav, wav
 from upstream import embedding_tokens
 
 from credit.v1 import admin_pb2, authority_pb2
@@ -80,6 +80,23 @@ async def test_embeddings_over_an_http_upstream_charge_its_usage(inference, memb
     assert hold["charged_mc"] <= hold["amount_mc"] and not hold["overrun"], "the hold covered the input"
 
 
+async def test_embeddings_from_a_provider_that_reports_no_usage_are_charged_our_count(inference, member, spend, db,
+                                                                                     upstream, models_file):
+    """LiteLLM fills a missing `usage` with zeros: a 0 for a non-empty input is no report, so our count is charged."""
+    import litellm
+
+    given = ["Credits are reserved", "before every call."]
+    raw = await async_sdk(inference, member.key).embeddings.with_raw_response.create(model="up-embed-nousage",
+                                                                                    input=given)
+    assert "usage" not in upstream.app.state.bodies[-1] and len(raw.parse().data) == 2
+    ours = sum(len(litellm.encoding.encode(text)) for text in given)
+    row = await billed_row(raw, spend, db, member.user_id, "embedding")
+    per_token = price(models_file, "up-embed-nousage", "input_cost_per_token")
+    assert row["credits_used"] == millicredits(per_token * ours) > 0
+    metadata = json.loads(row["request_metadata"])
+    assert metadata["prompt_tokens"] == ours and metadata["usage_reported"] is False
+
+
 async def test_an_embeddings_idempotency_key_reused_is_not_billed_twice(inference, member, spend):
     client = sdk(inference, member.key)
     headers = {"Idempotency-Key": "embed-order-7"}
@@ -128,6 +145,29 @@ async def test_transcriptions_are_billed_per_second_of_audio(inference, member, 
     assert upstream.app.state.bodies[-1]["timestamp_granularities[]"] == "word"
     row = await billed_row(verbose, spend, db, member.user_id, "audio_transcription")
     assert row["credits_used"] == millicredits(per_second * 3)  # usage.seconds comes before verbose_json's duration
+
+
+async def test_a_transcription_the_provider_reports_no_duration_for_is_charged_every_byte_of_audio(
+        inference, member, spend, db, upstream, models_file):
+    """response_format text carries no usage: the charge is what the provider could decode (every byte from the
+    data chunk on), never the header's declared frames, which the client writes."""
+    per_second = price(models_file, "up-transcribe", "input_cost_per_second")
+    client = async_sdk(inference, member.key)
+    understated = wav(1) + b"\0" * (2 * 8000 * 2)  # the data chunk declares 1 s; 3 s of samples follow its start
+    raw = await client.audio.transcriptions.with_raw_response.create(
+        model="up-transcribe", file=("a.wav", understated, "audio/wav"), response_format="text")
+    row = await billed_row(raw, spend, db, member.user_id, "audio_transcription")
+    assert row["credits_used"] == millicredits(per_second * 3)
+    metadata = json.loads(row["request_metadata"])
+    assert (metadata["seconds_from"], metadata["billed_seconds"], metadata["audio_seconds"]) == ("file", "3", "1")
+
+    # a header written to a pipe (data size 0xFFFFFFFF): held and charged the 2 s the file holds, not 37 hours
+    raw = await client.audio.transcriptions.with_raw_response.create(
+        model="up-transcribe", file=("a.wav", streamed_wav(2), "audio/wav"), response_format="srt")
+    row = await billed_row(raw, spend, db, member.user_id, "audio_transcription")
+    assert row["credits_used"] == millicredits(per_second * 2)
+    hold = await db.fetchrow("SELECT amount_mc FROM reservations WHERE reservation_id = $1", row["reservation_id"])
+    assert hold["amount_mc"] == millicredits(per_second * 2)
 
 
 async def test_a_provider_reporting_more_seconds_than_the_hold_is_charged_them_and_flagged(

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 from invariants import row_counts
-from media_support import multipart, wav
+from media_support import multipart, two_data_chunks, wav
 
 GOOD = {"model": "demo-chat", "messages": [{"role": "user", "content": "hi"}]}
 SQL = "x'; DROP TABLE users; --"
@@ -166,6 +166,8 @@ CASES.update({
     "transcription of a text file named .wav": transcription(400, file=("a.wav", b"hello " * 100, "audio/wav")),
     "transcription WAV header cut short": transcription(400, file=("a.wav", WAV[:30], "audio/wav")),
     "transcription WAV with no frames": transcription(400, file=("a.wav", wav(0), "audio/wav")),
+    "transcription WAV with a second data chunk": transcription(400, file=("a.wav", two_data_chunks(1, 60),
+                                                                           "audio/wav")),
     "transcription float WAV": transcription(400, file=("a.wav", WAV[:20] + b"\x03\x00" + WAV[22:], "audio/wav")),
     "transcription model missing": transcription(400, model=None),
     "transcription with a chat model": transcription(400, model="up-chat"),

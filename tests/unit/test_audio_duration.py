@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from media_support import wav
+from media_support import streamed_wav, two_data_chunks, wav
 
 from inference_service.audio import UnreadableAudio, read_duration
 
@@ -17,9 +17,22 @@ def test_a_wav_plays_for_its_frames_and_the_hold_pays_whole_seconds(seconds, rat
     assert audio.duration == Decimal(str(seconds)) and audio.worst_seconds == worst and audio.format == "wav"
 
 
-def test_bytes_past_an_understated_data_chunk_count_toward_the_hold():
+def test_bytes_past_an_understated_data_chunk_count_toward_the_hold_and_the_charge():
     audio = read_duration(wav(1) + b"\0" * (2 * 8000 * 2))  # 2 s of samples the header does not declare
     assert audio.duration == 1 and audio.worst_seconds == 3
+    assert audio.most_seconds == 3, "what the provider could decode is charged when it reports nothing"
+
+
+def test_a_streamed_header_larger_than_the_file_counts_only_what_the_file_holds():
+    """Data size 0xFFFFFFFF (as written to a pipe): 2 s of audio, not 37 hours."""
+    audio = read_duration(streamed_wav(2))
+    assert (audio.duration, audio.most_seconds, audio.worst_seconds) == (2, 2, 2)
+
+
+def test_a_second_data_chunk_is_refused():
+    """The first chunk declares 1 frame, the second 60 s that a decoder plays: refused before anything is held."""
+    with pytest.raises(UnreadableAudio, match="more than one data chunk"):
+        read_duration(two_data_chunks(1, 60))
 
 
 @pytest.mark.parametrize("data", [b"ID3\x04\x00\x00" + b"\xff\xfb" * 400, b"OggS" + b"\0" * 400, b"fLaC" + b"\0" * 99,
