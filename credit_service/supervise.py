@@ -1,8 +1,8 @@
 """`up`'s process supervision: the authority and the REST service as child processes, each started, waited
 for until its port accepts connections, then watched. A child that fails to start or dies is named with
 its exit status (and, when its port is held by someone else, by whom); the others are then stopped.
-SIGINT and SIGTERM stop every child in order (the REST service first, it calls the authority); the
-children run in their own process group, so a Ctrl-C on the terminal reaches `up` only.
+SIGINT, SIGTERM and SIGHUP (the terminal closed) stop every child in order (the REST service first, it calls
+the authority); the children run in their own process group, so a Ctrl-C on the terminal reaches `up` only.
 
 Start-up progress (`Progress`) goes to the terminal only: nothing when stdout is not one or CREDIT_QUIET=1.
 """
@@ -36,7 +36,10 @@ class Progress:
 
     def line(self, text: str) -> None:
         if self.enabled:
-            print(text, flush=True)
+            try:
+                print(text, flush=True)
+            except OSError:  # the terminal is gone (closed: SIGHUP, then EIO); the stop it reports goes on
+                self.enabled = False
 
     @contextlib.contextmanager
     def step(self, name: str, done: str = "done") -> Iterator[Outcome]:
@@ -53,7 +56,7 @@ class Progress:
 
 
 class Stopped(Exception):
-    """SIGINT or SIGTERM arrived: stop everything, exit 0."""
+    """SIGINT, SIGTERM or SIGHUP arrived: stop everything, exit 0."""
 
 
 class Failed(Exception):
@@ -95,13 +98,13 @@ def _die_with_parent() -> None:
 
 
 class Supervisor:
-    """Starts children in order, watches them, stops them; turns SIGINT/SIGTERM into Stopped."""
+    """Starts children in order, watches them, stops them; turns SIGINT/SIGTERM/SIGHUP into Stopped."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.children: list[Child] = []
         self.signal: int | None = None
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal was closed
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: object) -> None:

@@ -2,7 +2,7 @@
 
 up: every port checked first (a taken one ends the run at once, naming the port and what holds it), then
 the embedded PostgreSQL (when DATABASE_URL is unset), migrations, the demo seed, the authority and the REST
-service as supervised child processes, then the banner. It returns 0 after SIGINT/SIGTERM, 1 when a part
+service as supervised child processes, then the banner. It returns 0 after SIGINT/SIGTERM/SIGHUP, 1 when a part
 failed to start or died; either way everything it started is stopped, the embedded PostgreSQL included
 unless CREDIT_EMBEDDED_PG_KEEP=1 (a server that was already running is left as it was).
 
@@ -159,7 +159,7 @@ def _finish(settings: Settings, pg: EmbeddedPostgres | None, supervisor: Supervi
 
 
 def up(settings: Settings) -> int:
-    """The whole stack until SIGINT/SIGTERM (0) or a failure (1)."""
+    """The whole stack until SIGINT/SIGTERM/SIGHUP (0) or a failure (1)."""
     progress = Progress(sys.stdout.isatty() and not OutputSettings.from_env().quiet)
     supervisor = Supervisor(progress)
     rest = InferenceSettings.from_env() if settings.start_inference else None

@@ -240,6 +240,23 @@ def test_a_dead_rest_service_stops_the_authority_and_postgres(data_dir):
     _assert_gone(pids, ports, run.output)
 
 
+def test_sighup_a_closed_terminal_stops_everything_postgres_included(data_dir):
+    """Closing the terminal sends up SIGHUP: it stops the services and the embedded PostgreSQL as on SIGTERM
+    (and its progress lines, which can no longer be written there, do not stop it: tests/unit/test_supervise.py)."""
+    ports = _ports()
+    run = Run(data_dir, ports, INFERENCE_ENABLED="0")
+    try:
+        run.wait_up()
+        pg = EmbeddedPostgres(data_dir / "pg", ports["pg"]).postmaster()
+        assert pg is not None
+        pids = {"authority": run.child_pid("credit authority"), "postgres": pg[0], "up": run.proc.pid}
+        os.kill(run.proc.pid, signal.SIGHUP)
+        assert run.wait() == 0, run.output
+    finally:
+        run.proc.kill()
+    _assert_gone(pids, ports, run.output)
+
+
 def test_make_stop_and_ctrl_c_leave_nothing_running(data_dir):
     # CREDIT_EMBEDDED_PG_KEEP=1: `up` stopped by `credit_service stop` (make stop, from another terminal)
     # leaves PostgreSQL running, which that stop then stops. (The REST service: in the terminal run below.)
