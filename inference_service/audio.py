@@ -13,7 +13,8 @@ The header's sizes are the client's to write, so none of them is trusted upward 
   pipe leaves it);
 * the file's `duration` (logged, never charged) is the frames the data chunk declares, but no more than
   the file holds;
-* a second data chunk (which decoders such as ffmpeg play after the first) is refused.
+* a second data chunk (which decoders such as ffmpeg play after the first) is refused, and so is a file
+  of more than MAX_CHUNKS chunks (the walk that finds them stays short).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from decimal import Decimal
 SUPPORTED_FORMATS = "WAV (PCM)"
 RIFF_HEADER_BYTES = 12  # "RIFF", its size, "WAVE"
 CHUNK_HEADER_BYTES = 8  # a chunk's id and its little-endian size
+MAX_CHUNKS = 10_000  # a WAV has a handful; walking 25 MiB of 8-byte chunks would hold the event loop for a second
 
 
 class UnreadableAudio(ValueError):
@@ -47,8 +49,11 @@ class AudioFile:
 def _first_data_chunk(data: bytes) -> tuple[int, int]:
     """(offset of the first data chunk's bytes, the size it declares); UnreadableAudio on a second data chunk."""
     first: tuple[int, int] | None = None
-    offset = RIFF_HEADER_BYTES
+    offset, chunks = RIFF_HEADER_BYTES, 0
     while offset + CHUNK_HEADER_BYTES <= len(data):
+        chunks += 1
+        if chunks > MAX_CHUNKS:
+            raise UnreadableAudio(f"the WAV file has more than {MAX_CHUNKS} chunks")
         chunk_id = data[offset:offset + 4]
         size = int.from_bytes(data[offset + 4:offset + CHUNK_HEADER_BYTES], "little")
         if chunk_id == b"data":
@@ -63,6 +68,7 @@ def _first_data_chunk(data: bytes) -> tuple[int, int]:
 
 def wav_duration(data: bytes) -> AudioFile:
     """The duration of a WAV file; UnreadableAudio when it is not a PCM WAV `wave` can read."""
+    start, declared_size = _first_data_chunk(data)  # first: it bounds the chunks `wave` walks too
     try:
         with wave.open(io.BytesIO(data), "rb") as reader:
             rate = reader.getframerate()
@@ -71,7 +77,6 @@ def wav_duration(data: bytes) -> AudioFile:
         raise UnreadableAudio(f"not a WAV file this service can read ({exc})") from None
     if rate <= 0 or frame_bytes <= 0:
         raise UnreadableAudio("the WAV header declares no sample rate or sample size")
-    start, declared_size = _first_data_chunk(data)
     in_file = max(len(data) - start, 0) // frame_bytes  # every byte from the data chunk on, had it been audio
     frames = min(declared_size // frame_bytes, in_file)
     if frames == 0:

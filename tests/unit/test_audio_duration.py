@@ -29,6 +29,11 @@ def test_a_streamed_header_larger_than_the_file_counts_only_what_the_file_holds(
     assert (audio.duration, audio.most_seconds, audio.worst_seconds) == (2, 2, 2)
 
 
+def test_a_file_of_countless_chunks_is_refused_without_walking_them_all():
+    with pytest.raises(UnreadableAudio, match="more than 10000 chunks"):
+        read_duration(wav(1) + b"JUNK\0\0\0\0" * 10_001)
+
+
 def test_a_second_data_chunk_is_refused():
     """The first chunk declares 1 frame, the second 60 s that a decoder plays: refused before anything is held."""
     with pytest.raises(UnreadableAudio, match="more than one data chunk"):
