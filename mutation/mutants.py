@@ -273,8 +273,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "            if not self._take_token(now):", "tests/test_platform_flood.py"),
     mutant("alert-pass-waits-for-deliveries", "the running alert worker waits for a pass's deliveries: a dripping "
            "receiver holds up every alert that falls due meanwhile", "credit_service/jobs/alert_delivery.py",
-           "                    await self.start_due()\n                    due = await",
-           "                    await self.run_once()\n                    due = await",
+           "                    if await self.start_due():", "                    if await self.run_once() is None:",
            "tests/test_webhook_safety.py"),
     # ---- the audit log ----
     mutant("audit-record-after-the-change", "the audit record is not written in the change's transaction (the RPC "
