@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from .catalogue import ModelEntry
 from .ratelimits import ratelimit_headers
 from .schemas import ChatCompletionRequest, ImageGenerationRequest
 from .settings import Settings
-from .upstream import HoldDeadline, close_quietly, reported_tokens, sse, stream_error, upstream_error
+from .upstream import HoldDeadline, answer, close_quietly, reported_tokens, sse, stream_error, upstream_error
 
 log = logging.getLogger("inference_service")
 
@@ -218,14 +217,8 @@ class Meter:
 
     async def chat_once(self, entry: ModelEntry, body: ChatCompletionRequest, billing: Billing, hold: Hold,
                         params: dict[str, Any], estimate: ChatEstimate) -> tuple[dict[str, Any], Headers]:
-        started = time.monotonic()
-        try:
-            response = await litellm.acompletion(**params, timeout=self.upstream_timeout(hold))
-        except Exception as exc:  # the provider failed: nothing to charge
-            raise await self.void(entry, hold, exc) from None
-        finally:
-            metrics.UPSTREAM_LATENCY.labels(entry.name).observe(time.monotonic() - started)
-        latency_ms = int((time.monotonic() - started) * 1000)
+        request = litellm.acompletion(**params, timeout=self.upstream_timeout(hold))
+        response, latency_ms = await answer(entry.name, request, lambda exc: self.void(entry, hold, exc))
         try:
             payload: dict[str, Any] = response.model_dump(exclude_none=True)
             payload["model"] = entry.name

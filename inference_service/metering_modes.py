@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -34,13 +33,14 @@ import litellm
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from litellm.utils import get_optional_params_embeddings
 
-from . import errors, metrics
+from . import errors
 from .audio import AudioFile
 from .billing import PROMPT_SAFETY, InputEstimate
 from .catalogue import ModelEntry
 from .metering import Billing, Headers, Hold, Meter, billing_headers
 from .offline import offline_params
 from .schemas import EmbeddingRequest, ModerationRequest, TranscriptionForm
+from .upstream import answer
 
 log = logging.getLogger("inference_service")
 
@@ -121,14 +121,8 @@ class OtherModes:
     async def _embed_once(self, entry: ModelEntry, body: EmbeddingRequest, billing: Billing, hold: Hold,
                           params: dict[str, Any], estimate: InputEstimate) -> tuple[dict[str, Any], Headers]:
         meter = self.meter
-        started = time.monotonic()
-        try:
-            response = await litellm.aembedding(**params, timeout=meter.upstream_timeout(hold))
-        except Exception as exc:  # the provider failed: nothing to charge
-            raise await meter.void(entry, hold, exc) from None
-        finally:
-            metrics.UPSTREAM_LATENCY.labels(entry.name).observe(time.monotonic() - started)
-        latency_ms = int((time.monotonic() - started) * 1000)
+        request = litellm.aembedding(**params, timeout=meter.upstream_timeout(hold))
+        response, latency_ms = await answer(entry.name, request, lambda exc: meter.void(entry, hold, exc))
         try:
             payload: dict[str, Any] = response.model_dump(exclude_none=True)
             payload["model"] = entry.name
@@ -181,15 +175,10 @@ class OtherModes:
                                billing: Billing, hold: Hold, estimate: int) -> tuple[dict[str, Any], Headers]:
         meter = self.meter
         params = self.transcription_params(entry, form, audio, data)
-        started = time.monotonic()
-        try:
-            response = await litellm.atranscription(**offline_params(params, form.response_format),
-                                                    timeout=meter.upstream_timeout(hold))
-        except Exception as exc:
-            raise await meter.void(entry, hold, exc) from None
-        finally:
-            metrics.UPSTREAM_LATENCY.labels(entry.name).observe(time.monotonic() - started)
-        latency_ms = int((time.monotonic() - started) * 1000)
+        response, latency_ms = await answer(
+            entry.name, litellm.atranscription(**offline_params(params, form.response_format),
+                                               timeout=meter.upstream_timeout(hold)),
+            lambda exc: meter.void(entry, hold, exc))
         try:
             payload: dict[str, Any] = response.model_dump(exclude_none=True)
             seconds, source = self.billed_seconds(payload, audio)
@@ -236,13 +225,9 @@ class OtherModes:
                              hold: Hold) -> tuple[dict[str, Any], Headers]:
         meter = self.meter
         params = {**entry.litellm_params, "input": body.sent()}
-        started = time.monotonic()
-        try:
-            response = await litellm.amoderation(**offline_params(params), timeout=meter.upstream_timeout(hold))
-        except Exception as exc:
-            raise await meter.void(entry, hold, exc) from None
-        finally:
-            metrics.UPSTREAM_LATENCY.labels(entry.name).observe(time.monotonic() - started)
+        response, _ = await answer(entry.name, litellm.amoderation(**offline_params(params),
+                                                                   timeout=meter.upstream_timeout(hold)),
+                                   lambda exc: meter.void(entry, hold, exc))
         await meter.client.release(hold.reservation_id, "moderation: not billed")
         reserved = hold.reserved
         payload: dict[str, Any] = response.model_dump(exclude_none=True)

@@ -4,10 +4,13 @@ its errors as API errors (and as the last event of a stream), and server-sent ev
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
-from . import errors
+from . import errors, metrics
+
+T = TypeVar("T")
 
 
 def reported_tokens(usage: Any) -> tuple[int, int]:
@@ -15,6 +18,21 @@ def reported_tokens(usage: Any) -> tuple[int, int]:
     if not isinstance(usage, dict):
         raise ValueError("the provider reported no usage")
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+async def answer(model: str, request: Awaitable[T],
+                 failed: Callable[[Exception], Awaitable[errors.ApiError]]) -> tuple[T, int]:
+    """The provider's answer to `request` (a LiteLLM call) and its latency in ms, observed in
+    UPSTREAM_LATENCY; when the call fails, the error `failed(exc)` gives is raised (Meter.void: the hold
+    released, nothing charged). Every non-streamed billed call goes through here."""
+    started = time.monotonic()
+    try:
+        response = await request
+    except Exception as exc:  # the provider failed: nothing to charge
+        raise await failed(exc) from None
+    finally:
+        metrics.UPSTREAM_LATENCY.labels(model).observe(time.monotonic() - started)
+    return response, int((time.monotonic() - started) * 1000)
 
 
 class HoldDeadline(Exception):
