@@ -174,7 +174,8 @@ ROWS: dict[str, tuple[str, Callable[[Figures], str]]] = {
     "conservation": (
         "conservation at the REST edge (`tests/faults/test_conservation.py`) | 2,100 REST requests, 48 at once: "
         "chat, streams (cut at random chunks, or left at the finish chunk while the Commit is in flight), "
-        "tool-call streams, images, failing upstreams; 20 % with hostile strings (NUL, control characters, lone "
+        "tool-call streams, images, the Responses API (plain, streamed, cut by the client), embeddings, audio "
+        "transcriptions and moderations, failing upstreams; 20 % with hostile strings (NUL, control characters, lone "
         "surrogate escapes, 64 KiB) in every client-controlled field and header; Commit answered INTERNAL / "
         "UNAVAILABLE / lost after landing by a gRPC proxy at 14 %; the authority restarted once; one member under "
         "rate limits (30 requests a minute, 2 in flight; a 429 retried once after retry-after-ms, same "
