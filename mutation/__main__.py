@@ -1,7 +1,7 @@
 """`python -m mutation` (`make mutate`): apply each mutant of mutation/mutants.py to a scratch copy of
 the checkout, run the tests that guard it there, and fail unless every mutant is killed.
 
-    python -m mutation                   # every mutant (6.5 min on 2 cores)
+    python -m mutation                   # every mutant (about 20 min on 2 cores)
     python -m mutation --only NAME[,…]   # some
     python -m mutation --rotate 3        # 3 mutants, a different 3 each day (what `make test` runs)
     python -m mutation --list
