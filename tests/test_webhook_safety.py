@@ -75,6 +75,15 @@ async def _due_alert(storage: Storage, conn, org_id: str, url: str) -> None:
                           VALUES ($1, 1, 'absolute', 1, 1, 1, 1, now() - interval '1 second')""", org_id)
 
 
+async def _more_due_alerts(conn, org_id: str, count: int) -> None:
+    """`count` more due alerts of an org _due_alert made (thresholds 2, 3, …)."""
+    for threshold in range(2, 2 + count):
+        await conn.execute("""INSERT INTO alert_events (org_id, threshold_id, kind, value, threshold_mc, limit_mc,
+                                                        remaining_mc, next_attempt_at)
+                              VALUES ($1, $2, 'absolute', 1, 1, 1, 1, now() - interval '1 second')""",
+                           org_id, threshold)
+
+
 async def _errors(conn, org_id: str) -> list[str]:
     return [r["error"] for r in await conn.fetch("SELECT error FROM alert_deliveries WHERE org_id = $1", org_id)]
 
@@ -189,11 +198,7 @@ async def test_one_orgs_backlog_takes_no_more_than_its_share_and_a_saturated_wor
     drip = await asyncio.start_server(_drip, "127.0.0.1", 0)
     fine = await asyncio.start_server(_receiver(arrived), "127.0.0.1", 0)
     await _due_alert(storage, conn, "backlog", f"http://127.0.0.1:{drip.sockets[0].getsockname()[1]}/h")
-    for threshold in range(2, 11):
-        await conn.execute("""INSERT INTO alert_events (org_id, threshold_id, kind, value, threshold_mc, limit_mc,
-                                                        remaining_mc, next_attempt_at)
-                              VALUES ('backlog', $1, 'absolute', 1, 1, 1, 1, now() - interval '1 second')""",
-                           threshold)
+    await _more_due_alerts(conn, "backlog", 9)
     looks_at_checks = 0
     process = storage.process_alert_checks
 
@@ -256,11 +261,7 @@ async def test_an_orgs_deliveries_in_flight_are_bounded(alert_db):
     server = await asyncio.start_server(slow, "127.0.0.1", 0)
     try:
         await _due_alert(storage, conn, "busy", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/h")
-        for threshold in range(2, 7):
-            await conn.execute("""INSERT INTO alert_events (org_id, threshold_id, kind, value, threshold_mc, limit_mc,
-                                                            remaining_mc, next_attempt_at)
-                                  VALUES ('busy', $1, 'absolute', 1, 1, 1, 1, now() - interval '1 second')""",
-                               threshold)
+        await _more_due_alerts(conn, "busy", 5)
         settings = AlertSettings(webhook_http_hosts="127.0.0.1", max_concurrent_per_org=2)
         await AlertWorker(url, storage, settings).run_once()
     finally:
