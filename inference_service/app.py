@@ -68,7 +68,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await service.stop()
 
+    # redirect_slashes off: a path with a stray slash (DELETE /api/v1/console/keys/) is 404, never a 307 to
+    # another route that a client (or its SDK, which follows redirects) would then call with the same method.
     app = FastAPI(title="LLM inference, billed by the credit authority", version="0.1.0", lifespan=lifespan,
+                  redirect_slashes=False,
                   description="OpenAI-compatible endpoints under /api/v1/llm. Every billed response carries "
                               "X-Cost-Incurred, X-Credits-Remaining (credits), X-Request-Id and X-Funding-Source.")
     app.state.service = service

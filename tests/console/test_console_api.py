@@ -335,3 +335,11 @@ def test_a_console_whose_token_lacks_the_admin_role_says_so(console_authority, t
         spend_only.stop()
     assert refused.status_code == 403, refused.text
     assert "lacks the admin role" in refused.json()["error"]["message"]
+
+
+def test_a_stray_slash_is_404_never_a_redirect_to_another_route(console_inference, org: Org):
+    """DELETE /keys/ once answered 307 to GET-only /keys (a client following it would call another route)."""
+    for method, path in (("DELETE", "/keys/"), ("GET", "/keys/"), ("GET", "/org/")):
+        response = httpx.request(method, f"{console_inference.url}{API}{path}", headers=auth(org.keys["owner"]),
+                                 follow_redirects=False, timeout=30)
+        assert response.status_code == 404, (method, path, response.status_code)
