@@ -22,6 +22,15 @@ def inference(authority, tokens, models_file) -> InferenceProcess:
     process.stop()
 
 
+@pytest.fixture(scope="module")
+def short_hold_inference(authority, tokens, models_file) -> InferenceProcess:
+    """A REST service whose holds last 3 s (one per test module that uses it): streams that outlive them."""
+    process = InferenceProcess(authority, tokens.spend, models_file,
+                               extra_env={"INFERENCE_RESERVE_TTL_SECONDS": "3"}).start()
+    yield process
+    process.stop()
+
+
 @pytest.fixture
 def member(world, admin) -> Account:
     """A member with a 100-credit allocation and an unbound user key."""

@@ -172,14 +172,6 @@ async def test_a_cut_stream_is_charged_for_the_tool_call_arguments_it_produced(i
     assert row["request_metadata"]["stream_cut"] is True
 
 
-@pytest.fixture(scope="module")
-def short_hold_inference(authority, tokens, models_file):
-    process = InferenceProcess(authority, tokens.spend, models_file,
-                               extra_env={"INFERENCE_RESERVE_TTL_SECONDS": "3"}).start()
-    yield process
-    process.stop()
-
-
 async def test_a_stream_never_outlives_its_hold(short_hold_inference, member, db):
     """up-slow takes ~5 s for 256 words; the hold lasts 3 s: the stream is stopped and charged in time."""
     events: list[dict] = []

@@ -16,7 +16,6 @@ import openai
 import pytest
 import yaml
 from invariants import assert_invariants
-from rest_support import InferenceProcess
 from upstream import PROMPT_TOKENS, TOOL_ARGUMENTS, WORDS
 
 from credit.v1 import admin_pb2, authority_pb2
@@ -224,14 +223,6 @@ async def test_a_provider_failing_before_any_output_releases_the_hold(inference,
     assert [r["status"] for r in statuses] == ["released", "released"]
     balance = spend.GetBalance(authority_pb2.GetBalanceRequest(user_id=member.user_id))
     assert (balance.used_millicredits, balance.held_millicredits) == (0, 0)
-
-
-@pytest.fixture(scope="module")
-def short_hold_inference(authority, tokens, models_file):
-    process = InferenceProcess(authority, tokens.spend, models_file,
-                               extra_env={"INFERENCE_RESERVE_TTL_SECONDS": "3"}).start()
-    yield process
-    process.stop()
 
 
 async def test_a_responses_stream_never_outlives_its_hold(short_hold_inference, member, db):
